@@ -1,0 +1,1 @@
+"""Datasets (built-in synthetic shapes, Oxford-IIIT Pet, COCO format) and the tf.data pipeline."""
