@@ -166,9 +166,8 @@ def check_input_shape(input_shape: tuple, stride: int = 32) -> tuple:
         if size is None:
             continue
         if size <= 0 or size % stride:
-            below = max(stride, size // stride * stride)
-            above = below + stride if below >= size else below
-            nearest = sorted({below, above})
+            below = size // stride * stride
+            nearest = [valid for valid in (below, below + stride) if valid >= stride]
             raise SegkerasError(
                 f"{axis}={size} is not a multiple of the encoder stride {stride}; "
                 f"use {' or '.join(map(str, nearest))} (or None for any size)."
@@ -302,3 +301,21 @@ def unfreeze(
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.trainable = False
     return encoder
+
+
+def table(input_size: int = 64) -> str:
+    """A text table: name, parameters, the layer behind each P-level, ImageNet weights cached."""
+    header = ("backbone", "params", *LEVELS, "imagenet cached")
+    rows = [header]
+    for name in available():
+        entry = _REGISTRY[name]
+        encoder = build_encoder(name, (input_size, input_size, 3), weights=None)
+        taps = [*entry.taps, "(final output)"]
+        cached = "yes" if weights_cached(name, (input_size, input_size, 3)) else "no"
+        rows.append((name, f"{encoder.count_params() / 1e6:.1f}M", *taps, cached))
+        keras.backend.clear_session()
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append(f"ImageNet weights cache: {weights_cache_dir()}")
+    return "\n".join(lines)

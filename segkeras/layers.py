@@ -83,3 +83,113 @@ class BilinearUpsampling(keras.initializers.Initializer):
 
     def get_config(self):
         return {}
+
+
+def _axis_taps(start, length, bins: int, sampling_ratio: int, size):
+    """Bilinear taps of RoIAlign's samples along one axis, for every box.
+
+    Returns ``(indices, weights)`` of shape ``(K, bins, 2 * sampling_ratio)``: the two neighbouring
+    pixels of each of the ``sampling_ratio`` samples of each bin, and their weights (already
+    divided by ``sampling_ratio``, zero for samples beyond one pixel outside the map).
+    """
+    sub_bins = (np.arange(sampling_ratio) + 0.5) / sampling_ratio
+    offsets = ops.convert_to_tensor((np.arange(bins)[:, None] + sub_bins).astype("float32"))
+    coords = start[:, None, None] + offsets[None] * (length / bins)[:, None, None]
+    size = ops.cast(size, "float32")
+    inside = ops.cast((coords >= -1.0) & (coords <= size), "float32") / sampling_ratio
+    coords = ops.maximum(coords, 0.0)
+    low = ops.floor(coords)
+    at_end = low >= size - 1.0
+    low = ops.where(at_end, size - 1.0, low)
+    coords = ops.where(at_end, low, coords)
+    high = ops.where(at_end, low, low + 1.0)
+    frac = coords - low
+    indices = ops.cast(ops.concatenate([low, high], axis=-1), "int32")
+    weights = ops.concatenate([(1.0 - frac) * inside, frac * inside], axis=-1)
+    return indices, weights
+
+
+@keras.saving.register_keras_serializable(package="segkeras")
+class RoIAlign(keras.layers.Layer):
+    """RoIAlign: a fixed-size feature crop per box (He et al., "Mask R-CNN", ICCV 2017).
+
+    Called on ``(features, boxes, box_indices)``: ``features`` (B, H, W, C), ``boxes`` (K, 4) as
+    ``x1, y1, x2, y2`` in image pixels, ``box_indices`` (K,) int, the image of each box. Returns
+    (K, P, P, C) with ``P = output_size``. Same definition as detectron2's ``ROIAlign`` and
+    ``torchvision.ops.roi_align``; along each axis (y shown, x alike):
+
+    - box in feature-map pixels: ``y1' = y1 * s - o``, ``h = y2 * s - o - y1'`` with
+      ``s = spatial_scale`` and ``o = 0.5`` if ``aligned`` (pixel centres at integer + 0.5) else 0,
+      where then ``h = max(h, 1)``;
+    - bin ``p`` (0..P-1) takes ``r = sampling_ratio`` samples at its sub-bin centres
+      ``y = y1' + (p + (i + 0.5) / r) * h / P``, ``i = 0..r-1``;
+    - a sample at ``(y, x)`` with ``y < -1``, ``y > H``, ``x < -1`` or ``x > W`` is 0; otherwise
+      ``y`` is clamped to ``[0, H - 1]`` (and ``x`` to ``[0, W - 1]``) and the map is
+      interpolated bilinearly between its four neighbouring pixels;
+    - the bin's value is the mean of its ``r * r`` samples (zeros included).
+
+    Implemented with ``keras.ops`` gathers over all boxes at once (no loop over boxes), so it
+    runs on every backend and is differentiable w.r.t. the features (not the boxes).
+    """
+
+    def __init__(
+        self,
+        output_size: int | tuple[int, int] = 14,
+        sampling_ratio: int = 2,
+        spatial_scale: float = 1.0 / 16,
+        aligned: bool = True,
+        **kwargs,
+    ):
+        super().__init__(autocast=False, **kwargs)
+        size = (output_size, output_size) if np.ndim(output_size) == 0 else tuple(output_size)
+        if len(size) != 2 or min(size) < 1:
+            raise ValueError(f"output_size must be a positive int or a pair, got {output_size!r}.")
+        if int(sampling_ratio) < 1:
+            raise ValueError(
+                f"sampling_ratio must be a positive int (adaptive sampling is not supported), "
+                f"got {sampling_ratio!r}."
+            )
+        if spatial_scale <= 0:
+            raise ValueError(f"spatial_scale must be positive, got {spatial_scale!r}.")
+        self.output_size = (int(size[0]), int(size[1]))
+        self.sampling_ratio = int(sampling_ratio)
+        self.spatial_scale = float(spatial_scale)
+        self.aligned = bool(aligned)
+
+    def call(self, features, boxes, box_indices):
+        features = ops.cast(features, self.compute_dtype)
+        boxes = ops.stop_gradient(ops.cast(boxes, "float32"))
+        _, height, width, channels = ops.shape(features)
+        flat = ops.reshape(features, (-1, channels))
+        offset = 0.5 if self.aligned else 0.0
+        x1, y1, x2, y2 = (boxes[:, i] * self.spatial_scale - offset for i in range(4))
+        box_width, box_height = x2 - x1, y2 - y1
+        if not self.aligned:
+            box_width, box_height = ops.maximum(box_width, 1.0), ops.maximum(box_height, 1.0)
+        bins_y, bins_x = self.output_size
+        rows, row_weights = _axis_taps(y1, box_height, bins_y, self.sampling_ratio, height)
+        cols, col_weights = _axis_taps(x1, box_width, bins_x, self.sampling_ratio, width)
+        first_row = ops.cast(box_indices, "int32")[:, None, None] * height
+        row_weights = ops.cast(row_weights, self.compute_dtype)
+        col_weights = ops.cast(col_weights, self.compute_dtype)
+        pooled = 0.0
+        for i in range(2 * self.sampling_ratio):
+            row_start = (first_row + rows[:, :, i : i + 1]) * width
+            for j in range(2 * self.sampling_ratio):
+                index = ops.reshape(row_start + cols[:, None, :, j], (-1,))
+                weight = row_weights[:, :, i, None, None] * col_weights[:, None, :, j, None]
+                taps = ops.reshape(ops.take(flat, index, axis=0), (-1, bins_y, bins_x, channels))
+                pooled = pooled + weight * taps
+        return pooled
+
+    def compute_output_shape(self, features_shape, boxes_shape, box_indices_shape):
+        return (boxes_shape[0], *self.output_size, features_shape[-1])
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "output_size": self.output_size,
+            "sampling_ratio": self.sampling_ratio,
+            "spatial_scale": self.spatial_scale,
+            "aligned": self.aligned,
+        }

@@ -1,0 +1,33 @@
+# segkeras: `make demo` (the main job) and `make test`. Each installs what it needs into the
+# active Python environment first. Plain equivalents are in README.md.
+PYTHON ?= python
+PIP_INSTALL = $(PYTHON) -m pip install --quiet --disable-pip-version-check
+NOTEBOOK_ENV = SEGKERAS_QUICK=1 SEGKERAS_WEIGHTS=none
+NBVAL = --nbval-lax --sanitize-with solutions/sanitize.cfg
+
+.PHONY: install demo test test-fast labs bench bench-full clean
+
+install:
+	$(PIP_INSTALL) -r requirements.txt
+
+demo: install
+	$(PYTHON) -m segkeras demo
+
+test: install
+	$(NOTEBOOK_ENV) $(PYTHON) -m pytest tests solutions $(NBVAL)
+
+test-fast: install
+	$(PYTHON) -m pytest -m fast tests
+
+labs: install
+	$(PIP_INSTALL) -e ".[instructor]"
+	$(PYTHON) -m segkeras.notebooks
+
+bench: install
+	$(PYTHON) bench/run.py
+
+bench-full: install
+	$(PYTHON) bench/run.py --full
+
+clean:
+	rm -rf outputs .pytest_cache

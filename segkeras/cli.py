@@ -1,0 +1,395 @@
+"""Command line: ``python -m segkeras {demo,train,evaluate,predict,data,backbones}``.
+
+Every user error (missing file, bad size, unknown name...) prints one line on stderr and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from segkeras.errors import SegkerasError
+
+EXIT_USAGE = 2
+_START = time.perf_counter()
+
+MODELS = ("fcn32s", "fcn16s", "fcn8s", "deconvnet", "unet", "hourglass")
+DEFAULT_BACKBONE = {"fcn32s": "vgg16", "fcn16s": "vgg16", "fcn8s": "vgg16",
+                    "deconvnet": "vgg16", "unet": "mobilenetv2", "hourglass": "none"}
+DATA_HELP = ("shapes (built-in synthetic), pets (Oxford-IIIT Pet), coco:ANNOTATIONS.json:IMAGE_DIR, "
+             "or a folder written by `data shapes`")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _check_size(size: int) -> int:
+    from segkeras.backbones import check_input_shape
+
+    check_input_shape((size, size, 3))
+    return size
+
+
+def _load_data(spec: str, n: int, image_size: int, seed: int, split: str):
+    """A SegmentationData for a ``--data`` value. ``split``: "train" or "test" (pets only)."""
+    if spec == "shapes":
+        from segkeras.data import shapes
+
+        return shapes.generate(n, image_size=image_size, seed=seed)
+    if spec == "pets":
+        from segkeras.data import pets
+
+        return pets.load(split="trainval" if split == "train" else "test")
+    if spec.startswith("coco:"):
+        parts = spec.split(":", 2)
+        if len(parts) != 3 or not all(parts[1:]):
+            raise SegkerasError(f"--data {spec!r}: write coco:ANNOTATIONS.json:IMAGE_DIR.")
+        from segkeras.data import coco
+
+        return coco.load(parts[1], parts[2])
+    if os.path.isdir(spec) and os.path.isfile(os.path.join(spec, "annotations.json")):
+        from segkeras.data import coco
+
+        return coco.load(os.path.join(spec, "annotations.json"), os.path.join(spec, "images"))
+    if os.path.isdir(spec):
+        raise FileNotFoundError(f"--data {spec}: no annotations.json in that folder")
+    raise SegkerasError(f"--data {spec!r} is not one of: {DATA_HELP}.")
+
+
+def _load_model(path: str):
+    import keras
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no such model file: {path}")
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as error:  # Keras raises ValueError, OSError, zipfile errors...
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise SegkerasError(
+            f"cannot read {path} as a Keras model ({reason}); pass a .keras file saved by segkeras."
+        ) from error
+
+
+def _model_size(model, requested: int | None) -> int:
+    """The image size to feed ``model``: its fixed input size, else ``requested`` (default 128)."""
+    height, width = model.input_shape[1:3]
+    if height is not None and height != width:
+        raise SegkerasError(f"model input {height}x{width} is not square; use the Python API.")
+    if height is not None:
+        if requested is not None and requested != height:
+            raise SegkerasError(
+                f"--image-size {requested} does not match the model's fixed input size {height}; "
+                f"use --image-size {height} or leave it out."
+            )
+        return height
+    return _check_size(requested or 128)
+
+
+def _class_names_file(model_path: str) -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(model_path)), "classes.json")
+
+
+def _save_outputs(out: str, model, class_names, history, result) -> None:
+    """model.keras, classes.json, history.json, metrics.json and history.png under ``out``."""
+    from segkeras import viz
+    from segkeras.evaluate import semantic
+
+    os.makedirs(out, exist_ok=True)
+    model.save(os.path.join(out, "model.keras"))
+    with open(os.path.join(out, "classes.json"), "w") as file:
+        json.dump(list(class_names), file)
+    with open(os.path.join(out, "history.json"), "w") as file:
+        json.dump(history.to_dict(), file, indent=2)
+    semantic.save_json(result, os.path.join(out, "metrics.json"))
+    figure = viz.training_curves(history)
+    figure.savefig(os.path.join(out, "history.png"), dpi=100)
+    _close(figure)
+
+
+def _close(figure) -> None:
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
+
+
+def _elapsed() -> str:
+    seconds = time.perf_counter() - _START
+    return f"{int(seconds // 60)} min {seconds % 60:04.1f} s"
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from segkeras.demo import run_demo
+
+    run_demo(out=args.out, epochs=args.epochs, quick=args.quick, start=_START)
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def _build_model(args: argparse.Namespace, num_classes: int, weights):
+    backbone = args.backbone or DEFAULT_BACKBONE[args.model]
+    shape = (args.image_size, args.image_size, 3)
+    common = {"weights": weights, "input_shape": shape}
+    if args.model == "hourglass":
+        from segkeras.models.hourglass import hourglass
+
+        return hourglass(num_classes, num_stacks=args.stacks,
+                         backbone=None if backbone == "none" else backbone, **common)
+    if backbone == "none":
+        raise SegkerasError(f"--model {args.model} needs a backbone; see `python -m segkeras "
+                            "backbones`.")
+    if args.model.startswith("fcn"):
+        from segkeras.models.fcn import fcn
+
+        return fcn(num_classes, backbone, variant=args.model[3:], **common)
+    if args.model == "deconvnet":
+        from segkeras.models.deconv import deconvnet
+
+        return deconvnet(num_classes, backbone, **common)
+    from segkeras.models.unet import unet
+
+    return unet(num_classes, backbone, **common)
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from segkeras import train
+    from segkeras.backbones import find_encoder
+    from segkeras.data.pipeline import make_dataset
+    from segkeras.evaluate import semantic
+
+    _check_size(args.image_size)
+    precision = train.configure_precision()  # before any layer exists
+    strategy = train.make_strategy(args.distribute)
+    data = _load_data(args.data, args.n, args.image_size, args.seed, split="train")
+    train_data, val_data = data.split(args.val_fraction)
+    weights = None if args.weights == "none" else args.weights
+    with strategy.scope() if strategy else _nullcontext():
+        model = _build_model(args, data.num_classes, weights)
+    pretrained = weights is not None and _has_encoder(model, find_encoder)
+    head_epochs, finetune_epochs = args.epochs, args.finetune_epochs
+    if not pretrained:
+        print("No pretrained encoder (--weights none or no backbone): training end to end.")
+        head_epochs, finetune_epochs = 0, args.epochs + args.finetune_epochs
+    print(f"{model.name}: {model.count_params():,} parameters, {len(train_data)} training and "
+          f"{len(val_data)} validation images, precision {precision}.")
+    make = {"image_size": args.image_size, "batch_size": args.batch_size,
+            "num_classes": data.num_classes, "seed": args.seed}
+    history = train.fit_two_stage(
+        model, make_dataset(train_data, augment=True, shuffle=True, **make),
+        make_dataset(val_data, **make), head_epochs=head_epochs, finetune_epochs=finetune_epochs,
+        learning_rate=args.lr, strategy=strategy,
+    )
+    result = semantic.evaluate_semantic(model, make_dataset(val_data, **make), data.class_names)
+    print(semantic.format_table(result))
+    _save_outputs(args.out, model, data.class_names, history, result)
+    print(f"Wrote {args.out}/model.keras, metrics.json, history.json, history.png ({_elapsed()}).")
+
+
+def _has_encoder(model, find_encoder) -> bool:
+    try:
+        find_encoder(model)
+    except SegkerasError:
+        return False
+    return True
+
+
+def _nullcontext():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from segkeras.data.pipeline import make_dataset
+    from segkeras.evaluate import semantic
+    from segkeras.train import model_num_classes
+
+    model = _load_model(args.model)
+    size = _model_size(model, args.image_size)
+    data = _load_data(args.data, args.n, size, args.seed, split="test")
+    num_classes = model_num_classes(model)
+    if data.num_classes != num_classes:
+        raise SegkerasError(
+            f"the model predicts {num_classes} classes but --data {args.data} has "
+            f"{data.num_classes} ({', '.join(data.class_names)}); evaluate on the data it was "
+            "trained on."
+        )
+    dataset = make_dataset(data, image_size=size, batch_size=args.batch_size,
+                           num_classes=num_classes)
+    result = semantic.evaluate_semantic(model, dataset, data.class_names)
+    print(semantic.format_table(result))
+    if args.json:
+        print(f"Wrote {semantic.save_json(result, args.json)}")
+
+
+# ----------------------------------------------------------------------------- predict
+
+
+def _cmd_predict(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from segkeras import viz
+    from segkeras.data.images import read_rgb, write_png
+    from segkeras.data.pipeline import make_dataset
+
+    for path in args.images:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no such image: {path}")
+    model = _load_model(args.model)
+    size = _model_size(model, args.image_size)
+    names_file = _class_names_file(args.model)
+    class_names = json.load(open(names_file)) if os.path.isfile(names_file) else None
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+    for path in args.images:
+        image = read_rgb(path)
+        height, width = image.shape[:2]
+        resized, _ = next(iter(make_dataset(
+            ([image], [np.zeros((height, width), np.uint8)]), image_size=size, batch_size=1,
+            num_classes=2, cache=False)))
+        logits = model.predict_on_batch(resized.numpy())
+        logits = logits[-1] if isinstance(logits, (list, tuple)) else logits
+        small = np.argmax(logits[0], axis=-1).astype(np.uint8)
+        rows = np.arange(height) * size // height
+        cols = np.arange(width) * size // width
+        mask = small[rows[:, None], cols[None, :]]  # nearest neighbour back to the original size
+        stem = os.path.splitext(os.path.basename(path))[0]
+        folder = args.out or os.path.dirname(os.path.abspath(path))
+        write_png(os.path.join(folder, f"{stem}_mask.png"), mask, palette=True)
+        figure = viz.overlay(image, mask, class_names=class_names)
+        target = os.path.join(folder, f"{stem}_overlay.png")
+        figure.savefig(target, dpi=100)
+        _close(figure)
+        print(f"{path} -> {target}")
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _cmd_data_shapes(args: argparse.Namespace) -> None:
+    from segkeras.data import shapes
+
+    paths = shapes.export(args.n, args.out, image_size=args.image_size, seed=args.seed)
+    print(f"Wrote {args.n} images to {paths['images']}, masks to {paths['masks']} and "
+          f"{paths['annotations']}.")
+
+
+# ----------------------------------------------------------------------------- backbones
+
+
+def _cmd_backbones(args: argparse.Namespace) -> None:
+    from segkeras import backbones
+
+    print(backbones.table(input_size=args.size))
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m segkeras",
+        description="Segmentation with Keras 3: FCN, U-Net, hourglass, Mask R-CNN's mask head.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo", help="train a U-Net (MobileNetV2) on the built-in shapes and report its IoU")
+    demo.add_argument("--out", default=os.path.join("outputs", "demo"),
+                      help="output folder (default outputs/demo)")
+    demo.add_argument("--epochs", type=_positive, help="training epochs (default: the recipe's)")
+    demo.add_argument("--quick", action="store_true", help="a tiny run (~30 s) for tests")
+    demo.set_defaults(run=_cmd_demo)
+
+    train = commands.add_parser("train", help="train a model, write model.keras and metrics")
+    train.add_argument("--model", required=True, choices=MODELS)
+    train.add_argument("--backbone", help="encoder name (default: vgg16 for FCN/deconvnet, "
+                       "mobilenetv2 for U-Net, none = the paper's stem for the hourglass)")
+    train.add_argument("--data", default="shapes", help=DATA_HELP)
+    train.add_argument("--n", type=_positive, default=500, help="shapes: number of images")
+    train.add_argument("--val-fraction", type=float, default=0.2, help="held out for validation")
+    train.add_argument("--image-size", type=_positive, default=128, help="multiple of 32")
+    train.add_argument("--batch-size", type=_positive, default=16)
+    train.add_argument("--epochs", type=_non_negative, default=5,
+                       help="epochs with the encoder frozen (all epochs when training end to end)")
+    train.add_argument("--finetune-epochs", type=_non_negative, default=0,
+                       help="then epochs with the encoder unfrozen at a 10x lower learning rate")
+    train.add_argument("--lr", type=float, default=1e-3, help="learning rate")
+    train.add_argument("--weights", default="imagenet", help="imagenet, none or a weights file")
+    train.add_argument("--stacks", type=_positive, default=2, help="hourglass: number of stacks")
+    train.add_argument("--distribute", choices=("mirrored",),
+                       help="mirrored: train on all local GPUs (TensorFlow backend)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--out", default=os.path.join("outputs", "train"), help="output folder")
+    train.set_defaults(run=_cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="per-class IoU, mean IoU, pixel accuracy")
+    evaluate.add_argument("--model", required=True, help="a .keras file")
+    evaluate.add_argument("--data", default="shapes", help=DATA_HELP)
+    evaluate.add_argument("--n", type=_positive, default=200, help="shapes: number of images")
+    evaluate.add_argument("--seed", type=int, default=1,
+                          help="shapes: seed (default 1: images `train` never saw)")
+    evaluate.add_argument("--image-size", type=_positive,
+                          help="default: the model's input size (128 if it takes any size)")
+    evaluate.add_argument("--batch-size", type=_positive, default=16)
+    evaluate.add_argument("--json", help="also write the scores to this JSON file")
+    evaluate.set_defaults(run=_cmd_evaluate)
+
+    predict = commands.add_parser("predict", help="overlay a model's predictions on images")
+    predict.add_argument("--model", required=True, help="a .keras file")
+    predict.add_argument("images", nargs="+", help="image files (PNG, JPEG...)")
+    predict.add_argument("--out", help="output folder (default: next to each image)")
+    predict.add_argument("--image-size", type=_positive,
+                         help="default: the model's input size (128 if it takes any size)")
+    predict.set_defaults(run=_cmd_predict)
+
+    data = commands.add_parser("data", help="write a dataset to disk")
+    kinds = data.add_subparsers(dest="kind", required=True, metavar="KIND")
+    shapes = kinds.add_parser("shapes", help="the built-in shapes as PNGs + COCO annotations")
+    shapes.add_argument("--n", type=_positive, default=500)
+    shapes.add_argument("--out", required=True)
+    shapes.add_argument("--image-size", type=_positive, default=128)
+    shapes.add_argument("--seed", type=int, default=0)
+    shapes.set_defaults(run=_cmd_data_shapes)
+
+    backbones = commands.add_parser("backbones", help="list the registered encoders")
+    backbones.add_argument("--size", type=int, default=64, help="probe input size (default 64)")
+    backbones.set_defaults(run=_cmd_backbones)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # argparse: usage errors exit 2, --help exits 0
+        return int(exit_.code or 0)
+    try:
+        args.run(args)
+    except (SegkerasError, FileNotFoundError, NotADirectoryError, PermissionError) as error:
+        print(f"segkeras {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0

@@ -1,0 +1,92 @@
+"""The in-memory containers every loader returns and every pipeline consumes (data contract)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+IGNORE_LABEL = 255
+
+
+@dataclass
+class Instances:
+    """The objects of one image: ``masks`` (N, H, W) bool, ``boxes`` (N, 4) float32 as
+    ``x1, y1, x2, y2`` in pixels, ``class_ids`` (N,) int32 starting at 1."""
+
+    masks: np.ndarray
+    boxes: np.ndarray
+    class_ids: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.class_ids)
+
+
+@dataclass
+class SegmentationData:
+    """Images with semantic masks (and optionally instances), in memory.
+
+    ``images``: (n, H, W, 3) uint8 array, or a list of HxWx3 uint8 arrays of varying size.
+    ``masks``: (n, H, W) uint8 array or list of HxW arrays; 0 = background, 1..C = classes,
+    255 = ignore. ``class_names[0]`` is ``"background"``. ``instances``: one :class:`Instances` per
+    image, or None for purely semantic datasets. ``extra``: loader-specific metadata, e.g. the COCO
+    loader's mapping from contiguous class ids back to the file's category ids.
+    """
+
+    images: np.ndarray | list[np.ndarray]
+    masks: np.ndarray | list[np.ndarray]
+    class_names: list[str]
+    instances: list[Instances] | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes including background (the model's output channels)."""
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, indices) -> SegmentationData:
+        """The images at ``indices`` (a slice or a sequence of ints), same classes."""
+        if isinstance(indices, slice):
+            indices = range(len(self))[indices]
+        indices = list(indices)
+
+        def pick(items):
+            if items is None:
+                return None
+            if isinstance(items, np.ndarray):
+                return items[indices]
+            return [items[i] for i in indices]
+
+        return SegmentationData(
+            pick(self.images), pick(self.masks), list(self.class_names),
+            pick(self.instances), dict(self.extra),
+        )
+
+    def split(self, validation_fraction: float = 0.2) -> tuple[SegmentationData, SegmentationData]:
+        """(train, validation): the last ``validation_fraction`` of the images is held out."""
+        if not 0.0 < validation_fraction < 1.0:
+            raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}.")
+        n_val = max(1, int(round(len(self) * validation_fraction)))
+        return self.subset(slice(0, len(self) - n_val)), self.subset(slice(len(self) - n_val, None))
+
+
+def boxes_from_masks(masks: np.ndarray) -> np.ndarray:
+    """(N, 4) float32 tight boxes of (N, H, W) boolean masks: ``x1, y1`` the first pixel column
+    and row, ``x2, y2`` one past the last (pixel i spans [i, i + 1), as in COCO's x, y, w, h);
+    all zeros for an empty mask."""
+    masks = np.asarray(masks, dtype=bool)
+    boxes = np.zeros((len(masks), 4), dtype=np.float32)
+    if len(masks) == 0:
+        return boxes
+    rows, cols = masks.any(axis=2), masks.any(axis=1)
+    nonempty = rows.any(axis=1)
+    height, width = masks.shape[1:]
+    boxes[:, 0] = cols.argmax(axis=1)
+    boxes[:, 1] = rows.argmax(axis=1)
+    boxes[:, 2] = width - cols[:, ::-1].argmax(axis=1)
+    boxes[:, 3] = height - rows[:, ::-1].argmax(axis=1)
+    boxes[~nonempty] = 0
+    return boxes

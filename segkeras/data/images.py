@@ -1,0 +1,96 @@
+"""Image and mask files <-> arrays in the data contract (RGB uint8 images, integer masks)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from segkeras.errors import SegkerasError
+
+
+def _voc_palette() -> np.ndarray:
+    """The PASCAL VOC colour map: class id -> RGB by spreading the id's bits over the channels."""
+    ids = np.arange(256)
+    palette = np.zeros((256, 3), dtype=np.int64)
+    for shift in range(8):
+        for channel in range(3):
+            bit = (ids >> (3 * shift + channel)) & 1
+            palette[:, channel] |= bit << (7 - shift)
+    return palette.astype(np.uint8)
+
+
+PALETTE = _voc_palette()
+"""(256, 3) uint8 colour of each class id (PASCAL VOC map): 0 black, 1 dark red, ..., 255 cream."""
+
+
+def to_rgb(image: np.ndarray) -> np.ndarray:
+    """An HxWx3 RGB array from a grayscale (HxW or HxWx1), RGB or RGBA (alpha dropped) array."""
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
+        raise SegkerasError(
+            f"expected an HxW, HxWx1, HxWx3 or HxWx4 image, got shape {image.shape}; "
+            "pass grayscale, RGB or RGBA pixels"
+        )
+    if image.shape[-1] == 1:
+        return np.repeat(image, 3, axis=-1)
+    return image[..., :3]
+
+
+def read_rgb(path: str | os.PathLike) -> np.ndarray:
+    """The file's pixels as HxWx3 uint8 RGB, whatever its real format (PNG behind a .jpg name,
+    grayscale, RGBA, CMYK, palette). Raises FileNotFoundError or SegkerasError naming the path."""
+    with _open(path) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """A label image (grayscale or palette PNG) as an HxW uint8 array of the stored values."""
+    with _open(path) as image:
+        if image.mode not in ("L", "P", "I", "I;16", "1"):
+            raise SegkerasError(
+                f"{path} is a {image.mode} image, not a label map; "
+                "masks must be single-channel (grayscale or palette) PNGs"
+            )
+        mask = np.asarray(image)
+    if mask.max(initial=0) > 255:
+        raise SegkerasError(f"{path} has label {mask.max()} > 255; masks hold class ids 0..255")
+    return mask.astype(np.uint8)
+
+
+def write_png(path: str | os.PathLike, array: np.ndarray, palette: bool = False) -> None:
+    """Write an RGB image or, with ``palette=True``, a label map as a palette PNG: the stored
+    values are the class ids and viewers show them in :data:`PALETTE` colours."""
+    image = Image.fromarray(np.asarray(array, dtype=np.uint8))
+    if palette:
+        image.putpalette(PALETTE.tobytes())  # an "L" image becomes "P" with the same values
+    image.save(path, optimize=False)
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """An RGB uint8 image resized bilinearly (anti-aliased when shrinking) to ``size`` (H, W)."""
+    if image.shape[:2] == tuple(size):
+        return image
+    resized = Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    return np.asarray(resized)
+
+
+def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A uint8 label map resized to ``size`` (H, W) with nearest neighbour (no new labels)."""
+    if mask.shape[:2] == tuple(size):
+        return mask
+    return np.asarray(Image.fromarray(mask).resize((size[1], size[0]), Image.Resampling.NEAREST))
+
+
+def _open(path: str | os.PathLike) -> Image.Image:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no such file: {path}")
+    try:
+        image = Image.open(path)
+        image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise SegkerasError(f"cannot read {path} as an image ({error})") from error
+    return image

@@ -1,0 +1,1 @@
+"""Evaluation: semantic segmentation scores (IoU tables) and instance segmentation (COCO mask AP)."""

@@ -1,0 +1,95 @@
+"""Segmentation losses Keras lacks.
+
+Keras already has what most labs need, over logits with the 255 "ignore" label of our masks::
+
+    keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255)
+    keras.losses.Dice()                          # soft Dice on one-hot targets and probabilities
+    keras.losses.CategoricalFocalCrossentropy()  # focal loss (Lin et al., 2017), one-hot targets
+
+What is missing is their combination on sparse masks with ignored pixels: :class:`SparseCEDice`.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from segkeras.data.core import IGNORE_LABEL
+from segkeras.errors import SegkerasError
+
+
+@keras.saving.register_keras_serializable(package="segkeras")
+class SparseCEDice(keras.losses.Loss):
+    """Cross-entropy plus soft Dice from logits and integer masks, skipping ``ignore_class`` pixels.
+
+    ``loss = CE + dice_weight * (1 - mean_c Dice_c)`` where CE is the mean over the non-ignored
+    pixels of ``-log softmax(logits)[label]`` (what
+    ``SparseCategoricalCrossentropy(from_logits=True, ignore_class=...)`` gives), and
+    ``Dice_c = (2 sum(p_c t_c) + smooth) / (sum(p_c) + sum(t_c) + smooth)`` with ``p`` the softmax,
+    ``t`` the one-hot mask, sums over all non-ignored pixels of the batch. Cross-entropy is a
+    per-pixel loss dominated by large classes; Dice scores each class's overlap as a whole, so small
+    classes count as much as the background (Milletari et al., "V-Net", 3DV 2016).
+
+    A class absent from both mask and prediction has Dice 1 (no penalty); a batch whose pixels
+    are all ignored has loss 0. The result is one number per batch (Dice is not a per-pixel
+    quantity), so per-pixel ``sample_weight`` is not supported; ignore pixels with the label.
+
+    Args:
+        num_classes: number of classes (the logits' last axis), >= 2.
+        dice_weight: weight of the Dice term (0: plain cross-entropy).
+        ignore_class: label of pixels that count for nothing (255 in segkeras masks), or None.
+        smooth: added to the Dice numerator and denominator, > 0.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        dice_weight: float = 1.0,
+        ignore_class: int | None = IGNORE_LABEL,
+        smooth: float = 1.0,
+        name: str = "sparse_ce_dice",
+        **kwargs,
+    ):
+        super().__init__(name=name, **kwargs)
+        if num_classes < 2:
+            raise SegkerasError(f"num_classes must be >= 2, got {num_classes}.")
+        if dice_weight < 0 or smooth <= 0:
+            raise SegkerasError(
+                f"Need dice_weight >= 0 and smooth > 0, got dice_weight={dice_weight}, "
+                f"smooth={smooth}."
+            )
+        self.num_classes = int(num_classes)
+        self.dice_weight = float(dice_weight)
+        self.ignore_class = ignore_class
+        self.smooth = float(smooth)
+
+    def call(self, y_true, y_pred):
+        if len(y_true.shape) == len(y_pred.shape):
+            y_true = ops.squeeze(y_true, axis=-1)
+        labels = ops.cast(y_true, "int32")
+        if self.ignore_class is None:
+            valid = ops.ones_like(labels, dtype="bool")
+        else:
+            valid = ops.not_equal(labels, self.ignore_class)
+        weight = ops.expand_dims(ops.cast(valid, y_pred.dtype), -1)
+        targets = ops.one_hot(ops.where(valid, labels, 0), self.num_classes, dtype=y_pred.dtype)
+        targets = targets * weight
+        log_probs = ops.log_softmax(y_pred, axis=-1)
+
+        cross_entropy = -ops.sum(targets * log_probs) / ops.maximum(ops.sum(weight), 1.0)
+
+        probs = ops.exp(log_probs) * weight
+        pixel_axes = tuple(range(len(y_pred.shape) - 1))
+        intersection = ops.sum(probs * targets, axis=pixel_axes)
+        total = ops.sum(probs, axis=pixel_axes) + ops.sum(targets, axis=pixel_axes)
+        dice = (2.0 * intersection + self.smooth) / (total + self.smooth)
+        return cross_entropy + self.dice_weight * (1.0 - ops.mean(dice))
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "num_classes": self.num_classes,
+            "dice_weight": self.dice_weight,
+            "ignore_class": self.ignore_class,
+            "smooth": self.smooth,
+        }

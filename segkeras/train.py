@@ -1,0 +1,318 @@
+"""The transfer-learning -> fine-tuning recipe for segmentation models.
+
+Stage 1 trains the decoder on a frozen ImageNet encoder; stage 2 unfreezes the encoder
+(:func:`segkeras.backbones.unfreeze`) and fine-tunes everything at a lower learning rate, as FCN
+did with its ImageNet classifiers (Long, Shelhamer & Darrell, CVPR 2015; Yosinski et al.,
+"How transferable are features in deep neural networks?", NeurIPS 2014).
+
+Precision and devices are chosen before the model exists:
+
+1. :func:`configure_precision` sets the global dtype policy (``mixed_float16`` on a GPU). Keras
+   reads the policy when a layer is *created*, so call it before building the model.
+2. :func:`make_strategy` returns a ``tf.distribute`` strategy (several GPUs); build the model
+   inside ``strategy.scope()`` and pass the strategy to :func:`fit_two_stage`, which compiles
+   inside the same scope.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+
+import keras
+
+from segkeras import backbones
+from segkeras.data.core import IGNORE_LABEL
+from segkeras.errors import SegkerasError
+
+STRATEGIES = ("mirrored",)
+SCHEDULES = ("constant", "cosine")
+
+
+def gpu_available() -> bool:
+    """Whether the current Keras backend sees a GPU."""
+    name = keras.backend.backend()
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_physical_devices("GPU"))
+    if name == "jax":
+        import jax
+
+        return any(device.platform == "gpu" for device in jax.devices())
+    if name == "torch":
+        import torch
+
+        return torch.cuda.is_available()
+    return False
+
+
+def configure_precision(policy: str = "auto") -> str:
+    """Set the global Keras dtype policy and return its name.
+
+    ``"auto"`` picks ``"mixed_float16"`` when a GPU is present (float16 compute, float32 weights;
+    Keras wraps the optimizer in a ``LossScaleOptimizer`` at compile time) and ``"float32"``
+    otherwise. The policy applies to layers created afterwards: call this BEFORE building the model.
+    segkeras models keep their last layer in float32, so logits and losses stay full precision.
+    """
+    if policy == "auto":
+        policy = "mixed_float16" if gpu_available() else "float32"
+    try:
+        keras.config.set_dtype_policy(policy)
+    except ValueError as error:
+        raise SegkerasError(
+            f"Unknown precision policy {policy!r}; use 'auto', 'float32', 'mixed_float16' or "
+            "'mixed_bfloat16'."
+        ) from error
+    return keras.config.dtype_policy().name
+
+
+def make_strategy(name: str | None, devices: list[str] | None = None):
+    """A ``tf.distribute`` strategy for ``name``, or None for ``None``/``"none"``.
+
+    ``"mirrored"``: synchronous data parallelism over ``devices`` (default: all local GPUs, or the
+    CPU when there is none). Build the model inside ``strategy.scope()`` and pass the strategy to
+    :func:`fit_two_stage`; the batch size is the global one, split across the replicas.
+    TensorFlow backend only.
+    """
+    if name in (None, "none"):
+        return None
+    if name not in STRATEGIES:
+        raise SegkerasError(f"Unknown distribution strategy {name!r}; use one of {STRATEGIES}.")
+    if keras.backend.backend() != "tensorflow":
+        raise SegkerasError(
+            f"--distribute {name} uses tf.distribute and needs the TensorFlow backend; this is "
+            f"{keras.backend.backend()!r}. Set KERAS_BACKEND=tensorflow (JAX users: see "
+            "keras.distribution.DataParallel)."
+        )
+    import tensorflow as tf
+
+    return tf.distribute.MirroredStrategy(devices)
+
+
+def model_num_classes(model: keras.Model) -> int:
+    """The channels of the (last) logits map: the number of classes including background."""
+    return int(model.outputs[-1].shape[-1])
+
+
+def default_loss(num_classes: int) -> keras.losses.Loss:
+    """Sparse categorical cross-entropy on logits that skips ignore-labelled (255) pixels."""
+    del num_classes  # same signature as losses that need it (e.g. cross-entropy + Dice)
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=IGNORE_LABEL)
+
+
+def default_metrics(num_classes: int) -> list:
+    """Pixel accuracy and IoU metrics of :func:`segkeras.metrics.segmentation_metrics`."""
+    from segkeras.metrics import segmentation_metrics
+
+    return segmentation_metrics(num_classes)
+
+
+def _per_output(model: keras.Model, value, last_only: bool = False):
+    """Key a loss (or metric list) by output name for multi-output models.
+
+    A dict passes through; a list/tuple with one entry per output is zipped with the output names;
+    anything else goes to every output (``last_only``: to the last output only).
+    """
+    names = model.output_names
+    if len(names) == 1 or isinstance(value, dict):
+        return value
+    if isinstance(value, (list, tuple)) and len(value) == len(names) and not last_only:
+        return dict(zip(names, value))
+    if last_only:
+        return {names[-1]: value}
+    return {name: value for name in names}
+
+
+def steps_per_epoch(dataset) -> int | None:
+    """Batches per epoch of a finite ``tf.data.Dataset`` (or anything with ``len``), else None."""
+    if hasattr(dataset, "cardinality"):
+        steps = int(dataset.cardinality())
+        return steps if steps > 0 else None
+    try:
+        return len(dataset)
+    except TypeError:
+        return None
+
+
+def _learning_rate(base: float, schedule: str, epochs: int, steps: int | None):
+    if schedule not in SCHEDULES:
+        raise SegkerasError(f"Unknown schedule {schedule!r}; use one of {SCHEDULES}.")
+    if schedule == "constant" or not steps:
+        return base
+    return keras.optimizers.schedules.CosineDecay(base, decay_steps=max(1, epochs * steps))
+
+
+def compile_model(
+    model: keras.Model,
+    learning_rate=1e-3,
+    loss=None,
+    metrics=None,
+    jit_compile="auto",
+    optimizer: str = "adam",
+) -> keras.Model:
+    """Compile ``model`` for segmentation with sensible defaults and return it.
+
+    Args:
+        learning_rate: a float or a ``keras.optimizers.schedules`` schedule.
+        loss: a loss for every output, or a list/dict with one per output. Default: sparse
+            cross-entropy on logits ignoring 255 (:func:`default_loss`).
+        metrics: a list of metrics (attached to the last output of multi-output models) or a
+            per-output list/dict. Default: :func:`default_metrics`.
+        jit_compile: ``"auto"`` lets Keras use XLA where it helps and works: JAX, and TensorFlow
+            on a GPU without ``tf.distribute`` (plain graphs on CPU-only TensorFlow, torch eager).
+        optimizer: a Keras optimizer name (``"adam"``, ``"adamw"``, ``"sgd"``...).
+    """
+    num_classes = model_num_classes(model)
+    loss = default_loss(num_classes) if loss is None else loss
+    metrics = default_metrics(num_classes) if metrics is None else metrics
+    last_only = isinstance(metrics, (list, tuple)) and not any(
+        isinstance(item, (list, tuple)) for item in metrics
+    )
+    model.compile(
+        optimizer=keras.optimizers.get(
+            {"class_name": optimizer, "config": {"learning_rate": learning_rate}}
+        ),
+        loss=_per_output(model, loss),
+        metrics=_per_output(model, metrics, last_only=last_only),
+        jit_compile=jit_compile,
+    )
+    return model
+
+
+def repeat_targets(model: keras.Model, dataset):
+    """Map ``(image, mask)`` to ``(image, {output_name: mask})`` for multi-output models.
+
+    Every output (e.g. each hourglass stack) is trained on the same mask; single-output models and
+    datasets that already carry one target per output pass through.
+    """
+    names = model.output_names
+    if len(names) == 1 or dataset is None:
+        return dataset
+    target_spec = dataset.element_spec[1]
+    if isinstance(target_spec, (tuple, list, dict)):
+        return dataset
+    return dataset.map(lambda image, mask: (image, {name: mask for name in names}))
+
+
+@dataclass
+class TrainingHistory:
+    """The epochs of both stages, like ``keras.callbacks.History``.
+
+    ``history`` maps each logged quantity to one value per epoch (both stages concatenated),
+    ``epoch`` lists the epoch indices, and ``stage_boundary`` is the index of the first
+    fine-tuning epoch (``len(epoch)`` when there was no fine-tuning stage).
+    """
+
+    history: dict[str, list[float]] = field(default_factory=dict)
+    epoch: list[int] = field(default_factory=list)
+    stage_boundary: int = 0
+
+    @property
+    def stages(self) -> list[str]:
+        """``"head"`` or ``"finetune"`` for each epoch."""
+        return ["head" if e < self.stage_boundary else "finetune" for e in self.epoch]
+
+    def extend(self, history: keras.callbacks.History) -> None:
+        """Append the epochs of one ``model.fit`` call."""
+        done = len(self.epoch)
+        for key in set(self.history) | set(history.history):
+            values = self.history.setdefault(key, [math.nan] * done)
+            new = history.history.get(key, [math.nan] * len(history.epoch))
+            values.extend(float(v) for v in new)
+        self.epoch.extend(range(done, done + len(history.epoch)))
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict (``history``, ``epoch``, ``stage_boundary``, ``stages``)."""
+        return {
+            "history": self.history,
+            "epoch": self.epoch,
+            "stage_boundary": self.stage_boundary,
+            "stages": self.stages,
+        }
+
+
+def _encoder_or_none(model: keras.Model) -> keras.Model | None:
+    try:
+        return backbones.find_encoder(model)
+    except SegkerasError:
+        return None
+
+
+def fit_two_stage(
+    model: keras.Model,
+    train,
+    val=None,
+    head_epochs: int = 5,
+    finetune_epochs: int = 5,
+    learning_rate: float = 1e-3,
+    finetune_learning_rate: float | None = None,
+    loss=None,
+    metrics=None,
+    schedule: str = "constant",
+    unfreeze_from: str | None = None,
+    jit_compile="auto",
+    strategy=None,
+    callbacks: list | None = None,
+    verbose="auto",
+) -> TrainingHistory:
+    """Train the head on a frozen encoder, then fine-tune the whole model.
+
+    Args:
+        model: a segkeras model (its encoder is the nested ``*_encoder`` layer; a model without
+            one, like the stacked hourglass on its own stem, trains end to end).
+        train, val: ``tf.data`` datasets of ``(image, mask)`` batches
+            (:func:`segkeras.data.pipeline.make_dataset`); multi-output models get the mask for
+            every output (:func:`repeat_targets`).
+        head_epochs: stage 1 epochs, encoder frozen. 0: skip stage 1 and train end to end (what a
+            randomly initialised encoder needs).
+        finetune_epochs: stage 2 epochs, encoder unfrozen (BatchNorm stays frozen). 0: stage 1 only.
+        learning_rate: stage 1 learning rate (and stage 2's when ``head_epochs`` is 0).
+        finetune_learning_rate: stage 2 learning rate; default ``learning_rate / 10`` after a
+            head stage, ``learning_rate`` when training end to end from the start.
+        loss, metrics, jit_compile: see :func:`compile_model`.
+        schedule: ``"constant"`` or ``"cosine"`` (decay to 0 over each stage).
+        unfreeze_from: fine-tune only this encoder layer and the ones after it.
+        strategy: a ``tf.distribute`` strategy whose scope the model was built in
+            (:func:`make_strategy`); compilation then happens in that scope too.
+        callbacks: Keras callbacks for both stages.
+
+    Returns:
+        A :class:`TrainingHistory` with both stages' epochs and the stage boundary.
+    """
+    if head_epochs < 0 or finetune_epochs < 0 or head_epochs + finetune_epochs == 0:
+        raise SegkerasError(
+            f"Need head_epochs >= 0 and finetune_epochs >= 0, not both 0; got {head_epochs} "
+            f"and {finetune_epochs}."
+        )
+    encoder = _encoder_or_none(model)
+    if head_epochs and encoder is None:
+        raise SegkerasError(
+            f"Model {model.name!r} has no pretrained encoder to freeze; train it end to end "
+            "(head_epochs=0)."
+        )
+    train, val = repeat_targets(model, train), repeat_targets(model, val)
+    steps = steps_per_epoch(train)
+    result = TrainingHistory()
+
+    def run_stage(epochs: int, rate: float) -> None:
+        with strategy.scope() if strategy is not None else contextlib.nullcontext():
+            compile_model(model, _learning_rate(rate, schedule, epochs, steps), loss, metrics,
+                          jit_compile)
+        done = len(result.epoch)
+        history = model.fit(train, validation_data=val, initial_epoch=done, epochs=done + epochs,
+                            callbacks=callbacks, verbose=verbose, shuffle=False)
+        result.extend(history)
+
+    if head_epochs:
+        backbones.freeze(encoder)
+        run_stage(head_epochs, learning_rate)
+    result.stage_boundary = len(result.epoch)
+    if finetune_epochs:
+        if encoder is not None:
+            backbones.unfreeze(encoder, from_layer=unfreeze_from)
+        if finetune_learning_rate is None:
+            finetune_learning_rate = learning_rate / 10 if head_epochs else learning_rate
+        run_stage(finetune_epochs, finetune_learning_rate)
+    return result

@@ -1,0 +1,219 @@
+"""FCN, DeconvNet and U-Net: every backbone trains, the paper details hold, bad input is rejected,
+and ``.keras`` files reload without custom objects."""
+
+import functools
+
+import keras
+import numpy as np
+import pytest
+
+from segkeras import backbones
+from segkeras.errors import SegkerasError
+from segkeras.layers import BilinearUpsampling
+from segkeras.models.deconv import deconvnet
+from segkeras.models.fcn import fcn
+from segkeras.models.unet import unet
+
+SIZE = 64
+NUM_CLASSES = 3
+BUILDERS = {
+    "fcn8s": lambda backbone, **kw: fcn(NUM_CLASSES, backbone, variant="8s", **kw),
+    "deconvnet_skips": lambda backbone, **kw: deconvnet(NUM_CLASSES, backbone, skips=True, **kw),
+    "unet": lambda backbone, **kw: unet(NUM_CLASSES, backbone, **kw),
+}
+FAST_BACKBONES = ("mobilenetv2", "vgg16")
+CASES = [
+    pytest.param(builder, name, marks=[pytest.mark.fast] if name in FAST_BACKBONES else [])
+    for name in backbones.available()
+    for builder in BUILDERS
+]
+
+
+@functools.lru_cache(maxsize=1)
+def _encoder(name: str) -> keras.Model:
+    """One random-weight encoder per backbone, shared by its three builders (cases run in order)."""
+    return backbones.build_encoder(name, (SIZE, SIZE, 3), weights=None)
+
+
+def _batch(size=SIZE, batch=2):
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (batch, size, size, 3)).astype("float32")
+    masks = rng.integers(0, NUM_CLASSES, (batch, size, size)).astype("int32")
+    masks[:, : size // 8] = 255  # a band of ignored pixels
+    return images, masks
+
+
+def _values(variables):
+    return [keras.ops.convert_to_numpy(v) for v in variables]
+
+
+def _train_one_step(model, **compile_kwargs):
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255),
+        **compile_kwargs,
+    )
+    return float(np.asarray(model.train_on_batch(*_batch())))
+
+
+@pytest.mark.parametrize("builder, name", CASES)
+def test_every_builder_trains_on_every_backbone(builder, name):
+    encoder = _encoder(name)
+    model = BUILDERS[builder](encoder)
+    assert model.name == f"{builder}_{name}"
+    assert tuple(model.output.shape) == (None, SIZE, SIZE, NUM_CLASSES)
+    assert model.layers[-1].compute_dtype == "float32"
+    assert backbones.find_encoder(model) is encoder
+    head = [w for layer in model.layers if layer is not encoder for w in layer.trainable_weights]
+    head_before, encoder_before = _values(head), _values(encoder.weights)
+    assert np.isfinite(_train_one_step(model, run_eagerly=True))
+    # The head learns; the encoder (frozen by default, BatchNorm in inference mode) does not move.
+    assert any(not np.allclose(a, b) for a, b in zip(head_before, _values(head), strict=True))
+    assert not encoder.trainable_weights
+    assert all(
+        np.array_equal(a, b) for a, b in zip(encoder_before, _values(encoder.weights), strict=True)
+    )
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize(
+    "build, name",
+    [
+        (lambda enc: fcn(NUM_CLASSES, enc, variant="32s"), "fcn32s_mobilenetv3small"),
+        (lambda enc: fcn(NUM_CLASSES, enc, variant="16s", fc_filters=None),
+         "fcn16s_mobilenetv3small"),
+        (lambda enc: deconvnet(NUM_CLASSES, enc), "deconvnet_mobilenetv3small"),
+        (lambda enc: unet(NUM_CLASSES, enc, upsampling="bilinear"), "unet_mobilenetv3small"),
+    ],
+)
+def test_other_variants_give_full_resolution_logits(build, name):
+    model = build(backbones.build_encoder("mobilenetv3small", weights=None))
+    assert model.name == name
+    logits = keras.ops.convert_to_numpy(model(np.zeros((1, 96, 160, 3), "float32")))
+    assert logits.shape == (1, 96, 160, NUM_CLASSES) and logits.dtype == np.float32
+    assert np.isfinite(_train_one_step(model))
+
+
+def _ramp_and_expected(size: int, stride: int, channels: int):
+    """A linear ramp image and its exact half-pixel bilinear upsampling (independent formula)."""
+    rows, cols = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    ramp = np.stack([3.0 * rows + 2.0 * cols + 1.0 + c for c in range(channels)], -1)
+    out = (np.arange(size * stride) + 0.5) / stride - 0.5  # output pixel centre in input pixels
+    out_rows, out_cols = np.meshgrid(out, out, indexing="ij")
+    expected = np.stack([3.0 * out_rows + 2.0 * out_cols + 1.0 + c for c in range(channels)], -1)
+    return ramp[None].astype("float32"), expected[None]
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("stride", [2, 8])
+def test_bilinear_initialised_transposed_conv_is_bilinear_resize_inside(stride):
+    size, channels = 8, 2
+    layer = keras.layers.Conv2DTranspose(
+        channels, 2 * stride, strides=stride, padding="same", use_bias=False,
+        kernel_initializer=BilinearUpsampling(),
+    )
+    ramp, expected = _ramp_and_expected(size, stride, channels)
+    inside = slice(stride, -stride)
+    upsampled = keras.ops.convert_to_numpy(layer(ramp))
+    np.testing.assert_allclose(upsampled[:, inside, inside], expected[:, inside, inside], atol=1e-4)
+    noise = np.random.uniform(-1, 1, (1, size, size, channels)).astype("float32")
+    resized = keras.ops.image.resize(noise, (size * stride,) * 2, interpolation="bilinear")
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(layer(noise))[:, inside, inside],
+        keras.ops.convert_to_numpy(resized)[:, inside, inside], atol=1e-5,
+    )
+
+
+@pytest.mark.fast
+def test_fcn_follows_the_paper():
+    encoder = backbones.build_encoder("mobilenetv3small", weights=None)
+    layer_names = {
+        variant: {layer.name for layer in fcn(NUM_CLASSES, encoder, variant=variant).layers}
+        for variant in ("32s", "16s")
+    }
+    assert "score_P4" not in layer_names["32s"] and "upscore32" in layer_names["32s"]
+    assert "score_P4" in layer_names["16s"] and "score_P3" not in layer_names["16s"]
+    model = fcn(NUM_CLASSES, encoder, variant="8s")
+    for name in ("score_fr", "score_P4", "score_P3"):  # the coarser net is where training starts
+        assert not np.any(keras.ops.convert_to_numpy(model.get_layer(name).kernel))
+    # The learned x2 upsamplings start as bilinear interpolation of the class scores.
+    ramp, expected = _ramp_and_expected(4, 2, NUM_CLASSES)
+    up = keras.ops.convert_to_numpy(model.get_layer("upscore_to_P3")(ramp))
+    np.testing.assert_allclose(up[:, 2:-2, 2:-2], expected[:, 2:-2, 2:-2], atol=1e-4)
+    assert model.get_layer("upscore_to_P3").trainable
+    assert model.get_layer("upscore8").count_params() == 0  # fixed final interpolation
+
+
+@pytest.mark.fast
+def test_skips_and_upsampling_choices_change_the_decoder():
+    encoder = backbones.build_encoder("mobilenetv3small", weights=None)
+    plain = deconvnet(NUM_CLASSES, encoder)
+    skips = deconvnet(NUM_CLASSES, encoder, skips=True)
+    projections = [layer.name for layer in skips.layers if "_project_" in layer.name]
+    assert projections == ["up16_project_P4", "up8_project_P3", "up4_project_P2", "up2_project_P1"]
+    assert not [layer for layer in plain.layers if "_project_" in layer.name]
+
+    def transposed(model):
+        return [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2DTranspose)]
+
+    assert len(transposed(unet(NUM_CLASSES, encoder))) == 5
+    assert not transposed(unet(NUM_CLASSES, encoder, upsampling="bilinear"))
+
+
+@pytest.mark.fast
+def test_encoder_trainable_and_mixed_precision():
+    model = unet(NUM_CLASSES, "mobilenetv3small", weights=None)
+    assert not backbones.find_encoder(model).trainable_weights
+    tuned = unet(NUM_CLASSES, "mobilenetv3small", weights=None, encoder_trainable=True)
+    assert backbones.find_encoder(tuned).trainable_weights
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        mixed = fcn(NUM_CLASSES, "mobilenetv3small", weights=None)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert mixed.get_layer("score_fr").compute_dtype == "float16"
+    assert mixed.output.dtype == "float32"
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: fcn(1, weights=None), "num_classes"),
+        (lambda: unet(2.5, weights=None), "num_classes"),
+        (lambda: fcn(3, variant="4s", weights=None), "variant"),
+        (lambda: unet(3, upsampling="nearest", weights=None), "upsampling"),
+        (lambda: unet(3, decoder_filters=(64, 32), weights=None), "decoder_filters"),
+        (lambda: deconvnet(3, input_shape=(100, 100, 3), weights=None), "96 or 128"),
+        (lambda: unet(3, backbone="mobilenet_v5", weights=None), "Unknown backbone"),
+        (lambda: unet(3, backbone=keras.Sequential([keras.Input((8, 8, 3))])), "encoder"),
+        (lambda: unet(3, backbone=_encoder("mobilenetv2"), input_shape=(128, 128, 3)),
+         "contradicts"),
+    ],
+)
+def test_bad_arguments_are_rejected_with_a_hint(build, message):
+    with pytest.raises(SegkerasError, match=message):
+        build()
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: fcn(NUM_CLASSES, "mobilenetv2", weights=None),
+        lambda: deconvnet(NUM_CLASSES, "mobilenetv2", skips=True, weights=None),
+        lambda: unet(NUM_CLASSES, "mobilenetv2", upsampling="bilinear", weights=None),
+    ],
+)
+def test_keras_file_round_trip(build, tmp_path):
+    model = build()
+    _train_one_step(model)  # moves the zero-initialised scores and the BatchNorm statistics
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.name == model.name
+    assert backbones.find_encoder(loaded).name == "mobilenetv2_encoder"
+    images = np.random.uniform(0, 255, (1, 64, 96, 3)).astype("float32")
+    expected = keras.ops.convert_to_numpy(model(images))
+    assert np.abs(expected).max() > 0
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(images)), expected, atol=1e-5)
