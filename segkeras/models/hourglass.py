@@ -5,10 +5,11 @@ blocks repeated one after another; each block ("stack") predicts a segmentation 
 refines, and every stack has its own loss. Here the per-stack heads predict class logits instead
 of keypoint heatmaps.
 
-Every stack's logits are upsampled (bilinear) from 1/4 to the input resolution, so one (image, mask)
-dataset trains all stacks: :func:`repeat_targets` gives each output named ``"stack_1"`` ..
-``"stack_N"`` the same mask, and :func:`hourglass_losses`, :func:`hourglass_loss_weights` and
-:func:`hourglass_metrics` build the per-output dictionaries for ``model.compile``::
+The network works at 1/4 of the input resolution; every stack's logits are upsampled (fixed
+bilinear) to the input resolution, so one (image, mask) dataset trains all stacks:
+:func:`repeat_targets` gives each output, ``"stack_1"`` .. ``"stack_N"``, the same mask, and
+:func:`hourglass_losses`, :func:`hourglass_loss_weights` and :func:`hourglass_metrics` build the
+per-output dictionaries for ``model.compile``::
 
     model = hourglass(num_classes=4, num_stacks=2)
     model.compile("adam", loss=hourglass_losses(2), loss_weights=hourglass_loss_weights(2),
@@ -28,6 +29,7 @@ import numpy as np
 from segkeras import backbones
 from segkeras.data.core import IGNORE_LABEL
 from segkeras.errors import SegkerasError
+from segkeras.layers import BilinearUpsampling
 from segkeras.metrics import segmentation_metrics
 
 layers = keras.layers
@@ -103,6 +105,18 @@ def _backbone_stem(image, filters: int, backbone: str, input_shape, weights, tra
     return _residual(x, filters, "stem_res"), encoder.name.removesuffix(backbones.ENCODER_SUFFIX)
 
 
+def _bilinear_upsampling(logits, num_classes: int, name: str):
+    """Fixed (non-trainable) bilinear upsampling from 1/4 to the input resolution, float32.
+
+    A ``Conv2DTranspose`` with FCN's bilinear kernel rather than ``UpSampling2D(interpolation=
+    "bilinear")``, which cannot be traced by TensorFlow when H and W are unknown.
+    """
+    return layers.Conv2DTranspose(
+        num_classes, 2 * STEM_STRIDE, strides=STEM_STRIDE, padding="same", use_bias=False,
+        kernel_initializer=BilinearUpsampling(), trainable=False, dtype="float32", name=name,
+    )(logits)
+
+
 def _check_arguments(num_classes, num_stacks, depth, filters, backbone, input_shape) -> tuple:
     for label, value, minimum in (("num_classes", num_classes, 1), ("num_stacks", num_stacks, 1),
                                   ("depth", depth, 1), ("filters", filters, 4)):
@@ -171,9 +185,7 @@ def hourglass(
         features = _residual(features, filters, f"{name}_out_res")
         features = _conv_bn_relu(features, filters, 1, f"{name}_out")
         logits = layers.Conv2D(num_classes, 1, name=f"{name}_logits")(features)
-        outputs[output_name] = layers.UpSampling2D(
-            STEM_STRIDE, interpolation="bilinear", dtype="float32", name=output_name
-        )(logits)
+        outputs[output_name] = _bilinear_upsampling(logits, num_classes, output_name)
         if stack < num_stacks:
             remapped_features = layers.Conv2D(filters, 1, name=f"{name}_remap_features")(features)
             remapped_logits = layers.Conv2D(filters, 1, name=f"{name}_remap_logits")(logits)
