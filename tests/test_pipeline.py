@@ -1,5 +1,9 @@
 """The tf.data pipeline: batches, resizing, validation, paired augmentation, model.fit."""
 
+import os
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -148,5 +152,27 @@ def test_model_fit_consumes_batches(data):
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True,
                                                                      ignore_class=255))
     dataset = pipeline.make_dataset(data, 64, batch_size=4, augment=True, shuffle=True)
-    history = model.fit(dataset, epochs=2, verbose=0)
+    history = model.fit(dataset, epochs=2, verbose=0, shuffle=False)
     assert len(history.history["loss"]) == 2 and np.isfinite(history.history["loss"]).all()
+
+
+JAX_FIT = """
+import keras, numpy as np
+from segkeras.data import pipeline, shapes
+assert keras.backend.backend() == "jax"
+model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Conv2D(4, 3, padding="same")])
+model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+dataset = pipeline.make_dataset(shapes.generate(6, 32), 32, batch_size=4, augment=True)
+loss = model.fit(dataset, epochs=1, verbose=0, shuffle=False).history["loss"][0]
+assert np.isfinite(loss)
+print("ok", loss)
+"""
+
+
+def test_jax_backend_fits_on_the_batches():
+    """The suite runs on one backend; this checks JAX consumes the tf.data batches too."""
+    pytest.importorskip("jax")
+    environment = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run([sys.executable, "-c", JAX_FIT], env=environment,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]

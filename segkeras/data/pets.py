@@ -92,14 +92,15 @@ def load(
     for value, class_id in _TRIMAP_TO_CLASS[mode].items():
         lookup[value] = class_id
 
-    images, masks, kept, skipped = [], [], [], []
+    images, masks, kept, unreadable = [], [], [], {}
     for name in names:
         image_path = os.path.join(root, "images", f"{name}.jpg")
         trimap_path = os.path.join(root, "annotations", "trimaps", f"{name}.png")
         try:
-            image, trimap = read_rgb(image_path), read_mask(trimap_path)
-        except SegkerasError:  # unreadable content (missing files raise FileNotFoundError)
-            skipped.append(name)
+            image = read_rgb(image_path)
+            trimap = read_mask(trimap_path)
+        except SegkerasError as error:  # unreadable content (missing files raise, not skip)
+            unreadable[name] = str(error)
             continue
         if image.shape[:2] != trimap.shape:
             raise SegkerasError(f"{image_path} is {image.shape[:2]} but its trimap "
@@ -110,15 +111,14 @@ def load(
         images.append(image)
         masks.append(mask)
         kept.append(name)
-    if skipped:
-        warnings.warn(f"Oxford-IIIT Pet: skipped {len(skipped)} unreadable image(s): "
-                      + ", ".join(os.path.join(root, "images", f"{n}.jpg") for n in skipped),
-                      stacklevel=2)
+    if unreadable:
+        warnings.warn(f"Oxford-IIIT Pet: skipped {len(unreadable)} unreadable file(s): "
+                      + "; ".join(unreadable.values()), stacklevel=2)
     if size is not None and images:
         images, masks = np.stack(images), np.stack(masks)
-    return SegmentationData(images, masks, list(CLASS_NAMES[mode]), None,
-                            {"names": kept, "skipped": skipped, "split": split, "mode": mode,
-                             "root": root})
+    extra = {"names": kept, "skipped": list(unreadable), "split": split, "mode": mode,
+             "root": root}
+    return SegmentationData(images, masks, list(CLASS_NAMES[mode]), None, extra)
 
 
 def _size(image_size) -> tuple[int, int] | None:

@@ -46,12 +46,13 @@ def make_dataset(
         augment: random flip, zoom/crop, rotation and shift, identical for image and mask
             (border reflected), then brightness, contrast and saturation on the image only.
         shuffle: reshuffle the images every epoch.
-        cache: keep the decoded, resized images in memory after the first epoch.
+        cache: keep the resized images in memory after the first epoch (images already of
+            ``image_size`` are used from memory as they are).
         seed: seed of the shuffle and the augmentation (each epoch draws new values).
         num_classes: classes including background; every label must be below it or 255
-            (default: ``source.num_classes``, or inferred from an ``(images, masks)`` pair).
+            (default: ``source.num_classes``; not checked for an ``(images, masks)`` pair).
     """
-    images, masks, num_classes = _checked_arrays(source, num_classes)
+    images, masks = _checked_arrays(source, num_classes)
     height, width = _size(image_size)
     if int(batch_size) != batch_size or batch_size < 1:
         raise SegkerasError(f"batch_size must be an int >= 1, got {batch_size!r}")
@@ -61,8 +62,8 @@ def make_dataset(
     if not same_size:
         dataset = dataset.map(lambda image, mask: _resize(image, mask, height, width),
                               num_parallel_calls=tf.data.AUTOTUNE)
-    if cache:
-        dataset = dataset.cache()
+        if cache:
+            dataset = dataset.cache()
     if shuffle:
         dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(int(batch_size))
@@ -154,7 +155,7 @@ def _size(image_size) -> tuple[int, int]:
 
 
 def _checked_arrays(source, num_classes: int | None):
-    """(images, masks, num_classes) as uint8 RGB images and uint8 masks, validated."""
+    """(images, masks) as uint8 RGB images and uint8 masks, validated against num_classes."""
     if isinstance(source, SegmentationData):
         images, masks = source.images, source.masks
         num_classes = source.num_classes if num_classes is None else num_classes
@@ -173,14 +174,14 @@ def _checked_arrays(source, num_classes: int | None):
         pairs = [_checked_pair(image, mask, f"image {i}", batched=False)
                  for i, (image, mask) in enumerate(zip(images, masks, strict=True))]
         images, masks = [image for image, _ in pairs], [mask for _, mask in pairs]
+        if len({image.shape for image in images}) == 1:  # one size: arrays are faster
+            images, masks = np.stack(images), np.stack(masks)
     largest = max(_largest_label(mask) for mask in (masks if isinstance(masks, list) else [masks]))
-    if num_classes is None:
-        num_classes = largest + 1
-    if largest >= num_classes:
+    if num_classes is not None and largest >= num_classes:
         raise SegkerasError(
             f"mask label {largest} found but num_classes={num_classes}: labels must be "
             f"0..{num_classes - 1} or {IGNORE_LABEL} (ignore); fix the masks or num_classes")
-    return images, masks, int(num_classes)
+    return images, masks
 
 
 def _checked_pair(image, mask, what: str, batched: bool):
