@@ -85,6 +85,10 @@ def test_a_loss_on_stack_2_reaches_stack_1_through_the_remapped_logits():
     assert {"hg2_logits", "hg1_remap_logits", "hg1_remap_features", "hg1_logits"} <= changed
 
 
+def _trainable_count(model):
+    return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+
+
 @pytest.mark.fast
 def test_keras_round_trip_and_final_stack_model(tmp_path):
     model = hourglass(3, num_stacks=2, **SMALL)
@@ -101,7 +105,8 @@ def test_keras_round_trip_and_final_stack_model(tmp_path):
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(final(images)), expected["stack_2"], atol=1e-5
     )
-    assert final.count_params() == model.count_params()
+    # Everything trained is kept; only stack 1's fixed bilinear upsampling is left out.
+    assert _trainable_count(final) == _trainable_count(model)
 
 
 @pytest.mark.fast
@@ -146,6 +151,30 @@ def test_invalid_arguments_are_rejected_with_a_hint(kwargs, message):
 def test_sizes_that_are_multiples_of_the_hourglass_stride_are_accepted():
     model = hourglass(3, num_stacks=1, depth=2, filters=8, input_shape=(48, 80, 3))
     assert tuple(model.get_layer("stack_1").output.shape) == (None, 48, 80, 3)
+
+
+@pytest.mark.fast
+def test_outputs_are_bilinear_upsampled_logits_of_each_stack():
+    model = hourglass(3, num_stacks=2, **SMALL)
+    images = _images(1, 32)
+    for stack in (1, 2):
+        name = f"stack_{stack}"
+        head = keras.Model(model.input, model.get_layer(f"hg{stack}_logits").output)
+        low = keras.ops.image.resize(head(images), (32, 32), interpolation="bilinear")
+        high = model(images)[name]
+        interior = (slice(None), slice(4, -4), slice(4, -4))  # the border pixels are zero-padded
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(high)[interior],
+                                   keras.ops.convert_to_numpy(low)[interior], atol=1e-5)
+    assert model.get_layer("stack_2").trainable_weights == []
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow graph tracing")
+def test_traces_as_a_tensorflow_graph_with_unknown_height_and_width():
+    import tensorflow as tf
+
+    model = hourglass(3, num_stacks=2, **SMALL)
+    traced = tf.function(model).get_concrete_function(tf.TensorSpec((None, None, None, 3)))
+    assert traced.structured_outputs["stack_2"].shape.as_list() == [None, None, None, 3]
 
 
 def test_compile_helpers_train_every_stack_from_one_mask_dataset():

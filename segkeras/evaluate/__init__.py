@@ -1,1 +1,6 @@
-"""Evaluation: semantic segmentation scores (IoU tables) and instance segmentation (COCO mask AP)."""
+"""Evaluation: semantic segmentation scores (IoU tables), instance segmentation (COCO mask AP)."""
+
+from segkeras.evaluate.instances import mask_ap
+from segkeras.evaluate.semantic import evaluate_semantic, format_table, save_json
+
+__all__ = ["evaluate_semantic", "format_table", "mask_ap", "save_json"]

@@ -1,1 +1,16 @@
-"""Builders for the lecture's architectures; each returns a named ``keras.Model`` with logits out."""
+"""Builders for the lecture's architectures; each returns a named ``keras.Model`` with logits out.
+
+All share ``num_classes, backbone, weights, encoder_trainable, input_shape`` and reload from
+``.keras`` files without ``custom_objects``.
+"""
+
+from segkeras.models.deconv import deconvnet
+from segkeras.models.fcn import fcn
+from segkeras.models.hourglass import final_stack_model, hourglass
+from segkeras.models.mask_head import instance_segmenter, predict_instances
+from segkeras.models.unet import unet
+
+__all__ = [
+    "deconvnet", "fcn", "final_stack_model", "hourglass", "instance_segmenter",
+    "predict_instances", "unet",
+]

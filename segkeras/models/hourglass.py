@@ -231,7 +231,7 @@ def hourglass_losses(num_stacks: int, loss: keras.losses.Loss | None = None) -> 
 def hourglass_loss_weights(num_stacks: int, weights: Sequence[float] | None = None) -> dict:
     """``loss_weights`` for ``compile``: one per stack (default all 1, as in the paper)."""
     weights = [1.0] * num_stacks if weights is None else [float(w) for w in weights]
-    if len(weights) != num_stacks or min(weights) < 0:
+    if len(weights) != num_stacks or any(weight < 0 for weight in weights):
         raise SegkerasError(
             f"Need {num_stacks} non-negative loss weights (one per stack), got {weights}."
         )
