@@ -96,9 +96,8 @@ def model_num_classes(model: keras.Model) -> int:
     return int(model.outputs[-1].shape[-1])
 
 
-def default_loss(num_classes: int) -> keras.losses.Loss:
+def default_loss() -> keras.losses.Loss:
     """Sparse categorical cross-entropy on logits that skips ignore-labelled (255) pixels."""
-    del num_classes  # same signature as losses that need it (e.g. cross-entropy + Dice)
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=IGNORE_LABEL)
 
 
@@ -119,7 +118,7 @@ def _per_output(model: keras.Model, value, last_only: bool = False):
     if len(names) == 1 or isinstance(value, dict):
         return value
     if isinstance(value, (list, tuple)) and len(value) == len(names) and not last_only:
-        return dict(zip(names, value))
+        return dict(zip(names, value, strict=True))
     if last_only:
         return {names[-1]: value}
     return {name: value for name in names}
@@ -165,7 +164,7 @@ def compile_model(
         optimizer: a Keras optimizer name (``"adam"``, ``"adamw"``, ``"sgd"``...).
     """
     num_classes = model_num_classes(model)
-    loss = default_loss(num_classes) if loss is None else loss
+    loss = default_loss() if loss is None else loss
     metrics = default_metrics(num_classes) if metrics is None else metrics
     last_only = isinstance(metrics, (list, tuple)) and not any(
         isinstance(item, (list, tuple)) for item in metrics
@@ -233,7 +232,8 @@ class TrainingHistory:
         }
 
 
-def _encoder_or_none(model: keras.Model) -> keras.Model | None:
+def encoder_or_none(model: keras.Model) -> keras.Model | None:
+    """The model's nested ``*_encoder`` layer, or None (e.g. a hourglass on its own stem)."""
     try:
         return backbones.find_encoder(model)
     except SegkerasError:
@@ -286,7 +286,7 @@ def fit_two_stage(
             f"Need head_epochs >= 0 and finetune_epochs >= 0, not both 0; got {head_epochs} "
             f"and {finetune_epochs}."
         )
-    encoder = _encoder_or_none(model)
+    encoder = encoder_or_none(model)
     if head_epochs and encoder is None:
         raise SegkerasError(
             f"Model {model.name!r} has no pretrained encoder to freeze; train it end to end "

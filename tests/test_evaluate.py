@@ -133,4 +133,5 @@ def test_table_and_json(tmp_path):
     assert table.splitlines()[4].split()[:2] == ["square", "-"]  # no IoU for an absent class
     path = semantic.save_json(result, str(tmp_path / "sub" / "metrics.json"))
     loaded = json.loads(open(path).read())
-    assert loaded["iou"]["square"] is None and loaded["mean_iou"] == pytest.approx(result["mean_iou"])
+    assert loaded["iou"]["square"] is None
+    assert loaded["mean_iou"] == pytest.approx(result["mean_iou"])

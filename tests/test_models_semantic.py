@@ -17,11 +17,13 @@ from segkeras.models.unet import unet
 SIZE = 64
 NUM_CLASSES = 3
 BUILDERS = {
-    "fcn8s": lambda backbone, **kw: fcn(NUM_CLASSES, backbone, variant="8s", **kw),
-    "deconvnet_skips": lambda backbone, **kw: deconvnet(NUM_CLASSES, backbone, skips=True, **kw),
-    "unet": lambda backbone, **kw: unet(NUM_CLASSES, backbone, **kw),
+    "fcn8s": lambda encoder: fcn(NUM_CLASSES, encoder, variant="8s"),
+    "deconvnet_skips": lambda encoder: deconvnet(NUM_CLASSES, encoder, skips=True),
+    "unet": lambda encoder: unet(NUM_CLASSES, encoder),
 }
 FAST_BACKBONES = ("mobilenetv2", "vgg16")
+# For one step TensorFlow runs faster eagerly than it traces a graph; JAX compiles op by op eagerly.
+EAGER_IS_CHEAPER = keras.backend.backend() != "jax"
 CASES = [
     pytest.param(builder, name, marks=[pytest.mark.fast] if name in FAST_BACKBONES else [])
     for name in backbones.available()
@@ -47,11 +49,12 @@ def _values(variables):
     return [keras.ops.convert_to_numpy(v) for v in variables]
 
 
-def _train_one_step(model, **compile_kwargs):
+def _train_one_step(model, run_eagerly=EAGER_IS_CHEAPER):
+    """One SGD step, in the cheaper mode for a single step unless told otherwise."""
     model.compile(
         optimizer=keras.optimizers.SGD(0.1),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255),
-        **compile_kwargs,
+        run_eagerly=run_eagerly,
     )
     return float(np.asarray(model.train_on_batch(*_batch())))
 
@@ -66,7 +69,8 @@ def test_every_builder_trains_on_every_backbone(builder, name):
     assert backbones.find_encoder(model) is encoder
     head = [w for layer in model.layers if layer is not encoder for w in layer.trainable_weights]
     head_before, encoder_before = _values(head), _values(encoder.weights)
-    assert np.isfinite(_train_one_step(model, run_eagerly=True))
+    # Not eager for ConvNeXt: Keras XLA-compiles its grouped convolutions at every eager call.
+    assert np.isfinite(_train_one_step(model, EAGER_IS_CHEAPER and name != "convnexttiny"))
     # The head learns; the encoder (frozen by default, BatchNorm in inference mode) does not move.
     assert any(not np.allclose(a, b) for a, b in zip(head_before, _values(head), strict=True))
     assert not encoder.trainable_weights
@@ -75,7 +79,6 @@ def test_every_builder_trains_on_every_backbone(builder, name):
     )
 
 
-@pytest.mark.fast
 @pytest.mark.parametrize(
     "build, name",
     [
@@ -85,13 +88,16 @@ def test_every_builder_trains_on_every_backbone(builder, name):
         (lambda enc: deconvnet(NUM_CLASSES, enc), "deconvnet_mobilenetv3small"),
         (lambda enc: unet(NUM_CLASSES, enc, upsampling="bilinear"), "unet_mobilenetv3small"),
     ],
+    ids=["fcn32s", "fcn16s_no_fc", "deconvnet", "unet_bilinear"],
 )
 def test_other_variants_give_full_resolution_logits(build, name):
     model = build(backbones.build_encoder("mobilenetv3small", weights=None))
     assert model.name == name
     logits = keras.ops.convert_to_numpy(model(np.zeros((1, 96, 160, 3), "float32")))
     assert logits.shape == (1, 96, 160, NUM_CLASSES) and logits.dtype == np.float32
-    assert np.isfinite(_train_one_step(model))
+    # One of them in graph mode (what fit uses), with the input size left open.
+    eager = EAGER_IS_CHEAPER and not name.startswith("unet")
+    assert np.isfinite(_train_one_step(model, run_eagerly=eager))
 
 
 def _ramp_and_expected(size: int, stride: int, channels: int):
@@ -196,14 +202,14 @@ def test_bad_arguments_are_rejected_with_a_hint(build, message):
         build()
 
 
-@pytest.mark.fast
 @pytest.mark.parametrize(
     "build",
     [
-        lambda: fcn(NUM_CLASSES, "mobilenetv2", weights=None),
+        pytest.param(lambda: fcn(NUM_CLASSES, "mobilenetv2", weights=None), marks=pytest.mark.fast),
         lambda: deconvnet(NUM_CLASSES, "mobilenetv2", skips=True, weights=None),
         lambda: unet(NUM_CLASSES, "mobilenetv2", upsampling="bilinear", weights=None),
     ],
+    ids=["fcn8s", "deconvnet_skips", "unet_bilinear"],
 )
 def test_keras_file_round_trip(build, tmp_path):
     model = build()

@@ -75,6 +75,9 @@ def make_dataset(
     else:
         dataset = dataset.map(lambda image, mask: (tf.cast(image, tf.float32),
                                                    tf.cast(mask, tf.int32)))
+    # Static spatial sizes let XLA compile one program and keep graph tracing simple.
+    dataset = dataset.map(lambda image, mask: (tf.ensure_shape(image, [None, height, width, 3]),
+                                               tf.ensure_shape(mask, [None, height, width])))
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 

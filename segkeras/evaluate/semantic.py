@@ -57,15 +57,15 @@ def scores(confusion: np.ndarray, class_names: list[str] | None = None) -> dict:
     true_positives = np.diag(confusion)
     labelled = confusion.sum(axis=1)
     union = labelled + confusion.sum(axis=0) - true_positives
-    iou = [float(tp / u) if u else None for tp, u in zip(true_positives, union)]
+    iou = [float(tp / u) if u else None for tp, u in zip(true_positives, union, strict=True)]
     defined = [value for value in iou if value is not None]
     total = int(confusion.sum())
     return {
         "classes": class_names,
-        "iou": dict(zip(class_names, iou)),
+        "iou": dict(zip(class_names, iou, strict=True)),
         "mean_iou": float(np.mean(defined)) if defined else None,
         "pixel_accuracy": float(true_positives.sum() / total) if total else None,
-        "pixels": dict(zip(class_names, (int(n) for n in labelled))),
+        "pixels": dict(zip(class_names, (int(n) for n in labelled), strict=True)),
         "confusion_matrix": confusion.tolist(),
     }
 
@@ -86,12 +86,12 @@ def _as_list(outputs, names: list[str]) -> list:
 
 
 def confusion_matrices(model: keras.Model, dataset) -> list[np.ndarray]:
-    """One confusion matrix per model output (hourglass: per stack), accumulated over ``dataset``."""
+    """One confusion matrix per model output (hourglass: per stack) over all of ``dataset``."""
     num_classes = int(model.outputs[-1].shape[-1])
     totals = [np.zeros((num_classes, num_classes), np.int64) for _ in model.outputs]
     for images, masks in _numpy_batches(dataset):
         outputs = _as_list(model.predict_on_batch(images), model.output_names)
-        for total, logits in zip(totals, outputs):
+        for total, logits in zip(totals, outputs, strict=True):
             total += confusion_matrix(masks, np.argmax(logits, axis=-1), num_classes)
     return totals
 
@@ -118,7 +118,7 @@ def evaluate_semantic(model: keras.Model, dataset, class_names: list[str] | None
     result = scores(matrices[-1], class_names)
     if len(matrices) > 1:
         result["per_output"] = []
-        for name, matrix in zip(model.output_names, matrices):
+        for name, matrix in zip(model.output_names, matrices, strict=True):
             summary = scores(matrix, class_names)
             result["per_output"].append(
                 {"output": name, "mean_iou": summary["mean_iou"],

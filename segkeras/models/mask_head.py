@@ -104,6 +104,17 @@ class MaskedBinaryCrossentropy(keras.losses.Loss):
         return ops.sum(per_pixel * counted) / ops.maximum(ops.sum(counted), 1.0)
 
 
+def _train_batchnorm_from_scratch(encoder: keras.Model) -> None:
+    """Unfreeze a randomly initialised encoder, BatchNorm included (there are no ImageNet
+    statistics to protect), with the Keras default momentum 0.99: the 0.999 of some
+    ``keras.applications`` models leaves the moving statistics (used at inference) near their
+    initial values for thousands of steps."""
+    backbones.unfreeze(encoder, keep_batchnorm_frozen=False)
+    for layer in encoder.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = min(layer.momentum, 0.99)
+
+
 def _freeze_layers_after(encoder: keras.Model, feature_level: str) -> None:
     """Freeze the encoder layers that do not lead to ``feature_level`` (no gradient reaches
     them; frozen, they need no optimizer state and raise no missing-gradient warnings)."""
@@ -145,7 +156,8 @@ def instance_segmenter(
         weights: encoder weights: ``"imagenet"``, ``None`` (random: with ``encoder_trainable``
             its BatchNorm layers train too, having no ImageNet statistics to keep) or a file.
         feature_level: ``"P4"`` (stride 16, as in the paper) or ``"P3"`` (stride 8, finer).
-        encoder_trainable: train the encoder too, or keep it frozen.
+        encoder_trainable: train the encoder too, or keep it frozen. Either way the encoder
+            layers after ``feature_level`` are frozen: no gradient reaches them.
         input_shape: ``(H, W, 3)``, H and W multiples of 32 or None.
         max_instances: box rows per image (N); pad with class id 0.
         head_channels: width of the head's convolutions (256 in the paper).
@@ -161,9 +173,11 @@ def instance_segmenter(
         raise SegkerasError(f"max_instances must be a positive int, got {max_instances!r}.")
     if int(head_channels) != head_channels or head_channels < 1:
         raise SegkerasError(f"head_channels must be a positive int, got {head_channels!r}.")
-    encoder = resolve_encoder(backbone, input_shape, weights, encoder_trainable)
     if isinstance(backbone, str) and weights is None and encoder_trainable:
-        backbones.unfreeze(encoder, keep_batchnorm_frozen=False)
+        encoder = resolve_encoder(backbone, input_shape, weights, False)
+        _train_batchnorm_from_scratch(encoder)
+    else:
+        encoder = resolve_encoder(backbone, input_shape, weights, encoder_trainable)
     _freeze_layers_after(encoder, feature_level)
     image, features = encode(encoder)
     boxes = keras.Input((max_instances, 4), name="boxes")
@@ -214,6 +228,33 @@ def _model_input_size(model: keras.Model, height: int, width: int) -> tuple[int,
     return tuple(max(32, int(round(side / 32)) * 32) for side in (height, width))
 
 
+def _mask_probabilities(model, images, boxes, class_ids, batch_size):
+    """(N_i, 28, 28) sigmoid masks per image; images of one model input size share batches."""
+    rows = model.input["boxes"].shape[1]
+    probabilities = [np.zeros((len(ids), MASK_SIZE, MASK_SIZE), np.float32) for ids in class_ids]
+    requests: dict[tuple, list] = {}  # model input size -> (image, slice, inputs) of each chunk
+    for i, image in enumerate(images):
+        height, width = np.shape(image)[:2]
+        size = _model_input_size(model, height, width)
+        scale = np.array([size[1] / width, size[0] / height] * 2, dtype=np.float32)
+        resized = resize_image(image, size)
+        for start in range(0, len(class_ids[i]), rows):
+            chunk = slice(start, min(start + rows, len(class_ids[i])))
+            padded_boxes = np.zeros((rows, 4), np.float32)
+            padded_ids = np.zeros(rows, np.int32)
+            padded_boxes[: chunk.stop - start] = boxes[i][chunk] * scale
+            padded_ids[: chunk.stop - start] = class_ids[i][chunk]
+            requests.setdefault(size, []).append((i, chunk, resized, padded_boxes, padded_ids))
+    for chunks in requests.values():
+        inputs = {key: np.stack([chunk[j] for chunk in chunks])
+                  for j, key in enumerate(("image", "boxes", "class_ids"), start=2)}
+        logits = model.predict(inputs, batch_size=batch_size, verbose=0)
+        for (i, chunk, *_), chunk_logits in zip(chunks, logits, strict=True):
+            count = chunk.stop - chunk.start
+            probabilities[i][chunk] = 1.0 / (1.0 + np.exp(-chunk_logits[:count]))
+    return probabilities
+
+
 def predict_instances(
     model: keras.Model,
     images: np.ndarray | Sequence[np.ndarray],
@@ -238,42 +279,25 @@ def predict_instances(
             f"Got {len(images)} images, {len(boxes)} box arrays and {len(class_ids)} class-id "
             "arrays; pass one box array and one class-id array per image."
         )
-    rows = model.input["boxes"].shape[1]
     num_classes = model.get_layer("mask_predictor").filters
-    groups: dict[tuple, list] = {}
-    prepared = []
+    clipped, valid, checked_ids = [], [], []
     for i, image in enumerate(images):
-        height, width = np.shape(image)[:2]
-        clipped, valid = clip_boxes(boxes[i], height, width)
+        image_boxes, image_valid = clip_boxes(boxes[i], *np.shape(image)[:2])
         ids = check_class_ids(np.asarray(class_ids[i]).reshape(-1), num_classes, f"Image {i}")
-        if len(ids) != len(clipped):
-            raise SegkerasError(f"Image {i} has {len(clipped)} boxes but {len(ids)} class ids.")
-        size = _model_input_size(model, height, width)
-        scale = np.array([size[1] / width, size[0] / height] * 2, dtype=np.float32)
-        prepared.append((clipped, valid, np.zeros((len(ids), MASK_SIZE, MASK_SIZE), np.float32)))
-        resized = resize_image(image, size)
-        for start in range(0, len(ids), rows):
-            chunk = slice(start, min(start + rows, len(ids)))
-            padded_boxes = np.zeros((rows, 4), np.float32)
-            padded_ids = np.zeros(rows, np.int32)
-            count = chunk.stop - chunk.start
-            padded_boxes[:count] = clipped[chunk] * scale
-            padded_ids[:count] = ids[chunk]
-            groups.setdefault(size, []).append((i, chunk, resized, padded_boxes, padded_ids))
-    for entries in groups.values():
-        inputs = {"image": np.stack([e[2] for e in entries]),
-                  "boxes": np.stack([e[3] for e in entries]),
-                  "class_ids": np.stack([e[4] for e in entries])}
-        logits = model.predict(inputs, batch_size=batch_size, verbose=0)
-        for (i, chunk, *_), chunk_logits in zip(entries, logits, strict=True):
-            prepared[i][2][chunk] = 1.0 / (1.0 + np.exp(-chunk_logits[: chunk.stop - chunk.start]))
+        if len(ids) != len(image_boxes):
+            raise SegkerasError(f"Image {i} has {len(image_boxes)} boxes but {len(ids)} class ids.")
+        clipped.append(image_boxes)
+        valid.append(image_valid)
+        checked_ids.append(ids)
+    probabilities = _mask_probabilities(model, images, clipped, checked_ids, batch_size)
     masks, scores = [], []
-    for image, (clipped, valid, probabilities) in zip(images, prepared, strict=True):
-        height, width = np.shape(image)[:2]
-        pasted = paste_masks(probabilities, clipped, height, width) * valid[:, None, None]
+    for image, image_boxes, image_valid, image_probabilities in zip(
+        images, clipped, valid, probabilities, strict=True
+    ):
+        pasted = paste_masks(image_probabilities, image_boxes, *np.shape(image)[:2])
+        pasted *= image_valid[:, None, None]
         binary = pasted >= 0.5
-        inside = binary.sum(axis=(1, 2))
+        area = binary.sum(axis=(1, 2))
         masks.append(binary)
-        scores.append(np.where(inside > 0, (pasted * binary).sum(axis=(1, 2)) / np.maximum(
-            inside, 1), 0.0).astype(np.float32))
+        scores.append((pasted * binary).sum(axis=(1, 2)) / np.maximum(area, 1))  # 0 if empty
     return (masks, scores) if return_scores else masks

@@ -1,0 +1,236 @@
+"""Lab 5 checks: correct answers score full points, typical mistakes fail with the hint that
+names them, stubs report "not answered yet"."""
+
+import numpy as np
+import pytest
+from skimage.transform import resize
+
+from segkeras.checks import core
+from segkeras.checks import mask_head as checks
+
+
+@pytest.fixture(autouse=True)
+def fresh_score():
+    core.reset()
+    yield
+    core.reset()
+
+
+def stub(*args, **kwargs):
+    raise NotImplementedError()
+
+
+# --- answers written from the definitions (numpy) --------------------------------------------
+
+def bilinear_sample(features, y, x):
+    height, width = features.shape[:2]
+    if y < -1 or y > height or x < -1 or x > width:
+        return np.zeros(features.shape[-1])
+    y, x = min(max(y, 0.0), height - 1.0), min(max(x, 0.0), width - 1.0)
+    y0, x0 = int(y), int(x)
+    y1, x1 = min(y0 + 1, height - 1), min(x0 + 1, width - 1)
+    dy, dx = y - y0, x - x0
+    return ((1 - dy) * ((1 - dx) * features[y0, x0] + dx * features[y0, x1])
+            + dy * ((1 - dx) * features[y1, x0] + dx * features[y1, x1]))
+
+
+def make_roi_align(offset=0.5, legacy_offset=0.0, scaled=True, swap_xy=False, one_sample=False,
+                   sample=bilinear_sample):
+    """RoIAlign of one box; the keyword arguments introduce one typical mistake each."""
+
+    def roi_align_box(features, box, output_size=2, sampling_ratio=2, spatial_scale=1.0,
+                      aligned=True):
+        box = np.asarray(box, np.float64)[[1, 0, 3, 2] if swap_xy else [0, 1, 2, 3]]
+        x1, y1, x2, y2 = box * (spatial_scale if scaled else 1.0) - (
+            offset if aligned else legacy_offset)
+        height, width = y2 - y1, x2 - x1
+        if not aligned:
+            height, width = max(height, 1.0), max(width, 1.0)
+        ratio = 1 if one_sample else sampling_ratio
+        steps = (np.arange(output_size)[:, None] + (np.arange(ratio) + 0.5) / ratio).ravel()
+        ys, xs = y1 + steps * height / output_size, x1 + steps * width / output_size
+        samples = np.array([[sample(features, y, x) for x in xs] for y in ys])
+        shape = (output_size, ratio, output_size, ratio, -1)
+        return samples.reshape(shape).mean(axis=(1, 3))
+
+    return roi_align_box
+
+
+def mask_target(mask, box, size=28):
+    x1, y1, x2, y2 = (int(round(float(v))) for v in box)
+    return resize(mask[y1:y2, x1:x2].astype(np.float32), (size, size), order=1) >= 0.5
+
+
+def select_class_masks(logits, class_ids):
+    return np.take_along_axis(logits, class_ids[:, None, None, None], axis=-1)[..., 0]
+
+
+def paste_mask(mask, box, height, width):
+    x1, y1, x2, y2 = (int(round(float(v))) for v in box)
+    pasted = np.zeros((height, width), bool)
+    pasted[y1:y2, x1:x2] = resize(mask, (y2 - y1, x2 - x1), order=1) >= 0.5
+    return pasted
+
+
+def assert_fails(result, *words):
+    assert not result and result.points == 0, "a wrong answer must not score"
+    for word in words:
+        assert word in result.message, f"{word!r} not in hint: {result.message}"
+
+
+# --- RoIAlign ---------------------------------------------------------------------------------
+
+@pytest.mark.fast
+def test_roi_align_accepts_the_definition():
+    result = checks.roi_align(make_roi_align(), bilinear_sample)
+    assert result and result.points == result.max_points == 3
+
+
+@pytest.mark.fast
+def test_roi_align_accepts_keras_ops_answers():
+    from keras import ops
+
+    reference = make_roi_align()
+    result = checks.roi_align(lambda *args, **kwargs: ops.convert_to_tensor(
+        reference(*args, **kwargs)))
+    assert result
+
+
+@pytest.mark.parametrize("mistake, words", [
+    (dict(offset=0.0), ["half a pixel", "subtract 0.5"]),
+    (dict(offset=-0.5), ["wrong direction"]),
+    (dict(legacy_offset=0.5), ["aligned=False", "no half-pixel offset"]),
+    (dict(scaled=False), ["spatial_scale"]),
+    (dict(swap_xy=True), ["x and y are swapped"]),
+    (dict(one_sample=True), ["sampling_ratio x sampling_ratio samples"]),
+])
+def test_roi_align_names_the_mistake(mistake, words):
+    assert_fails(checks.roi_align(make_roi_align(**mistake)), *words)
+
+
+def test_roi_align_checks_bilinear_sampling_first():
+    def unclamped(features, y, x):
+        return bilinear_sample(features, y, x) if y < features.shape[0] - 1 else np.zeros(3)
+
+    assert_fails(checks.roi_align(make_roi_align(), lambda f, y, x: bilinear_sample(f, x, y)),
+                 "y is the row")
+    assert_fails(checks.roi_align(make_roi_align(), unclamped), "clamped to the last row")
+
+
+def test_roi_align_rejects_a_wrong_shape_and_a_stub():
+    flat = make_roi_align()
+    assert_fails(checks.roi_align(lambda *a, **k: flat(*a, **k)[..., 0]), "shape")
+    assert_fails(checks.roi_align(stub), "not answered yet")
+
+
+# --- mask targets -----------------------------------------------------------------------------
+
+def test_mask_target_accepts_crop_and_resize_and_roi_align():
+    assert checks.mask_target(mask_target)
+    roi_align_box = make_roi_align()
+
+    def by_roi_align(mask, box, size=28):
+        pooled = roi_align_box(mask[..., None].astype(float), box, output_size=size)
+        return pooled[..., 0] >= 0.5
+
+    assert checks.mask_target(by_roi_align).points == 2
+
+
+def test_mask_target_names_the_mistake():
+    def unthresholded(mask, box, size=28):
+        x1, y1, x2, y2 = (int(round(float(v))) for v in box)
+        return resize(mask[y1:y2, x1:x2].astype(np.float32), (size, size), order=1)
+
+    def swapped(mask, box, size=28):
+        return mask_target(mask, np.asarray(box)[[1, 0, 3, 2]], size)
+
+    def whole(mask, box, size=28):
+        return resize(mask.astype(np.float32), (size, size), order=1) >= 0.5
+
+    assert_fails(checks.mask_target(unthresholded), "threshold", "0.5")
+    assert_fails(checks.mask_target(swapped), "x and y are swapped")
+    assert_fails(checks.mask_target(whole), "crop it to the box first")
+    assert_fails(checks.mask_target(lambda mask, box: mask_target(mask, box, 14)), "28x28")
+    assert_fails(checks.mask_target(lambda mask, box: mask_target(mask, box + 6)), "right for box")
+    assert_fails(checks.mask_target(stub), "not answered yet")
+
+
+# --- class-specific masks ---------------------------------------------------------------------
+
+@pytest.mark.fast
+def test_class_specific_masks_accepts_numpy_and_keras_ops():
+    from keras import ops
+
+    assert checks.class_specific_masks(select_class_masks).points == 2
+
+    def with_ops(logits, class_ids):
+        one_hot = ops.one_hot(class_ids, ops.shape(logits)[-1])
+        return ops.einsum("kpqc,kc->kpq", logits, one_hot)
+
+    assert checks.class_specific_masks(with_ops)
+
+
+def test_class_specific_masks_rejects_softmax_with_the_sigmoid_hint():
+    def softmax_then_select(logits, class_ids):
+        shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        return select_class_masks(shifted / shifted.sum(axis=-1, keepdims=True), class_ids)
+
+    assert_fails(checks.class_specific_masks(softmax_then_select), "softmax", "per-pixel sigmoid",
+                 "do not compete")
+
+
+@pytest.mark.parametrize("answer, words", [
+    (lambda logits, ids: 1 / (1 + np.exp(-select_class_masks(logits, ids))), ["probabilities"]),
+    (lambda logits, ids: logits.max(axis=-1), ["highest-scoring class"]),
+    (lambda logits, ids: select_class_masks(logits, ids - 1), ["off by one"]),
+    (lambda logits, ids: select_class_masks(logits, ids)[..., None], ["drop the last axis"]),
+    (lambda logits, ids: logits[..., 1], ["own class"]),
+    (stub, ["not answered yet"]),
+])
+def test_class_specific_masks_names_the_mistake(answer, words):
+    assert_fails(checks.class_specific_masks(answer), *words)
+
+
+# --- pasting masks ----------------------------------------------------------------------------
+
+def test_paste_mask_accepts_resize_into_the_box_and_the_library():
+    from segkeras.models.mask_head import paste_masks
+
+    assert checks.paste_mask(paste_mask).points == 2
+    assert checks.paste_mask(lambda mask, box, height, width: paste_masks(
+        mask[None], box[None], height, width)[0] >= 0.5)
+
+
+def test_paste_mask_names_the_mistake():
+    def unthresholded(mask, box, height, width):
+        x1, y1, x2, y2 = (int(v) for v in box)
+        pasted = np.zeros((height, width))
+        pasted[y1:y2, x1:x2] = resize(mask, (y2 - y1, x2 - x1), order=1)
+        return pasted
+
+    def at_the_origin(mask, box, height, width):
+        x1, y1, x2, y2 = (int(v) for v in box)
+        pasted = np.zeros((height, width), bool)
+        pasted[: y2 - y1, : x2 - x1] = resize(mask, (y2 - y1, x2 - x1), order=1) >= 0.5
+        return pasted
+
+    def whole_image(mask, box, height, width):
+        return resize(mask, (height, width), order=1) >= 0.5
+
+    def inverted(mask, box, height, width):
+        return paste_mask(1.0 - mask, box, height, width)
+
+    assert_fails(checks.paste_mask(unthresholded), "threshold")
+    assert_fails(checks.paste_mask(at_the_origin), "outside the box")
+    assert_fails(checks.paste_mask(whole_image), "outside the box")
+    assert_fails(checks.paste_mask(inverted), "IoU")
+    assert_fails(checks.paste_mask(lambda mask, box, h, w: paste_mask(mask, box, w, h)), "shape")
+    assert_fails(checks.paste_mask(stub), "not answered yet")
+
+
+def test_the_score_adds_up_over_the_lab():
+    checks.roi_align(make_roi_align())
+    checks.mask_target(mask_target)
+    checks.class_specific_masks(lambda logits, ids: logits[..., 0])
+    checks.paste_mask(paste_mask)
+    assert core.total() == (7, 9)
