@@ -12,6 +12,7 @@ compilation), then ``--steps`` timed ``train_on_batch`` calls.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import keras
@@ -42,8 +43,9 @@ def _millions(count: int) -> str:
     return f"{count / 1e6:.2f}M"
 
 
-def measure(builder: str, backbone: str, args) -> tuple[str, int, int, float]:
-    """Model name, total and trainable parameters, and training images per second."""
+def measure(builder: str, backbone: str, args) -> tuple[str, int, int, float, float]:
+    """Model name, total and trainable parameters, training images per second of wall-clock time
+    and per CPU-second of this process (the latter is less disturbed by other processes)."""
     model = BUILDERS[builder](
         args.num_classes, backbone, weights=None, input_shape=(args.size, args.size, 3)
     )
@@ -55,12 +57,13 @@ def measure(builder: str, backbone: str, args) -> tuple[str, int, int, float]:
     masks = rng.integers(0, args.num_classes, (args.batch, args.size, args.size)).astype("int32")
     for _ in range(args.warmup):
         model.train_on_batch(images, masks)
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(args.steps):
         model.train_on_batch(images, masks)
-    seconds = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
-    return model.name, model.count_params(), trainable, args.steps * args.batch / seconds
+    images_seen = args.steps * args.batch
+    return model.name, model.count_params(), trainable, images_seen / wall, images_seen / cpu
 
 
 def main() -> None:
@@ -77,16 +80,17 @@ def main() -> None:
 
     plan = {name: tuple(BUILDERS) for name in args.backbones} if args.backbones else DEFAULT_PLAN
     print(f"backend={keras.backend.backend()} size={args.size} batch={args.batch} "
-          f"classes={args.num_classes} xla={args.xla} encoder=frozen")
-    print(f"{'model':32s} {'params':>8s} {'trainable':>9s} {'train img/s':>11s}")
+          f"classes={args.num_classes} xla={args.xla} encoder=frozen "
+          f"cpus={os.cpu_count()} load={os.getloadavg()[0]:.1f}")
+    print(f"{'model':32s} {'params':>8s} {'trainable':>9s} {'train img/s':>11s} {'img/cpu-s':>9s}")
     for backbone, builders in plan.items():
         for builder in builders:
             if args.only and builder not in args.only:
                 continue
-            name, total, trainable, speed = measure(builder, backbone, args)
+            name, total, trainable, speed, cpu_speed = measure(builder, backbone, args)
             label = name + (" (bilinear)" if builder == "unet_bilinear" else "")
-            print(f"{label:32s} {_millions(total):>8s} {_millions(trainable):>9s} {speed:11.1f}",
-                  flush=True)
+            print(f"{label:32s} {_millions(total):>8s} {_millions(trainable):>9s} {speed:11.1f} "
+                  f"{cpu_speed:9.1f}", flush=True)
             keras.backend.clear_session()
 
 

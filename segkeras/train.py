@@ -216,7 +216,7 @@ class TrainingHistory:
     def extend(self, history: keras.callbacks.History) -> None:
         """Append the epochs of one ``model.fit`` call."""
         done = len(self.epoch)
-        for key in set(self.history) | set(history.history):
+        for key in dict.fromkeys([*self.history, *history.history]):
             values = self.history.setdefault(key, [math.nan] * done)
             new = history.history.get(key, [math.nan] * len(history.epoch))
             values.extend(float(v) for v in new)

@@ -1,6 +1,7 @@
 """python -m segkeras: demo, train, evaluate, predict, data, and one-line errors (exit 2)."""
 
 import functools
+import importlib
 import json
 import os
 import subprocess
@@ -103,10 +104,9 @@ def test_bad_size_and_bad_data(tmp_path, capsys):
 
 
 def test_train_hourglass_writes_model_history_and_per_stack_scores(tmp_path, capsys, monkeypatch):
-    from segkeras.models import hourglass
-
-    small = functools.partial(hourglass.hourglass, depth=1, filters=8)  # the CLI path, fast
-    monkeypatch.setattr(hourglass, "hourglass", small)
+    module = importlib.import_module("segkeras.models.hourglass")
+    small = functools.partial(module.hourglass, depth=1, filters=8)  # the CLI path, but fast
+    monkeypatch.setattr(module, "hourglass", small)
     code = main(["train", "--model", "hourglass", "--stacks", "2", "--data", "shapes", "--n", "8",
                  "--image-size", "64", "--batch-size", "4", "--epochs", "1", "--out",
                  str(tmp_path)])
@@ -120,11 +120,17 @@ def test_train_hourglass_writes_model_history_and_per_stack_scores(tmp_path, cap
     assert (tmp_path / "model.keras").exists() and (tmp_path / "history.png").exists()
 
 
-def test_data_shapes_exports_coco_that_train_can_read(tmp_path, capsys):
+def test_data_shapes_exports_coco_that_evaluate_reads(demo_dir, tmp_path, capsys):
     out = tmp_path / "shapes"
-    assert main(["data", "shapes", "--n", "3", "--out", str(out), "--image-size", "32"]) == 0
+    assert main(["data", "shapes", "--n", "3", "--out", str(out), "--image-size", "64"]) == 0
     assert sorted(os.listdir(out / "images")) == ["000000.png", "000001.png", "000002.png"]
-    assert json.loads((out / "annotations.json").read_text())["images"][0]["width"] == 32
+    capsys.readouterr()
+    scores = tmp_path / "scores.json"
+    for data in (str(out), f"coco:{out / 'annotations.json'}:{out / 'images'}"):
+        code = main(["evaluate", "--model", str(demo_dir / "model.keras"), "--data", data,
+                     "--json", str(scores)])
+        assert code == 0, capsys.readouterr().err
+        assert json.loads(scores.read_text())["classes"][1:] == ["circle", "rectangle", "triangle"]
 
 
 def test_python_dash_m_reports_one_line_and_exit_2(tmp_path):
