@@ -5,22 +5,24 @@ PIP_INSTALL = $(PYTHON) -m pip install --quiet --disable-pip-version-check
 NOTEBOOK_ENV = SEGKERAS_QUICK=1 SEGKERAS_WEIGHTS=none
 NBVAL = --nbval-lax --sanitize-with solutions/sanitize.cfg
 
-.PHONY: install demo test test-fast labs bench bench-full clean
+.PHONY: install install-instructor demo test test-fast labs bench bench-full clean
 
 install:
 	$(PIP_INSTALL) -r requirements.txt
 
+install-instructor: install  # nbgrader: the tests check that labs/ is generated from solutions/
+	$(PIP_INSTALL) -e ".[instructor]"
+
 demo: install
 	$(PYTHON) -m segkeras demo
 
-test: install
+test: install-instructor
 	$(NOTEBOOK_ENV) $(PYTHON) -m pytest tests solutions $(NBVAL)
 
 test-fast: install
 	$(PYTHON) -m pytest -m fast tests
 
-labs: install
-	$(PIP_INSTALL) -e ".[instructor]"
+labs: install-instructor
 	$(PYTHON) -m segkeras.notebooks
 
 bench: install

@@ -4,11 +4,14 @@
 cell from :data:`REPOSITORY`, then writes each lab: nbgrader's ``ClearSolutions`` replaces the code
 between ``### BEGIN SOLUTION`` and ``### END SOLUTION`` with a stub, ``ClearOutput`` drops outputs,
 both run through nbconvert. ``--check`` only reports labs that are out of date (exit 1).
+``--execute NAME...`` first re-runs those solutions in full mode (what instructors commit, e.g.
+after a run on a GPU), then writes the labs.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
@@ -27,6 +30,9 @@ import sys
 if importlib.util.find_spec("segkeras") is None:
     subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "git+{repository}"])"""
 _BADGE_LINK = re.compile(r"https://colab\.research\.google\.com/github/[^)\s]+")
+# Native (C++) log lines TensorFlow writes to stderr on import; ipykernel captures them.
+_NATIVE_LOG = re.compile(r"^(WARNING: All log messages before absl|[IWE]\d{4} |To enable the following "
+                         r"instructions:).*\n?", re.MULTILINE)
 
 
 def colab_url(folder: str, name: str) -> str:
@@ -43,6 +49,39 @@ def stamp(notebook: nbformat.NotebookNode, folder: str, name: str) -> nbformat.N
         elif SETUP_TAG in cell.get("metadata", {}).get("tags", []):
             cell.source = SETUP_CELL.format(repository=REPOSITORY)
     return notebook
+
+
+def drop_native_logs(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """Remove TensorFlow's C++ start-up lines from stderr outputs (they differ on every run)."""
+    for cell in notebook.cells:
+        if cell.cell_type != "code":
+            continue
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream" and output.get("name") == "stderr":
+                output.text = _NATIVE_LOG.sub("", output.text)
+        cell.outputs = [output for output in cell.get("outputs", [])
+                        if output.get("output_type") != "stream" or output.text]
+    return notebook
+
+
+def execute(path: Path, timeout: int = 3600) -> None:
+    """Run a solution notebook top to bottom in full mode and save it with its outputs."""
+    from nbclient import NotebookClient
+
+    notebook = _read(path)
+    environment = {key: value for key, value in os.environ.items()
+                   if key not in ("SEGKERAS_QUICK", "SEGKERAS_WEIGHTS")}
+    client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}})
+    old_environment = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(environment)  # the kernel inherits this process's environment
+    try:
+        client.execute()
+    finally:
+        os.environ.clear()
+        os.environ.update(old_environment)
+    path.write_text(_text(drop_native_logs(notebook)), encoding="utf-8")
 
 
 def lab_from_solution(solution: nbformat.NotebookNode, name: str) -> nbformat.NotebookNode:
@@ -76,7 +115,7 @@ def sync(solutions: Path = Path("solutions"), labs: Path = Path("labs")) -> list
     written = []
     labs.mkdir(exist_ok=True)
     for path in sorted(solutions.glob("*.ipynb")):
-        solution = stamp(_read(path), "solutions", path.name)
+        solution = drop_native_logs(stamp(_read(path), "solutions", path.name))
         path.write_text(_text(solution), encoding="utf-8")
         target = labs / path.name
         target.write_text(_text(lab_from_solution(solution, path.name)), encoding="utf-8")
@@ -100,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--solutions", type=Path, default=Path("solutions"))
     parser.add_argument("--labs", type=Path, default=Path("labs"))
     parser.add_argument("--check", action="store_true", help="only report out-of-date labs")
+    parser.add_argument("--execute", nargs="+", metavar="NAME", default=[],
+                        help="first re-run these solutions (e.g. 01_fcn.ipynb) in full mode")
     args = parser.parse_args(argv)
     if not args.solutions.is_dir():
         print(f"error: no solutions folder at {args.solutions}; run from the repository root.",
@@ -110,6 +151,13 @@ def main(argv: list[str] | None = None) -> int:
         for name in out_of_date:
             print(f"labs/{name} is out of date: run `make labs`")
         return 1 if out_of_date else 0
+    for name in args.execute:
+        path = args.solutions / name
+        if not path.is_file():
+            print(f"error: no notebook {path}; give names like 01_fcn.ipynb.", file=sys.stderr)
+            return 2
+        print(f"executing {path} in full mode...", flush=True)
+        execute(path)
     for path in sync(args.solutions, args.labs):
         print(f"wrote {path}")
     return 0

@@ -150,6 +150,7 @@ def compile_model(
     metrics=None,
     jit_compile="auto",
     optimizer: str = "adam",
+    loss_weights=None,
 ) -> keras.Model:
     """Compile ``model`` for segmentation with sensible defaults and return it.
 
@@ -162,6 +163,8 @@ def compile_model(
         jit_compile: ``"auto"`` lets Keras use XLA where it helps and works: JAX, and TensorFlow
             on a GPU without ``tf.distribute`` (plain graphs on CPU-only TensorFlow, torch eager).
         optimizer: a Keras optimizer name (``"adam"``, ``"adamw"``, ``"sgd"``...).
+        loss_weights: for multi-output models, one weight per output (list or dict by output
+            name), e.g. :func:`segkeras.models.hourglass.hourglass_loss_weights`.
     """
     num_classes = model_num_classes(model)
     loss = default_loss() if loss is None else loss
@@ -175,12 +178,13 @@ def compile_model(
         ),
         loss=_per_output(model, loss),
         metrics=_per_output(model, metrics, last_only=last_only),
+        loss_weights=loss_weights,
         jit_compile=jit_compile,
     )
     return model
 
 
-def repeat_targets(model: keras.Model, dataset):
+def _targets_for_outputs(model: keras.Model, dataset):
     """Map ``(image, mask)`` to ``(image, {output_name: mask})`` for multi-output models.
 
     Every output (e.g. each hourglass stack) is trained on the same mask; single-output models and
@@ -250,6 +254,7 @@ def fit_two_stage(
     finetune_learning_rate: float | None = None,
     loss=None,
     metrics=None,
+    loss_weights=None,
     schedule: str = "constant",
     unfreeze_from: str | None = None,
     jit_compile="auto",
@@ -264,14 +269,14 @@ def fit_two_stage(
             one, like the stacked hourglass on its own stem, trains end to end).
         train, val: ``tf.data`` datasets of ``(image, mask)`` batches
             (:func:`segkeras.data.pipeline.make_dataset`); multi-output models get the mask for
-            every output (:func:`repeat_targets`).
+            every output.
         head_epochs: stage 1 epochs, encoder frozen. 0: skip stage 1 and train end to end (what a
             randomly initialised encoder needs).
         finetune_epochs: stage 2 epochs, encoder unfrozen (BatchNorm stays frozen). 0: stage 1 only.
         learning_rate: stage 1 learning rate (and stage 2's when ``head_epochs`` is 0).
         finetune_learning_rate: stage 2 learning rate; default ``learning_rate / 10`` after a
             head stage, ``learning_rate`` when training end to end from the start.
-        loss, metrics, jit_compile: see :func:`compile_model`.
+        loss, metrics, loss_weights, jit_compile: see :func:`compile_model`.
         schedule: ``"constant"`` or ``"cosine"`` (decay to 0 over each stage).
         unfreeze_from: fine-tune only this encoder layer and the ones after it.
         strategy: a ``tf.distribute`` strategy whose scope the model was built in
@@ -292,14 +297,14 @@ def fit_two_stage(
             f"Model {model.name!r} has no pretrained encoder to freeze; train it end to end "
             "(head_epochs=0)."
         )
-    train, val = repeat_targets(model, train), repeat_targets(model, val)
+    train, val = _targets_for_outputs(model, train), _targets_for_outputs(model, val)
     steps = steps_per_epoch(train)
     result = TrainingHistory()
 
     def run_stage(epochs: int, rate: float) -> None:
         with strategy.scope() if strategy is not None else contextlib.nullcontext():
             compile_model(model, _learning_rate(rate, schedule, epochs, steps), loss, metrics,
-                          jit_compile)
+                          jit_compile, loss_weights=loss_weights)
         done = len(result.epoch)
         history = model.fit(train, validation_data=val, initial_epoch=done, epochs=done + epochs,
                             callbacks=callbacks, verbose=verbose, shuffle=False)

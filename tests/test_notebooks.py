@@ -87,3 +87,18 @@ def test_sync_writes_labs_from_a_solution(tmp_path):
     assert nbformat.read(solutions / "01_x.ipynb", as_version=4).cells[1].outputs, "solution keeps outputs"
     os.remove(labs / "01_x.ipynb")
     assert notebooks.stale(solutions, labs) == ["01_x.ipynb"]
+
+
+def test_native_tensorflow_log_lines_are_dropped_from_outputs():
+    cell = nbformat.v4.new_code_cell("import keras")
+    cell.outputs = [
+        nbformat.v4.new_output("stream", name="stderr", text=(
+            "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+            "I0000 00:00:1795523312.058389   29477 port.cc:153] oneDNN custom operations are on.\n")),
+        nbformat.v4.new_output("stream", name="stderr", text="I0000 00:00:1.0 1 x.cc:1] a\nreal warning\n"),
+        nbformat.v4.new_output("stream", name="stdout", text="I0000 stays: it is the notebook's print\n"),
+    ]
+    notebook = nbformat.v4.new_notebook(cells=[cell])
+    outputs = notebooks.drop_native_logs(notebook).cells[0].outputs
+    assert [output.text for output in outputs] == [
+        "real warning\n", "I0000 stays: it is the notebook's print\n"]

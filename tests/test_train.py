@@ -148,6 +148,14 @@ def test_multi_output_gets_a_loss_per_output_and_metrics_on_the_last():
     assert history.history["loss"][0] == pytest.approx(total, rel=1e-4)
 
 
+def test_loss_weights_reach_compile():
+    model = tiny_model(outputs=2, encoder=False)
+    history = train.fit_two_stage(model, dataset(), head_epochs=0, finetune_epochs=1,
+                                  loss_weights={"stack_1": 0.5, "stack_2": 2.0}, verbose=0)
+    first, second = history.history["stack_1_loss"][0], history.history["stack_2_loss"][0]
+    assert history.history["loss"][0] == pytest.approx(0.5 * first + 2.0 * second, rel=1e-4)
+
+
 def test_default_loss_ignores_255_and_default_metrics_come_from_segkeras_metrics():
     loss = train.default_loss()
     logits = np.array([[[5.0, 0.0, 0.0], [0.0, 0.0, 9.0]]], "float32")

@@ -31,6 +31,10 @@ class CheckResult:
     def __bool__(self) -> bool:
         return self.passed
 
+    def _ipython_display_(self) -> None:
+        """Show nothing more in Jupyter: the check printed its line when it ran. (A trailing
+        ``;`` is not enough: nbval executes cells without history, which disables it.)"""
+
 
 _RESULTS: dict[str, CheckResult] = {}
 
