@@ -42,7 +42,8 @@ def layer_flops(layer) -> int:
     if isinstance(layer, keras.layers.Conv2D):
         out = _output_shape(layer)
         kh, kw = layer.kernel_size
-        return 2 * _spatial(out) * layer.filters * kh * kw * int(layer.input.shape[-1]) // layer.groups
+        channels_in = int(layer.input.shape[-1])
+        return 2 * _spatial(out) * layer.filters * kh * kw * channels_in // layer.groups
     if isinstance(layer, keras.layers.Dense):
         out = _output_shape(layer)
         positions = math.prod(int(d) for d in out[1:-1]) if len(out) > 2 else 1

@@ -96,7 +96,6 @@ def _rate(step, batch: int, steps: int, warmup: int = 2) -> float:
 def worker_throughput(arch: str, backbone: str, size: int, batch: int, steps: int) -> dict:
     """Train and inference img/s, parameters, training GFLOPs/img and peak RSS of one config."""
     import keras
-
     from flops import training_flops_per_image
 
     model = _build(arch, backbone, size)
@@ -121,7 +120,7 @@ def _reference_unet(size: int):
              "block_13_expand_relu", "block_16_project"]
     skips = [base.get_layer(name).output for name in names]
     x = skips[-1]
-    for filters, skip in zip((512, 256, 128, 64), reversed(skips[:-1])):
+    for filters, skip in zip((512, 256, 128, 64), reversed(skips[:-1]), strict=True):
         x = keras.layers.Conv2DTranspose(
             filters, 3, strides=2, padding="same", use_bias=False,
             kernel_initializer=keras.initializers.RandomNormal(0.0, 0.02))(x)
@@ -154,8 +153,8 @@ def worker_versus(model_kind: str, size: int, batch: int, steps: int, n_train: i
     model.fit(train_ds, steps_per_epoch=steps, epochs=1, verbose=0)
     seconds = time.perf_counter() - start
     result = evaluate_semantic(model, val_ds, data.class_names)
-    return {"train": batch * steps / seconds, "miou": result["miou"], "params": model.count_params(),
-            "rss": _peak_rss_mib(), "seconds": seconds}
+    return {"train": batch * steps / seconds, "miou": result["mean_iou"],
+            "params": model.count_params(), "rss": _peak_rss_mib(), "seconds": seconds}
 
 
 def worker_pipeline(size: int, batch: int, count: int) -> dict:
@@ -176,8 +175,8 @@ def worker_roi_align(boxes: int, batch: int, height: int, channels: int) -> dict
     """Milliseconds per RoIAlign call (14x14, sampling 2) on a random feature map."""
     import keras
     import numpy as np
-
     from bench_roi_align import compiled, random_boxes, time_call
+
     from segkeras.layers import RoIAlign
 
     rng = np.random.default_rng(0)
@@ -221,7 +220,8 @@ def _machine() -> str:
     cpu = platform.processor() or "unknown CPU"
     if os.path.exists("/proc/cpuinfo"):
         with open("/proc/cpuinfo") as info:
-            names = [line.split(":", 1)[1].strip() for line in info if line.startswith("model name")]
+            names = [line.split(":", 1)[1].strip() for line in info
+                     if line.startswith("model name")]
         cpu = names[0] if names else cpu
     return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
             f"TensorFlow {tensorflow.__version__}, Keras {keras.__version__} "
@@ -263,8 +263,10 @@ def section_versus(full: bool) -> tuple[str, dict]:
                                                 ("TF tutorial U-Net (reference)", reference))]
     ratio = ours["train"] / reference["train"]
     gain = ours["miou"] - reference["miou"]
-    text = (f"## 2. segkeras U-Net vs the TensorFlow tutorial's U-Net\n\nSame data (built-in shapes, "
-            f"{n_train} training / 256 held-out images, {size}²), batch {batch}, {steps} steps each, "
+    text = ("## 2. segkeras U-Net vs the TensorFlow tutorial's U-Net\n\n"
+            "Same data (built-in shapes, "
+            f"{n_train} training / 256 held-out images, {size}²), batch {batch}, "
+            f"{steps} steps each, "
             "random initialisation, everything trainable, Adam 1e-3, sparse cross-entropy.\n\n"
             + _table(["model", "params", "train img/s", f"held-out mIoU after {steps} steps",
                       "peak RSS MiB"], rows)
@@ -277,7 +279,8 @@ def section_pipeline(model_rate: float) -> str:
     r = run_worker("pipeline", size=128, batch=16, count=1024)
     return ("## 3. Input pipeline vs model\n\n"
             + _table(["what", "img/s"], [
-                ["make_dataset(128², batch 16, augment=True, shuffle=True)", f"{r['pipeline']:.0f}"],
+                ["make_dataset(128², batch 16, augment=True, shuffle=True)",
+                 f"{r['pipeline']:.0f}"],
                 ["segkeras U-Net (mobilenetv2) training, section 2", f"{model_rate:.1f}"],
             ])
             + f"\n\nThe pipeline is **{r['pipeline'] / model_rate:.0f}x** faster than training "
@@ -325,9 +328,10 @@ def section_gpu(throughput: dict) -> str:
         rows.append([arch, backbone, f"{r['gflops']:.2f}", f"{cpu_flops:.0f}",
                      f"{T4_FP32_FLOPS / 1e9 / r['gflops']:.0f}",
                      f"{T4_MIXED_FLOPS / 1e9 / r['gflops']:.0f}"])
-    return ("## 6. GPU\n\nNo GPU was lent to the session that produced this file, so GPU numbers "
-            "are estimates from measured FLOPs: a T4 sustaining "
-            f"{T4_FP32_FLOPS / 1e12:.1f} TFLOP/s in float32 and {T4_MIXED_FLOPS / 1e12:.0f} TFLOP/s "
+    return ("## 6. GPU\n\nNo GPU was lent to the session that produced this file, "
+            "so GPU numbers are estimates from measured FLOPs: a T4 sustaining "
+            f"{T4_FP32_FLOPS / 1e12:.1f} TFLOP/s in float32 and "
+            f"{T4_MIXED_FLOPS / 1e12:.0f} TFLOP/s "
             "with mixed precision (XLA on). Treat them as +-50%.\n\n"
             + _table(["model", "backbone", "train GFLOPs/img (128²)", "this CPU GFLOP/s achieved",
                       "est. T4 fp32 img/s", "est. T4 mixed img/s"], rows))

@@ -1,9 +1,9 @@
 """ImageNet-pretrained encoders from ``keras.applications`` with one feature API.
 
-``build_encoder(name, ...)`` returns a ``keras.Model`` mapping raw RGB in [0, 255] to a dict of feature
-maps ``{"P1": stride 2, "P2": 4, "P3": 8, "P4": 16, "P5": 32}``: at each stride the deepest feature map
-of the backbone, picked by ``keras.applications`` layer name (never by index). The backbone's own
-preprocessing is inside the model, so every head feeds it the same images.
+``build_encoder(name, ...)`` returns a ``keras.Model`` mapping raw RGB in [0, 255] to a dict of
+feature maps ``{"P1": stride 2, "P2": 4, "P3": 8, "P4": 16, "P5": 32}``: at each stride the deepest
+feature map of the backbone, picked by ``keras.applications`` layer name (never by index). The
+backbone's own preprocessing is inside the model, so every head feeds it the same images.
 
 Transfer learning freezes the encoder and trains the head; fine-tuning then unfreezes (part of) the
 encoder at a lower learning rate. See :func:`freeze` and :func:`unfreeze` for Keras 3 semantics.
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import keras
 
@@ -140,7 +140,8 @@ def get(name: str) -> Backbone:
 
 
 def weights_cache_dir() -> str:
-    """The folder where ``keras.utils.get_file`` caches ImageNet weights (``$KERAS_HOME/models``)."""
+    """The folder where ``keras.utils.get_file`` caches ImageNet weights
+    (``$KERAS_HOME/models``)."""
     home = os.environ.get("KERAS_HOME")
     if not home:
         base = os.path.expanduser("~")
@@ -161,8 +162,9 @@ def weights_cached(name: str, input_shape: tuple = (None, None, 3)) -> bool:
 def check_input_shape(input_shape: tuple, stride: int = 32) -> tuple:
     """Validate ``(H, W, 3)``: H and W are None or positive multiples of ``stride``."""
     if len(input_shape) != 3 or input_shape[-1] != 3:
-        raise SegkerasError(f"input_shape must be (H, W, 3) for RGB images, got {tuple(input_shape)}.")
-    for axis, size in zip("HW", input_shape[:2]):
+        raise SegkerasError(
+            f"input_shape must be (H, W, 3) for RGB images, got {tuple(input_shape)}.")
+    for axis, size in zip("HW", input_shape[:2], strict=True):
         if size is None:
             continue
         if size <= 0 or size % stride:
@@ -180,7 +182,8 @@ def _tap(base: keras.Model, spec: str):
     if kind == "input":
         return base.get_layer(layer_name).input
     if kind == "avgpool":
-        return keras.layers.AveragePooling2D(2, name="P1_avgpool")(base.get_layer(layer_name).output)
+        pool = keras.layers.AveragePooling2D(2, name="P1_avgpool")
+        return pool(base.get_layer(layer_name).output)
     return base.get_layer(layer_name).output
 
 
@@ -198,7 +201,8 @@ def _build_backbone(entry: Backbone, name: str, image, input_shape: tuple, weigh
         if weights != "imagenet" or os.path.exists(needed):
             raise
         raise WeightsUnavailableError(
-            f"Cannot download ImageNet weights for {name!r} (no network?): {os.path.basename(needed)} "
+            f"Cannot download ImageNet weights for {name!r} (no network?): "
+            f"{os.path.basename(needed)} "
             f"is not in {os.path.dirname(needed)}. Put that file there, or pass weights=None "
             f"(random initialisation) or weights='/path/to/{os.path.basename(needed)}'."
         ) from error
@@ -229,7 +233,7 @@ def build_encoder(
     image = keras.Input(shape=input_shape, name="image")
     preprocessed = Preprocess(entry.preprocessing, name="preprocess")(image)
     base = _build_backbone(entry, key, preprocessed, input_shape, weights)
-    features = {level: _tap(base, spec) for level, spec in zip(LEVELS, entry.taps)}
+    features = {level: _tap(base, spec) for level, spec in zip(LEVELS, entry.taps, strict=False)}
     features["P5"] = base.output
     encoder = keras.Model(image, features, name=key + ENCODER_SUFFIX)
     if trainable:
@@ -315,7 +319,10 @@ def table(input_size: int = 64) -> str:
         rows.append((name, f"{encoder.count_params() / 1e6:.1f}M", *taps, cached))
         keras.backend.clear_session()
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.append(f"ImageNet weights cache: {weights_cache_dir()}")
     return "\n".join(lines)

@@ -57,9 +57,10 @@ def bilinear_kernel(size: int, channels_out: int, channels_in: int) -> np.ndarra
     """The bilinear interpolation kernel FCN initialises its upsampling layers with.
 
     Long, Shelhamer & Darrell, "Fully Convolutional Networks for Semantic Segmentation", CVPR 2015.
-    Returned in Keras' ``Conv2DTranspose`` layout ``(size, size, channels_out, channels_in)``; channel
-    ``c`` is upsampled from channel ``c`` only. With ``kernel_size = 2 * stride`` and ``padding="same"``
-    the layer reproduces half-pixel-centred bilinear resizing away from the borders.
+    Returned in Keras' ``Conv2DTranspose`` layout ``(size, size, channels_out, channels_in)``;
+    channel ``c`` is upsampled from channel ``c`` only. With ``kernel_size = 2 * stride`` and
+    ``padding="same"`` the layer reproduces half-pixel-centred bilinear resizing away from the
+    borders.
     """
     factor = (size + 1) // 2
     center = factor - 1 if size % 2 == 1 else factor - 0.5
@@ -79,7 +80,8 @@ class BilinearUpsampling(keras.initializers.Initializer):
         size_h, size_w, channels_out, channels_in = shape
         if size_h != size_w:
             raise ValueError(f"BilinearUpsampling needs a square kernel, got {size_h}x{size_w}.")
-        return ops.convert_to_tensor(bilinear_kernel(size_h, channels_out, channels_in), dtype=dtype)
+        return ops.convert_to_tensor(
+            bilinear_kernel(size_h, channels_out, channels_in), dtype=dtype)
 
     def get_config(self):
         return {}

@@ -31,8 +31,8 @@ if importlib.util.find_spec("segkeras") is None:
     subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "git+{repository}"])"""
 _BADGE_LINK = re.compile(r"https://colab\.research\.google\.com/github/[^)\s]+")
 # Native (C++) log lines TensorFlow writes to stderr on import; ipykernel captures them.
-_NATIVE_LOG = re.compile(r"^(WARNING: All log messages before absl|[IWE]\d{4} |To enable the following "
-                         r"instructions:).*\n?", re.MULTILINE)
+_NATIVE_LOG = re.compile(r"^(WARNING: All log messages before absl|[IWE]\d{4} "
+                         r"|To enable the following instructions:).*\n?", re.MULTILINE)
 
 
 def colab_url(folder: str, name: str) -> str:

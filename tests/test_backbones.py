@@ -29,7 +29,10 @@ CROSS_BACKEND = {"mobilenetv2", "mobilenetv3small", "resnet50v2", "vgg16"}
 
 @pytest.mark.parametrize(
     "name",
-    [pytest.param(n, marks=pytest.mark.fast) if n in CROSS_BACKEND else n for n in backbones.available()],
+    [
+        pytest.param(n, marks=pytest.mark.fast) if n in CROSS_BACKEND else n
+        for n in backbones.available()
+    ],
 )
 def test_every_level_has_its_stride(name):
     size = 64
@@ -90,12 +93,12 @@ def test_weights_from_a_path_round_trip(tmp_path):
     first.save_weights(path)
     second = backbones.build_encoder("mobilenetv3small", (64, 64, 3), weights=path)
     assert len(first.weights) == len(second.weights)
-    for a, b in zip(first.weights, second.weights):
+    for a, b in zip(first.weights, second.weights, strict=True):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
     third = backbones.build_encoder("mobilenetv3small", (64, 64, 3), weights=None)
     differs = [
         not np.array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(c))
-        for a, c in zip(first.weights, third.weights)
+        for a, c in zip(first.weights, third.weights, strict=True)
     ]
     assert any(differs), "a fresh random encoder should not equal the saved one"
 
@@ -128,7 +131,10 @@ def _trainable_count(model):
 def test_freeze_and_unfreeze_change_trainable_weights():
     encoder = backbones.build_encoder("mobilenetv2", (64, 64, 3), weights=None)
     assert _trainable_count(encoder) == 0, "encoders start frozen (transfer learning)"
-    batchnorm = [layer for layer in encoder.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    batchnorm = [
+        layer for layer in encoder.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
     batchnorm_weights = sum(len(layer.trainable_weights) for layer in batchnorm)
 
     backbones.unfreeze(encoder, keep_batchnorm_frozen=False)

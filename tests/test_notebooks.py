@@ -44,7 +44,8 @@ def test_solution_has_the_course_furniture(path):
 @pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name)
 def test_lab_has_no_outputs_and_no_solutions(path):
     lab = nbformat.read(ROOT / "labs" / path.name, as_version=4)
-    assert all(not cell.get("outputs") and cell.get("execution_count") is None for cell in _code(lab))
+    assert all(not cell.get("outputs") and cell.get("execution_count") is None
+               for cell in _code(lab))
     text = "\n".join(cell.source for cell in lab.cells)
     assert "BEGIN SOLUTION" not in text and STUB in text
     assert notebooks.colab_url("labs", path.name) in text
@@ -73,7 +74,8 @@ def test_sync_writes_labs_from_a_solution(tmp_path):
         nbformat.v4.new_markdown_cell(
             "[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
             "(https://colab.research.google.com/github/old/place/blob/main/solutions/x.ipynb)"),
-        nbformat.v4.new_code_cell("print('keep me')\n### BEGIN SOLUTION\nanswer = 42\n### END SOLUTION"),
+        nbformat.v4.new_code_cell(
+            "print('keep me')\n### BEGIN SOLUTION\nanswer = 42\n### END SOLUTION"),
     ]
     notebook.cells[1].outputs = [nbformat.v4.new_output("stream", text="keep me\n")]
     nbformat.write(notebook, solutions / "01_x.ipynb")
@@ -84,7 +86,8 @@ def test_sync_writes_labs_from_a_solution(tmp_path):
     assert "answer = 42" not in lab.cells[1].source and STUB in lab.cells[1].source
     assert "print('keep me')" in lab.cells[1].source and lab.cells[1].outputs == []
     assert notebooks.colab_url("labs", "01_x.ipynb") in lab.cells[0].source
-    assert nbformat.read(solutions / "01_x.ipynb", as_version=4).cells[1].outputs, "solution keeps outputs"
+    solution = nbformat.read(solutions / "01_x.ipynb", as_version=4)
+    assert solution.cells[1].outputs, "solution keeps outputs"
     os.remove(labs / "01_x.ipynb")
     assert notebooks.stale(solutions, labs) == ["01_x.ipynb"]
 
@@ -93,10 +96,14 @@ def test_native_tensorflow_log_lines_are_dropped_from_outputs():
     cell = nbformat.v4.new_code_cell("import keras")
     cell.outputs = [
         nbformat.v4.new_output("stream", name="stderr", text=(
-            "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
-            "I0000 00:00:1795523312.058389   29477 port.cc:153] oneDNN custom operations are on.\n")),
-        nbformat.v4.new_output("stream", name="stderr", text="I0000 00:00:1.0 1 x.cc:1] a\nreal warning\n"),
-        nbformat.v4.new_output("stream", name="stdout", text="I0000 stays: it is the notebook's print\n"),
+            "WARNING: All log messages before absl::InitializeLog() is called "
+            "are written to STDERR\n"
+            "I0000 00:00:1795523312.058389   29477 port.cc:153] "
+            "oneDNN custom operations are on.\n")),
+        nbformat.v4.new_output("stream", name="stderr",
+                               text="I0000 00:00:1.0 1 x.cc:1] a\nreal warning\n"),
+        nbformat.v4.new_output("stream", name="stdout",
+                               text="I0000 stays: it is the notebook's print\n"),
     ]
     notebook = nbformat.v4.new_notebook(cells=[cell])
     outputs = notebooks.drop_native_logs(notebook).cells[0].outputs
