@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -44,7 +45,11 @@ class Backbone:
     weights_file: Callable[[tuple], str]
 
     def build(self, **kwargs) -> keras.Model:
-        return getattr(keras.applications, self.constructor)(include_top=False, **kwargs)
+        with warnings.catch_warnings():
+            # MobileNet's "weights for input shape (224, 224) will be loaded as the default":
+            # right for a headless encoder (its convolution weights fit any size), so not shown.
+            warnings.filterwarnings("ignore", message=r"`input_shape` is undefined or non-square")
+            return getattr(keras.applications, self.constructor)(include_top=False, **kwargs)
 
 
 def _fixed(file_name: str) -> Callable[[tuple], str]:
