@@ -228,6 +228,9 @@ def build_encoder(
             initialisation) or the path to a weights file for this backbone (e.g. the Keras
             ImageNet ``.h5`` file fetched by hand, or one written by ``encoder.save_weights``).
         trainable: whether the encoder starts trainable (fine-tuning) or frozen (transfer learning).
+            A trainable pretrained encoder keeps its BatchNorm layers frozen (see :func:`unfreeze`);
+            a trainable randomly initialised one (``weights=None``) trains them too, with momentum
+            0.99 (see :func:`train_from_scratch`).
 
     Returns:
         A ``keras.Model`` named ``"<name>_encoder"`` taking raw RGB in [0, 255].
@@ -241,7 +244,9 @@ def build_encoder(
     features = {level: _tap(base, spec) for level, spec in zip(LEVELS, entry.taps, strict=False)}
     features["P5"] = base.output
     encoder = keras.Model(image, features, name=key + ENCODER_SUFFIX)
-    if trainable:
+    if trainable and weights is None:
+        train_from_scratch(encoder)
+    elif trainable:
         unfreeze(encoder)
     else:
         freeze(encoder)
@@ -309,6 +314,21 @@ def unfreeze(
         for layer in layers:
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.trainable = False
+    return encoder
+
+
+def train_from_scratch(encoder: keras.Model, momentum: float = 0.99) -> keras.Model:
+    """Make a randomly initialised encoder trainable, BatchNorm included.
+
+    There are no ImageNet statistics to protect, so BatchNorm trains (a frozen one would sit at
+    its initial mean 0 and variance 1 and normalise nothing). Its momentum is capped at
+    ``momentum``: the 0.999 of some ``keras.applications`` models leaves the moving statistics,
+    used at inference, near their initial values for thousands of steps.
+    """
+    unfreeze(encoder, keep_batchnorm_frozen=False)
+    for layer in encoder.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = min(layer.momentum, momentum)
     return encoder
 
 

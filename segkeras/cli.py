@@ -198,7 +198,6 @@ def run_demo(out: str, epochs: int | None = None, quick: bool = False) -> dict:
         print("ImageNet weights unavailable (offline?): random initialisation, trained end to end.")
         model = unet(classes, "mobilenetv2", weights=None, encoder_trainable=True, **build)
         recipe["weights"] = "random"
-        _quicken_batchnorm(model)
     pretrained = recipe["weights"] == "imagenet"
     print(f"{model.name}: {model.count_params():,} parameters, {len(training)} training and "
           f"{len(held_out)} held-out {size}x{size} images, {precision}.")
@@ -230,18 +229,6 @@ def run_demo(out: str, epochs: int | None = None, quick: bool = False) -> dict:
     return result
 
 
-def _quicken_batchnorm(model) -> None:
-    """BatchNorm momentum 0.9 (keras.applications uses 0.999): a short run from scratch must
-    move the moving statistics all the way from their initial values before evaluation."""
-    import keras
-
-    from segkeras.backbones import find_encoder
-
-    for layer in find_encoder(model).layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = 0.9
-
-
 def _cmd_demo(args: argparse.Namespace) -> None:
     run_demo(out=args.out, epochs=args.epochs, quick=args.quick)
 
@@ -252,7 +239,8 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 def _build_model(args: argparse.Namespace, num_classes: int, weights):
     backbone = args.backbone or DEFAULT_BACKBONE[args.model]
     shape = (args.image_size, args.image_size, 3)
-    common = {"weights": weights, "input_shape": shape}
+    # Without pretrained weights the encoder trains from scratch, BatchNorm included.
+    common = {"weights": weights, "encoder_trainable": weights is None, "input_shape": shape}
     if args.model == "hourglass":
         from segkeras.models.hourglass import hourglass
 

@@ -257,6 +257,7 @@ def fit_two_stage(
     loss_weights=None,
     schedule: str = "constant",
     unfreeze_from: str | None = None,
+    keep_batchnorm_frozen: bool | None = None,
     jit_compile="auto",
     strategy=None,
     callbacks: list | None = None,
@@ -272,13 +273,18 @@ def fit_two_stage(
             every output.
         head_epochs: stage 1 epochs, encoder frozen. 0: skip stage 1 and train end to end (what a
             randomly initialised encoder needs).
-        finetune_epochs: stage 2 epochs, encoder unfrozen (BatchNorm stays frozen). 0: stage 1 only.
+        finetune_epochs: stage 2 epochs, encoder unfrozen. 0: stage 1 only.
         learning_rate: stage 1 learning rate (and stage 2's when ``head_epochs`` is 0).
         finetune_learning_rate: stage 2 learning rate; default ``learning_rate / 10`` after a
             head stage, ``learning_rate`` when training end to end from the start.
         loss, metrics, loss_weights, jit_compile: see :func:`compile_model`.
         schedule: ``"constant"`` or ``"cosine"`` (decay to 0 over each stage).
         unfreeze_from: fine-tune only this encoder layer and the ones after it.
+        keep_batchnorm_frozen: whether the encoder's BatchNorm layers stay frozen in stage 2.
+            Default: frozen after a head stage (the encoder is pretrained); when training end to
+            end from the start, as the encoder was built: trained if it starts from random
+            weights (``weights=None, encoder_trainable=True``: see
+            :func:`segkeras.backbones.train_from_scratch`), else frozen.
         strategy: a ``tf.distribute`` strategy whose scope the model was built in
             (:func:`make_strategy`); compilation then happens in that scope too.
         callbacks: Keras callbacks for both stages.
@@ -297,6 +303,10 @@ def fit_two_stage(
             f"Model {model.name!r} has no pretrained encoder to freeze; train it end to end "
             "(head_epochs=0)."
         )
+    if keep_batchnorm_frozen is None:
+        keep_batchnorm_frozen = bool(head_epochs) or encoder is None or not any(
+            layer.trainable for layer in encoder.layers
+            if isinstance(layer, keras.layers.BatchNormalization))
     train, val = _targets_for_outputs(model, train), _targets_for_outputs(model, val)
     steps = steps_per_epoch(train)
     result = TrainingHistory()
@@ -316,7 +326,8 @@ def fit_two_stage(
     result.stage_boundary = len(result.epoch)
     if finetune_epochs:
         if encoder is not None:
-            backbones.unfreeze(encoder, from_layer=unfreeze_from)
+            backbones.unfreeze(encoder, from_layer=unfreeze_from,
+                               keep_batchnorm_frozen=keep_batchnorm_frozen)
         if finetune_learning_rate is None:
             finetune_learning_rate = learning_rate / 10 if head_epochs else learning_rate
         run_stage(finetune_epochs, finetune_learning_rate)

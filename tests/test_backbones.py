@@ -158,6 +158,21 @@ def test_freeze_and_unfreeze_change_trainable_weights():
     assert _trainable_count(encoder) == 0
 
 
+@pytest.mark.fast
+def test_trainable_encoders_freeze_batchnorm_only_when_pretrained(tmp_path):
+    def batchnorm(encoder):
+        return [layer for layer in encoder.layers
+                if isinstance(layer, keras.layers.BatchNormalization)]
+
+    scratch = backbones.build_encoder("mobilenetv2", (64, 64, 3), weights=None, trainable=True)
+    assert all(layer.trainable and layer.momentum == 0.99 for layer in batchnorm(scratch))
+    path = str(tmp_path / "encoder.weights.h5")
+    scratch.save_weights(path)
+    pretrained = backbones.build_encoder("mobilenetv2", (64, 64, 3), weights=path, trainable=True)
+    assert pretrained.trainable_weights, "the convolutions fine-tune"
+    assert not any(layer.trainable for layer in batchnorm(pretrained)), "statistics are kept"
+
+
 def test_unfreeze_unknown_layer_suggests_a_name():
     encoder = backbones.build_encoder("mobilenetv2", (64, 64, 3), weights=None)
     with pytest.raises(SegkerasError, match="block_13_expand"):

@@ -199,3 +199,27 @@ def test_mirrored_strategy_trains_on_two_logical_cpus():
     assert lines["replicas"] == "2"
     assert lines["variable"] == "MirroredVariable"
     assert lines["changed"] == "True" and lines["loss_finite"] == "True"
+
+
+def test_end_to_end_keeps_the_batchnorm_decision_of_the_builder():
+    from segkeras import backbones
+    from segkeras.models.unet import unet
+
+    def batchnorm(model):
+        return [layer for layer in backbones.find_encoder(model).layers
+                if isinstance(layer, keras.layers.BatchNormalization)]
+
+    images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    data = tf.data.Dataset.from_tensor_slices((images, np.ones((4, 32, 32), "int32"))).batch(2)
+    scratch = unet(2, "mobilenetv2", weights=None, encoder_trainable=True,
+                   decoder_filters=(8, 8, 8, 8, 8), input_shape=(32, 32, 3))
+    assert all(layer.trainable and layer.momentum == 0.99 for layer in batchnorm(scratch))
+    before = np.array(batchnorm(scratch)[0].moving_mean)
+    train.fit_two_stage(scratch, data, head_epochs=0, finetune_epochs=1, verbose=0)
+    assert all(layer.trainable for layer in batchnorm(scratch))
+    assert not np.allclose(before, np.array(batchnorm(scratch)[0].moving_mean)), "statistics move"
+
+    frozen = unet(2, "mobilenetv2", weights=None, decoder_filters=(8, 8, 8, 8, 8),
+                  input_shape=(32, 32, 3))
+    train.fit_two_stage(frozen, data, head_epochs=0, finetune_epochs=1, verbose=0)
+    assert not any(layer.trainable for layer in batchnorm(frozen)), "as for a pretrained encoder"

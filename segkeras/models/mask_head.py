@@ -20,7 +20,6 @@ import keras
 import numpy as np
 from keras import ops
 
-from segkeras import backbones
 from segkeras.backbones import STRIDES
 from segkeras.data.instances import (
     MASK_SIZE,
@@ -104,17 +103,6 @@ class MaskedBinaryCrossentropy(keras.losses.Loss):
         return ops.sum(per_pixel * counted) / ops.maximum(ops.sum(counted), 1.0)
 
 
-def _train_batchnorm_from_scratch(encoder: keras.Model) -> None:
-    """Unfreeze a randomly initialised encoder, BatchNorm included (there are no ImageNet
-    statistics to protect), with the Keras default momentum 0.99: the 0.999 of some
-    ``keras.applications`` models leaves the moving statistics (used at inference) near their
-    initial values for thousands of steps."""
-    backbones.unfreeze(encoder, keep_batchnorm_frozen=False)
-    for layer in encoder.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = min(layer.momentum, 0.99)
-
-
 def _freeze_layers_after(encoder: keras.Model, feature_level: str) -> None:
     """Freeze the encoder layers that do not lead to ``feature_level`` (no gradient reaches
     them; frozen, they need no optimizer state and raise no missing-gradient warnings)."""
@@ -173,11 +161,7 @@ def instance_segmenter(
         raise SegkerasError(f"max_instances must be a positive int, got {max_instances!r}.")
     if int(head_channels) != head_channels or head_channels < 1:
         raise SegkerasError(f"head_channels must be a positive int, got {head_channels!r}.")
-    if isinstance(backbone, str) and weights is None and encoder_trainable:
-        encoder = resolve_encoder(backbone, input_shape, weights, False)
-        _train_batchnorm_from_scratch(encoder)
-    else:
-        encoder = resolve_encoder(backbone, input_shape, weights, encoder_trainable)
+    encoder = resolve_encoder(backbone, input_shape, weights, encoder_trainable)
     _freeze_layers_after(encoder, feature_level)
     image, features = encode(encoder)
     boxes = keras.Input((max_instances, 4), name="boxes")
