@@ -156,7 +156,7 @@ def _elapsed() -> str:
 
 
 DEMO_RECIPE = {
-    "image_size": 64, "train_images": 4000, "test_images": 200, "batch_size": 8, "epochs": 5,
+    "image_size": 64, "train_images": 3000, "test_images": 200, "batch_size": 8, "epochs": 4,
     "learning_rate": 5e-3, "dice_weight": 1.0, "decoder_filters": (64, 48, 32, 16, 16),
     "seed": 0,
 }
