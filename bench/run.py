@@ -1,6 +1,6 @@
 """segkeras benchmarks: speed, quality against a reference recipe, scaling and memory.
 
-    python bench/run.py           # quick (make bench, about 10 minutes on 2 CPU cores)
+    python bench/run.py           # quick (make bench, about 15 minutes on 2 CPU cores)
     python bench/run.py --full    # every architecture x backbone x size x batch, longer budgets
 
 Writes BENCHMARKS.md (tables, machine, versions, date, command). Every measurement runs in its own
