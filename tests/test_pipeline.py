@@ -169,6 +169,7 @@ print("ok", loss)
 """
 
 
+@pytest.mark.fast  # CI installs JAX only for the fast passes: this runs there
 def test_jax_backend_fits_on_the_batches():
     """The suite runs on one backend; this checks JAX consumes the tf.data batches too."""
     pytest.importorskip("jax")
