@@ -6,6 +6,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import keras
 import numpy as np
 
 
@@ -70,6 +71,23 @@ def exercise(name: str, points: int) -> Callable:
         return run
 
     return decorate
+
+
+def in_float32(check: Callable) -> Callable:
+    """Run ``check`` with the float32 dtype policy: the models it builds (the student's layers
+    included) compute in float32 even after ``segkeras.train.configure_precision`` chose mixed
+    precision on a GPU, where float16 rounding would fail right answers."""
+
+    @functools.wraps(check)
+    def run(*args, **kwargs):
+        policy = keras.config.dtype_policy()
+        keras.config.set_dtype_policy("float32")
+        try:
+            return check(*args, **kwargs)
+        finally:
+            keras.config.set_dtype_policy(policy)
+
+    return run
 
 
 def require(condition: bool, hint: str) -> None:

@@ -9,14 +9,12 @@ its own detail pixel by pixel.
 
 from __future__ import annotations
 
-import functools
 import itertools
-from collections.abc import Callable
 
 import keras
 import numpy as np
 
-from segkeras.checks.core import exercise, require, require_close
+from segkeras.checks.core import exercise, in_float32, require, require_close
 from segkeras.layers import bilinear_kernel as reference_bilinear_kernel
 
 
@@ -24,20 +22,6 @@ def _numpy(x) -> np.ndarray:
     return np.asarray(keras.ops.convert_to_numpy(x), dtype="float64")
 
 
-def _in_float32(check: Callable) -> Callable:
-    """Run ``check`` under the float32 dtype policy: under ``mixed_float16`` (set by
-    ``segkeras.train.configure_precision`` on a GPU) float16 rounding would fail right answers."""
-
-    @functools.wraps(check)
-    def run(*args, **kwargs):
-        policy = keras.config.dtype_policy()
-        keras.config.set_dtype_policy("float32")
-        try:
-            return check(*args, **kwargs)
-        finally:
-            keras.config.set_dtype_policy(policy)
-
-    return run
 
 
 def _keras_output_size(size: int, kernel: int, stride: int, padding: str) -> int:
@@ -46,7 +30,7 @@ def _keras_output_size(size: int, kernel: int, stride: int, padding: str) -> int
 
 
 @exercise("transposed_output_size", 2)
-@_in_float32
+@in_float32
 def transposed_output_size(function) -> None:
     """``function(size, kernel, stride, padding)`` -> the output side of ``Conv2DTranspose``."""
     for size, kernel, stride, padding in itertools.product(
@@ -65,7 +49,7 @@ def transposed_output_size(function) -> None:
 
 
 @exercise("overlap_counts", 2)
-@_in_float32
+@in_float32
 def overlap_counts(function) -> None:
     """``function(size, kernel, stride)`` -> how many input pixels write each output pixel."""
     for size, kernel, stride in ((4, 3, 2), (4, 4, 2), (5, 3, 1), (3, 5, 2), (4, 3, 3), (2, 6, 3)):
@@ -93,7 +77,7 @@ def _ramp_upsampled(kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 @exercise("bilinear_kernel", 3)
-@_in_float32
+@in_float32
 def bilinear_kernel(function) -> None:
     """``function(size, channels)`` -> the (size, size, channels, channels) bilinear kernel."""
     kernel = np.asarray(function(4, 1))
@@ -121,7 +105,7 @@ def bilinear_kernel(function) -> None:
 
 
 @exercise("upsampling_block", 3)
-@_in_float32
+@in_float32
 def upsampling_block(function) -> None:
     """``function(x, skip, filters, name)``: a x2 decoder step, skip added before BN + ReLU."""
     filters = 6

@@ -9,13 +9,10 @@ exactly the skips of its variant.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
-
 import keras
 import numpy as np
 
-from segkeras.checks.core import exercise, require, require_close
+from segkeras.checks.core import exercise, in_float32, require, require_close
 
 _NUM_CLASSES = 3
 _SKIP_LEVELS = {"32s": (), "16s": ("P4",), "8s": ("P4", "P3")}
@@ -25,20 +22,6 @@ def _numpy(x) -> np.ndarray:
     return np.asarray(keras.ops.convert_to_numpy(x), dtype="float64")
 
 
-def _in_float32(check: Callable) -> Callable:
-    """Run ``check`` under the float32 dtype policy: under ``mixed_float16`` (set by
-    ``segkeras.train.configure_precision`` on a GPU) float16 rounding would fail right answers."""
-
-    @functools.wraps(check)
-    def run(*args, **kwargs):
-        policy = keras.config.dtype_policy()
-        keras.config.set_dtype_policy("float32")
-        try:
-            return check(*args, **kwargs)
-        finally:
-            keras.config.set_dtype_policy(policy)
-
-    return run
 
 
 def _randomize(model: keras.Model, seed: int = 0) -> None:
@@ -96,7 +79,7 @@ def _convolutionize_case(function, rng, window: tuple, channels: int, activation
 
 
 @exercise("convolutionize", 3)
-@_in_float32
+@in_float32
 def convolutionize(function) -> None:
     """``function(dense, window=(1, 1))`` turns a Dense layer that read a flattened
     ``window`` x channels map into the equivalent Conv2D."""
@@ -113,7 +96,7 @@ def _fusion_model(function, channels: int = 5):
 
 
 @exercise("fuse_skip", 3)
-@_in_float32
+@in_float32
 def fuse_skip(function) -> None:
     """``function(scores, skip, level)``: FCN's fusion of stride-2s scores with a stride-s skip."""
     rng = np.random.default_rng(1)
@@ -167,7 +150,7 @@ def _head_model(function, variant: str):
 
 
 @exercise("fcn_head", 3)
-@_in_float32
+@in_float32
 def fcn_head(function) -> None:
     """``function(features, num_classes, variant)``: FCN-32s/16s/8s scores from P3..P5."""
     rng = np.random.default_rng(2)

@@ -5,13 +5,12 @@ Each check builds or runs the student's answer on a small model and tests what i
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import keras
 import numpy as np
 
-from segkeras.checks.core import exercise, require, require_close
+from segkeras.checks.core import exercise, in_float32, require, require_close
 from segkeras.data.core import IGNORE_LABEL
 from segkeras.models.hourglass import hourglass
 
@@ -19,20 +18,6 @@ _SIZE, _FILTERS, _DEPTHS = 16, 8, (1, 2, 3, 4)
 _NUM_CLASSES, _NUM_STACKS = 4, 3  # three stacks, so that an answer written for two fails
 
 
-def _in_float32(check: Callable) -> Callable:
-    """Run ``check`` with the float32 dtype policy: the models it builds (student's layers
-    included) compute in float32 even after ``configure_precision`` chose mixed precision."""
-
-    @functools.wraps(check)
-    def run(*args, **kwargs):
-        policy = keras.config.dtype_policy()
-        keras.config.set_dtype_policy("float32")
-        try:
-            return check(*args, **kwargs)
-        finally:
-            keras.config.set_dtype_policy(policy)
-
-    return run
 
 
 def _max_pool(x: np.ndarray) -> np.ndarray:
@@ -61,7 +46,7 @@ def _spatial_sizes(model: keras.Model) -> set[int]:
 
 
 @exercise("hourglass_module", points=3)
-@_in_float32
+@in_float32
 def hourglass_module(module: Callable, residual: Callable) -> None:
     """``module(x, depth, filters, name)`` for depths 1..4: the output has the input's shape, the
     module pools ``depth`` times, has ``3 * depth + 1`` residual modules, and with every residual
@@ -123,7 +108,7 @@ def _batch(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 @exercise("intermediate_supervision", points=2)
-@_in_float32
+@in_float32
 def intermediate_supervision(stack_losses: Callable) -> None:
     """``stack_losses(model) -> (losses, loss_weights)``: dicts keyed by the output names, a
     sparse cross-entropy on logits ignoring 255 and a positive weight for every stack."""
@@ -167,7 +152,7 @@ def intermediate_supervision(stack_losses: Callable) -> None:
 
 
 @exercise("final_stack", points=1)
-@_in_float32
+@in_float32
 def final_stack(make_final: Callable) -> None:
     """``make_final(model)``: a model with one output, the last stack's logits, sharing the
     trained model's layers and weights."""

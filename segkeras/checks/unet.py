@@ -5,14 +5,13 @@ Each check builds or runs the student's answer on a small model and tests what i
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import keras
 import numpy as np
 
 from segkeras import backbones
-from segkeras.checks.core import exercise, require
+from segkeras.checks.core import exercise, in_float32, require
 from segkeras.models.unet import unet
 
 # Odd channel counts, so that mixing up the widths shows in the output shape.
@@ -21,20 +20,6 @@ _CENTRE = 8  # the skip pixel whose influence is traced
 _RECEPTIVE_FIELD = 5  # two 3x3 convolutions: one input pixel reaches a 5x5 output window
 
 
-def _in_float32(check: Callable) -> Callable:
-    """Run ``check`` with the float32 dtype policy: the models it builds (student's layers
-    included) compute in float32 even after ``configure_precision`` chose mixed precision."""
-
-    @functools.wraps(check)
-    def run(*args, **kwargs):
-        policy = keras.config.dtype_policy()
-        keras.config.set_dtype_policy("float32")
-        try:
-            return check(*args, **kwargs)
-        finally:
-            keras.config.set_dtype_policy(policy)
-
-    return run
 
 
 def _inputs(seed: int, shape: tuple) -> np.ndarray:
@@ -50,7 +35,7 @@ def _changed_window(difference: np.ndarray) -> tuple[int, int]:
 
 
 @exercise("decoder_block", points=3)
-@_in_float32
+@in_float32
 def decoder_block(block: Callable) -> None:
     """``block(x, skip, filters, name)``: upsample x by 2, concatenate ``skip``, then twice
     conv 3x3 -> BatchNorm -> ReLU."""
@@ -118,7 +103,7 @@ def _require_same_model(answer, model: keras.Model) -> None:
 
 
 @exercise("freeze_encoder", points=2)
-@_in_float32
+@in_float32
 def freeze_encoder(freeze: Callable) -> None:
     """``freeze(model)``: encoder frozen (BatchNorm in inference mode), decoder trainable."""
     model = _small_unet(encoder_trainable=True)
@@ -138,7 +123,7 @@ def freeze_encoder(freeze: Callable) -> None:
 
 
 @exercise("prepare_finetuning", points=2)
-@_in_float32
+@in_float32
 def prepare_finetuning(prepare: Callable, learning_rate: float = 1e-3) -> None:
     """``prepare(model, learning_rate)``: encoder trainable except BatchNorm, recompiled with a
     lower learning rate than ``learning_rate`` (the rate of the frozen-encoder stage)."""
