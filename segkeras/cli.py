@@ -12,6 +12,7 @@ import os
 import sys
 import time
 
+from segkeras.data.sources import SOURCES_HELP
 from segkeras.errors import SegkerasError
 
 EXIT_USAGE = 2
@@ -20,8 +21,7 @@ _START = time.perf_counter()
 MODELS = ("fcn32s", "fcn16s", "fcn8s", "deconvnet", "unet", "hourglass")
 DEFAULT_BACKBONE = {"fcn32s": "vgg16", "fcn16s": "vgg16", "fcn8s": "vgg16",
                     "deconvnet": "vgg16", "unet": "mobilenetv2", "hourglass": "none"}
-DATA_HELP = ("shapes (built-in synthetic), pets (Oxford-IIIT Pet), "
-             "coco:ANNOTATIONS.json:IMAGE_DIR, or a folder written by `data shapes`")
+DATA_HELP = SOURCES_HELP
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -62,28 +62,12 @@ def _check_size(size: int) -> int:
 
 def _load_data(spec: str, n: int, image_size: int, seed: int, split: str):
     """A SegmentationData for a ``--data`` value. ``split``: "train" or "test" (pets only)."""
-    if spec == "shapes":
-        from segkeras.data import shapes
+    from segkeras.data import sources
 
-        return shapes.generate(n, image_size=image_size, seed=seed)
-    if spec == "pets":
-        from segkeras.data import pets
-
-        return pets.load(split="trainval" if split == "train" else "test", image_size=image_size)
-    if spec.startswith("coco:"):
-        parts = spec.split(":", 2)
-        if len(parts) != 3 or not all(parts[1:]):
-            raise SegkerasError(f"--data {spec!r}: write coco:ANNOTATIONS.json:IMAGE_DIR.")
-        from segkeras.data import coco
-
-        return coco.load(parts[1], parts[2])
-    if os.path.isdir(spec) and os.path.isfile(os.path.join(spec, "annotations.json")):
-        from segkeras.data import coco
-
-        return coco.load(os.path.join(spec, "annotations.json"), os.path.join(spec, "images"))
-    if os.path.isdir(spec):
-        raise FileNotFoundError(f"--data {spec}: no annotations.json in that folder")
-    raise SegkerasError(f"--data {spec!r} is not one of: {DATA_HELP}.")
+    try:
+        return sources.load(spec, n, image_size, seed=seed, split=split)
+    except SegkerasError as error:
+        raise type(error)(f"--data {spec}: {error}") from error
 
 
 def _load_model(path: str):

@@ -97,7 +97,7 @@ def test_bad_size_and_bad_data(tmp_path, capsys):
     assert main([*common, "--image-size", "100"]) == 2
     assert "not a multiple of the encoder stride 32; use 96 or 128" in error_line(capsys)
     assert main([*common, "--data", "nowhere"]) == 2
-    assert "--data 'nowhere' is not one of" in error_line(capsys)
+    assert "--data nowhere: no dataset 'nowhere': use shapes" in error_line(capsys)
     assert main([*common, "--data", "coco:only-one-part"]) == 2
     assert "coco:ANNOTATIONS.json:IMAGE_DIR" in error_line(capsys)
     assert main(["train", "--model", "segnet"]) == 2  # argparse: usage and the error
@@ -141,3 +141,10 @@ def test_python_dash_m_reports_one_line_and_exit_2(tmp_path):
     assert run.returncode == 2
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("segkeras evaluate: error: cannot read"), lines
+
+
+def test_data_folder_without_annotations(tmp_path, capsys):
+    code = main(["train", "--model", "unet", "--weights", "none", "--data", str(tmp_path),
+                 "--out", str(tmp_path / "out")])
+    assert code == 2
+    assert "has no annotations.json: a COCO-format folder needs" in error_line(capsys)

@@ -1,0 +1,56 @@
+"""One way to name a dataset, shared by the CLI (``--data``) and the labs (``DATA`` / ``SEGKERAS_DATA``).
+
+A source is ``"shapes"`` (built-in synthetic, no download), ``"pets"`` (Oxford-IIIT Pet, downloaded
+on first use), the path of a COCO-format folder holding ``annotations.json`` and ``images/``, or
+``"coco:ANNOTATIONS.json:IMAGE_DIR"`` for COCO files laid out otherwise (e.g. the official val2017).
+"""
+
+from __future__ import annotations
+
+import os
+
+from segkeras.data.core import SegmentationData
+from segkeras.errors import DataUnavailableError, SegkerasError
+
+SOURCES_HELP = ("shapes (built-in synthetic), pets (Oxford-IIIT Pet), a COCO-format folder with "
+                "annotations.json and images/, or coco:ANNOTATIONS.json:IMAGE_DIR")
+
+
+def load(
+    source: str,
+    n: int,
+    image_size: int,
+    seed: int = 0,
+    split: str = "train",
+) -> SegmentationData:
+    """Up to ``n`` images of ``source`` resized to ``image_size``; ``split`` ("train" or "test")
+    picks Pets' official split (the shapes and COCO folders are split by the caller)."""
+    if split not in ("train", "test"):
+        raise SegkerasError(f"split must be 'train' or 'test', got {split!r}.")
+    if source == "shapes":
+        from segkeras.data import shapes
+
+        return shapes.generate(n, image_size=image_size, seed=seed)
+    if source == "pets":
+        from segkeras.data import pets
+
+        return pets.load(split="trainval" if split == "train" else "test",
+                         image_size=image_size, limit=n)
+    if source.startswith("coco:"):
+        parts = source.split(":", 2)
+        if len(parts) != 3 or not all(parts[1:]):
+            raise SegkerasError(f"{source!r}: write coco:ANNOTATIONS.json:IMAGE_DIR.")
+        from segkeras.data import coco
+
+        return coco.load(parts[1], parts[2], limit=n)
+    folder = os.fspath(source)
+    annotations = os.path.join(folder, "annotations.json")
+    if os.path.isfile(annotations):
+        from segkeras.data import coco
+
+        return coco.load(annotations, os.path.join(folder, "images"), limit=n)
+    if os.path.isdir(folder):
+        raise DataUnavailableError(
+            f"{folder} has no annotations.json: a COCO-format folder needs annotations.json "
+            f"and images/ (e.g. `python -m segkeras data shapes --out {folder}` writes one).")
+    raise DataUnavailableError(f"no dataset {source!r}: use {SOURCES_HELP}.")
