@@ -268,11 +268,19 @@ def _cmd_train(args: argparse.Namespace) -> None:
           f"{len(val_data)} validation images, precision {precision}.")
     make = {"image_size": args.image_size, "batch_size": args.batch_size,
             "num_classes": data.num_classes, "seed": args.seed}
+    train_ds = train.distributable(make_dataset(train_data, augment=True, shuffle=True, **make),
+                                   strategy, args.batch_size, len(train_data))
+    val_ds = train.distributable(make_dataset(val_data, **make), strategy, args.batch_size,
+                                 len(val_data))
     history = train.fit_two_stage(
-        model, make_dataset(train_data, augment=True, shuffle=True, **make),
-        make_dataset(val_data, **make), head_epochs=head_epochs, finetune_epochs=finetune_epochs,
+        model, train_ds, val_ds, head_epochs=head_epochs, finetune_epochs=finetune_epochs,
         learning_rate=args.lr, strategy=strategy,
     )
+    if not train.is_chief(strategy):
+        print(f"Worker finished; the chief evaluates and writes {args.out} ({_elapsed()}).")
+        return
+    if args.distribute == "multiworker":  # the other workers are done: evaluate alone
+        model = train.single_process_copy(model)
     result = semantic.evaluate_semantic(model, make_dataset(val_data, **make), data.class_names)
     print(semantic.format_table(result))
     _save_outputs(args.out, model, history, result)
@@ -409,8 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, default=1e-3, help="learning rate")
     train.add_argument("--weights", default="imagenet", help="imagenet, none or a weights file")
     train.add_argument("--stacks", type=_positive, default=2, help="hourglass: number of stacks")
-    train.add_argument("--distribute", choices=("mirrored",),
-                       help="mirrored: train on all local GPUs (TensorFlow backend)")
+    train.add_argument("--distribute", choices=("mirrored", "multiworker"),
+                       help="mirrored: all local GPUs; multiworker: several machines, each "
+                       "with its TF_CONFIG (TensorFlow backend; README: Several machines)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--out", default=os.path.join("outputs", "train"), help="output folder")
     train.set_defaults(run=_cmd_train)
