@@ -53,13 +53,16 @@ def gpu_available() -> bool:
 def configure_precision(policy: str = "auto") -> str:
     """Set the global Keras dtype policy and return its name.
 
-    ``"auto"`` picks ``"mixed_float16"`` when a GPU is present (float16 compute, float32 weights;
-    Keras wraps the optimizer in a ``LossScaleOptimizer`` at compile time) and ``"float32"``
-    otherwise. The policy applies to layers created afterwards: call this BEFORE building the model.
-    segkeras models keep their last layer in float32, so logits and losses stay full precision.
+    ``"auto"`` picks the ``SEGKERAS_PRECISION`` environment variable when it is set (CI forces
+    ``mixed_float16`` on a CPU this way, to test the path students take on a GPU), else
+    ``"mixed_float16"`` when a GPU is present (float16 compute, float32 weights; Keras wraps the
+    optimizer in a ``LossScaleOptimizer`` at compile time) and ``"float32"`` otherwise. The policy
+    applies to layers created afterwards: call this BEFORE building the model. segkeras models
+    keep their last layer in float32, so logits and losses stay full precision.
     """
     if policy == "auto":
-        policy = "mixed_float16" if gpu_available() else "float32"
+        policy = os.environ.get("SEGKERAS_PRECISION") or (
+            "mixed_float16" if gpu_available() else "float32")
     try:
         keras.config.set_dtype_policy(policy)
     except ValueError as error:
