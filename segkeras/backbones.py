@@ -234,6 +234,21 @@ def check_input_shape(input_shape: tuple, stride: int = 32) -> tuple:
     return tuple(input_shape)
 
 
+def _weights_file_error(path: str, name: str, error: Exception) -> SegkerasError:
+    """One line for a weights file Keras cannot load into backbone ``name``."""
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    if isinstance(error, OSError):  # h5py: not an HDF5 file
+        return SegkerasError(
+            f"the weights file {path} is not a Keras weights file ({reason}); pass an .h5 or "
+            f".weights.h5 file for {name!r} (e.g. from encoder.save_weights), 'imagenet' or None."
+        )
+    return SegkerasError(
+        f"the weights in {path} do not fit {name!r} ({reason.rstrip('.: ')}): they belong to "
+        f"another backbone or model; pass weights saved from a {name!r} encoder, 'imagenet' "
+        "or None."
+    )
+
+
 def _build_backbone(entry: Backbone, name: str, image, input_shape: tuple, weights) -> keras.Model:
     """The keras.applications model on top of ``image``, with offline errors made readable."""
     if weights not in ("imagenet", None) and not os.path.isfile(str(weights)):
@@ -245,6 +260,8 @@ def _build_backbone(entry: Backbone, name: str, image, input_shape: tuple, weigh
     try:
         return entry.build(input_tensor=image, weights=weights)
     except Exception as error:  # keras' get_file wraps network failures in a bare Exception.
+        if weights not in ("imagenet", None):
+            raise _weights_file_error(str(weights), name, error) from error
         if weights != "imagenet" or os.path.exists(needed):
             raise
         raise WeightsUnavailableError(
@@ -253,6 +270,34 @@ def _build_backbone(entry: Backbone, name: str, image, input_shape: tuple, weigh
             f"is not in {os.path.dirname(needed)}. Put that file there, or pass weights=None "
             f"(random initialisation) or weights='/path/to/{os.path.basename(needed)}'."
         ) from error
+
+
+@keras.saving.register_keras_serializable(package="segkeras")
+class Encoder(keras.Model):
+    """The functional model :func:`build_encoder` returns. It runs in inference mode (no dropout,
+    BatchNorm statistics kept) whatever the caller asks, unless it trains from scratch.
+
+    The Keras transfer-learning guide calls a frozen base model with ``training=False``, but in
+    Keras 3 the ``training`` of an outer ``fit`` overrides an argument recorded in a functional
+    graph, so frozen EfficientNets kept applying Dropout. Here the encoder itself decides, at
+    every call, from its own state: frozen, or pretrained with frozen BatchNorm (:func:`freeze`,
+    :func:`unfreeze`): inference mode; every BatchNorm trainable (:func:`train_from_scratch`):
+    the caller's mode, so BatchNorm learns the statistics it lacks. Recompile after a change.
+    """
+
+    def call(self, inputs, training=None, mask=None, **kwargs):
+        if not trains_from_scratch(self):
+            training = False
+        return super().call(inputs, training=training, mask=mask, **kwargs)
+
+
+def trains_from_scratch(encoder: keras.Model) -> bool:
+    """Whether ``encoder`` trains its BatchNorm layers (set by :func:`train_from_scratch`): then
+    it must run in training mode; otherwise (frozen, or pretrained with frozen BatchNorm) a model
+    calls it in inference mode."""
+    batchnorm = [layer for layer in encoder.layers
+                 if isinstance(layer, keras.layers.BatchNormalization)]
+    return encoder.trainable and bool(batchnorm) and all(layer.trainable for layer in batchnorm)
 
 
 def build_encoder(
@@ -286,7 +331,7 @@ def build_encoder(
     features = {level: tap.tensor(base, level)
                 for level, tap in zip(LEVELS, entry.taps, strict=False)}
     features["P5"] = base.output
-    encoder = keras.Model(image, features, name=key + ENCODER_SUFFIX)
+    encoder = Encoder(image, features, name=key + ENCODER_SUFFIX)
     if trainable and weights is None:
         train_from_scratch(encoder)
     elif trainable:
