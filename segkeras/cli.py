@@ -312,8 +312,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     import numpy as np
 
     from segkeras import viz
-    from segkeras.data.images import read_rgb, write_png
-    from segkeras.data.instances import resize_image
+    from segkeras.data.images import read_rgb, resize_image, write_png
 
     for path in args.images:
         if not os.path.isfile(path):

@@ -1,4 +1,5 @@
-"""One way to name a dataset, shared by the CLI (``--data``) and the labs (``DATA`` / ``SEGKERAS_DATA``).
+"""One way to name a dataset, shared by the CLI (``--data``) and the labs (``DATA`` /
+``SEGKERAS_DATA``).
 
 A source is ``"shapes"`` (built-in synthetic, no download), ``"pets"`` (Oxford-IIIT Pet, downloaded
 on first use), the path of a COCO-format folder holding ``annotations.json`` and ``images/``, or
