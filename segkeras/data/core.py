@@ -102,15 +102,27 @@ class SegmentationData:
 
     def split(self, validation_fraction: float = 0.2) -> tuple[SegmentationData, SegmentationData]:
         """(train, validation): the last ``validation_fraction`` of the images is held out."""
-        if not 0.0 < validation_fraction < 1.0:
-            raise SegkerasError(
-                f"the validation fraction must be in (0, 1), e.g. 0.2; got {validation_fraction}.")
-        n_val = max(1, int(round(len(self) * validation_fraction)))
-        if n_val >= len(self):
-            raise SegkerasError(
-                f"{len(self)} image(s) cannot be split into training and validation images; "
-                f"use at least {n_val + 1} images or a smaller validation fraction.")
-        return self.subset(slice(0, len(self) - n_val)), self.subset(slice(len(self) - n_val, None))
+        n_train, _ = split_counts(len(self), validation_fraction)
+        return self.subset(slice(0, n_train)), self.subset(slice(n_train, None))
+
+
+def split_counts(n: int, validation_fraction: float) -> tuple[int, int]:
+    """(training, validation) image counts of :meth:`SegmentationData.split` for ``n`` images:
+    ``round(n * validation_fraction)`` held out, at least 1. Raises SegkerasError for a fraction
+    outside (0, 1) or when no training image would be left."""
+    if not 0.0 < validation_fraction < 1.0:
+        raise SegkerasError(
+            f"the validation fraction must be in (0, 1), e.g. 0.2; got {validation_fraction}.")
+
+    def held_out(count: int) -> int:
+        return max(1, int(round(count * validation_fraction)))
+
+    if held_out(n) >= n:
+        needed = next(count for count in range(2, 10**6) if held_out(count) < count)
+        raise SegkerasError(
+            f"{n} image(s) cannot be split into training and validation images; use at least "
+            f"{needed} images or a smaller validation fraction.")
+    return n - held_out(n), held_out(n)
 
 
 def boxes_from_masks(masks: np.ndarray) -> np.ndarray:

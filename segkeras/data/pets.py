@@ -150,7 +150,7 @@ def _ensure_files(root: str, download: bool) -> None:
     if not missing:
         return
     how = (f"download {' and '.join(missing)} from {MIRRORS[1]} and extract them into {root} "
-           "(giving images/ and annotations/ there), or pass root=")
+           "(giving images/ and annotations/ there), or pass root=FOLDER where they are")
     if not download:
         raise DataUnavailableError(f"Oxford-IIIT Pet not found in {root} (missing "
                                    f"{', '.join(missing)}) and download=False: {how}")
