@@ -121,8 +121,9 @@ def _load_model(path: str):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no such model file: {path}")
     if path.endswith(".keras") and not zipfile.is_zipfile(path):
-        raise SegkerasError(f"{path} exists but is not a .keras file (a zip archive); pass a "
-                            "model saved by segkeras (e.g. outputs/train/model.keras)")
+        raise SegkerasError(f"cannot read {path}: the file exists but is not a .keras file (a "
+                            "zip archive); pass a model saved by segkeras (e.g. "
+                            "outputs/train/model.keras)")
     import keras
 
     try:
@@ -264,6 +265,7 @@ def run_demo(out: str, epochs: int | None = None, quick: bool = False) -> dict:
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
+    _check_output_folder(args.out, "--out")  # before minutes of training
     run_demo(out=args.out, epochs=args.epochs, quick=args.quick)
 
 
@@ -438,6 +440,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 def _cmd_data_shapes(args: argparse.Namespace) -> None:
     from segkeras.data import shapes
 
+    _check_output_folder(args.out, "--out")
     paths = shapes.export(args.n, args.out, image_size=args.image_size, seed=args.seed)
     print(f"Wrote {args.n} images to {paths['images']}, masks to {paths['masks']} and "
           f"{paths['annotations']}.")

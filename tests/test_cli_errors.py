@@ -148,7 +148,8 @@ def test_garbage_keras_file_is_not_called_missing(tmp_path, capsys):
     garbage.write_bytes(b"definitely not a zip")
     assert main(["evaluate", "--model", str(garbage)]) == 2
     line = error_line(capsys)
-    assert f"{garbage} exists but is not a .keras file (a zip archive)" in line
+    assert f"cannot read {garbage}: the file exists but is not a .keras file (a zip archive)" \
+        in line
     assert "not found" not in line.lower()
 
 
@@ -202,3 +203,13 @@ def test_pets_folder_as_data_source(tmp_path, capsys, monkeypatch):
                  "--batch-size", "2", "--out", str(out)]) == 0
     assert json.loads((out / "metrics.json").read_text())["classes"] == [
         "background", "pet", "border"]
+
+
+def test_demo_and_data_check_out_before_working(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "run_demo", lambda **kwargs: pytest.fail("trained before --out"))
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    assert main(["demo", "--quick", "--out", str(a_file)]) == 2
+    assert f"--out {a_file} is a file, not a folder" in error_line(capsys)
+    assert main(["data", "shapes", "--n", "2", "--out", str(a_file)]) == 2
+    assert f"--out {a_file} is a file, not a folder" in error_line(capsys)

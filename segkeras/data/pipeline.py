@@ -40,7 +40,9 @@ def make_dataset(
 
     Args:
         source: a :class:`SegmentationData`, or an ``(images, masks)`` pair of arrays or lists
-            (grayscale and RGBA images are converted to RGB).
+            (grayscale and RGBA images are converted to RGB). Pixels are RGB in [0, 255]: NaN
+            pixels and float images scaled to [0, 1] are refused (SegkerasError), as are masks
+            with labels that are not class ids (below).
         image_size: output size, an int or ``(height, width)``; other sizes are resized (image
             bilinear with antialiasing, mask nearest neighbour).
         batch_size: images per batch (the last batch may be smaller).
