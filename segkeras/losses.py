@@ -52,9 +52,9 @@ def sparse_labels(y_true, y_pred, ignore_class: int | None, num_classes: int | N
         ignored = ops.equal(labels, ignore_class)
     bad = ops.logical_and(ops.logical_or(labels < 0, labels >= num_classes),
                           ops.logical_not(ignored))
-    known = concrete_value(bad)
-    if known is not None and known.any():
-        found = np.unique(concrete_value(labels)[known]).tolist()
+    any_bad = concrete_value(ops.any(bad))  # one number, not the masks, leaves the device
+    if any_bad is not None and any_bad:
+        found = np.unique(concrete_value(labels)[concrete_value(bad)]).tolist()
         allowed = f"0..{num_classes - 1}" + ("" if ignore_class is None else f" or {ignore_class}")
         raise SegkerasError(
             f"labels {found[:5]} are not class ids of {num_classes} classes (allowed: {allowed}, "
