@@ -487,25 +487,24 @@ def _non_negative(text: str) -> int:
     return value
 
 
-def _fraction(text: str) -> float:
+def _number(text: str, valid, what: str) -> float:
+    """``float(text)`` if ``valid`` of it (NaN and junk never are), else an argparse error."""
     try:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be a fraction between 0 and 1 (e.g. 0.2), got "
-                                         f"{text!r}")
+    if math.isnan(value) or not valid(value):
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
     return value
+
+
+def _fraction(text: str) -> float:
+    return _number(text, lambda value: 0.0 < value < 1.0,
+                   "a fraction between 0 and 1 (e.g. 0.2)")
 
 
 def _learning_rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number (e.g. 1e-3), got {text!r}")
-    return value
+    return _number(text, lambda value: 0.0 < value < math.inf, "a positive number (e.g. 1e-3)")
 
 
 def build_parser() -> argparse.ArgumentParser:
