@@ -8,9 +8,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
+import re
 import sys
+import tempfile
 import time
+import zipfile
 
 from segkeras.data.sources import SOURCES_HELP
 from segkeras.errors import SegkerasError
@@ -29,8 +33,51 @@ DATA_HELP = SOURCES_HELP
 def _check_size(size: int) -> int:
     from segkeras.backbones import check_input_shape
 
-    check_input_shape((size, size, 3))
+    try:
+        check_input_shape((size, size, 3))
+    except SegkerasError as error:
+        raise SegkerasError(f"--image-size {size}: {error}") from error
     return size
+
+
+def _check_output_folder(folder: str, flag: str) -> None:
+    """Create ``folder`` and make sure files can be written there, before any work is done."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise SegkerasError(f"{flag} {folder} is a file, not a folder; pass a folder (it is "
+                            "created if missing)")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise SegkerasError(f"{flag} {folder}: cannot write there ({error.strerror or error}); "
+                            "pass a folder you can write to") from error
+
+
+def _check_output_file(path: str, flag: str) -> None:
+    """The folder that will hold ``path`` exists (or is created) and is writable."""
+    if os.path.isdir(path):
+        raise SegkerasError(f"{flag} {path} is a folder; pass a file name, e.g. scores.json")
+    _check_output_folder(os.path.dirname(os.path.abspath(path)), flag)
+
+
+_FLAG_SPELLINGS = (
+    (re.compile(r"\bweights=None\b"), "--weights none"),
+    (re.compile(r"\bweights='([^']*)'"), r"--weights \1"),
+    (re.compile(r"\bhead_epochs\b"), "--epochs"),
+    (re.compile(r"\bfinetune_epochs\b"), "--finetune-epochs"),
+    (re.compile(r"\broot=FOLDER"), "--data pets:FOLDER"),
+    (re.compile(r"\bimage_size\b"), "--image-size"),
+    (re.compile(r"\bthe validation fraction\b"), "--val-fraction"),
+)
+"""What the Python API's messages call an argument -> the CLI flag that sets it."""
+
+
+def _in_flag_terms(message: str) -> str:
+    """An error message of the Python API with its argument names replaced by the CLI flags."""
+    for pattern, flag in _FLAG_SPELLINGS:
+        message = pattern.sub(flag, message)
+    return message
 
 
 def _load_data(spec: str, n: int, image_size: int, seed: int, split: str):
@@ -46,6 +93,10 @@ def _load_data(spec: str, n: int, image_size: int, seed: int, split: str):
 def _load_model(path: str):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no such model file: {path}")
+    if path.endswith(".keras") and not zipfile.is_zipfile(path):
+        raise SegkerasError(f"cannot read {path}: the file exists but is not a .keras file (a "
+                            "zip archive); pass a model saved by segkeras (e.g. "
+                            "outputs/train/model.keras)")
     import keras
 
     try:
@@ -212,6 +263,7 @@ def run_demo(out: str, epochs: int | None = None, quick: bool = False) -> dict:
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
+    _check_output_folder(args.out, "--out")  # before minutes of training
     run_demo(out=args.out, epochs=args.epochs, quick=args.quick)
 
 
@@ -233,12 +285,43 @@ def _build_model(args: argparse.Namespace, num_classes: int, weights):
     )
 
 
+def _check_train_arguments(args: argparse.Namespace) -> None:
+    """Every argument error of ``train`` that can be seen without data or a model."""
+    from segkeras.data.core import split_counts
+
+    _check_size(args.image_size)
+    if args.epochs + args.finetune_epochs == 0:
+        raise SegkerasError("--epochs 0 and --finetune-epochs 0 leave nothing to train; use "
+                            "--epochs 1 or more")
+    try:
+        split_counts(args.n, args.val_fraction)
+    except SegkerasError as error:
+        raise SegkerasError(f"--n {args.n} with --val-fraction {args.val_fraction}: "
+                            f"{error}") from error
+    if args.weights not in ("imagenet", "none") and not os.path.isfile(args.weights):
+        raise FileNotFoundError(f"no such weights file: {args.weights}; pass --weights "
+                                "imagenet, --weights none or an existing weights file")
+    _check_output_folder(args.out, "--out")
+
+
+def _check_finite_loss(history, learning_rate: float) -> None:
+    """SegkerasError when training stopped on a NaN or infinite loss (nothing is saved)."""
+    losses = history.history.get("loss", [])
+    bad = [epoch for epoch, loss in enumerate(losses) if not math.isfinite(loss)]
+    if bad:
+        raise SegkerasError(
+            f"training stopped in epoch {bad[0] + 1}: the loss became {losses[bad[0]]}; nothing "
+            f"was saved. Lower --lr (was {learning_rate:g}) or check the masks of --data")
+
+
 def _cmd_train(args: argparse.Namespace) -> None:
+    import keras
+
     from segkeras import train
     from segkeras.data.pipeline import make_dataset
     from segkeras.evaluate import semantic
 
-    _check_size(args.image_size)
+    _check_train_arguments(args)  # before loading data, building or training anything
     precision = train.configure_precision()  # before any layer exists
     strategy = train.make_strategy(args.distribute)
     data = _load_data(args.data, args.n, args.image_size, args.seed, split="train")
@@ -261,8 +344,9 @@ def _cmd_train(args: argparse.Namespace) -> None:
                                  len(val_data))
     history = train.fit_two_stage(
         model, train_ds, val_ds, head_epochs=head_epochs, finetune_epochs=finetune_epochs,
-        learning_rate=args.lr, strategy=strategy,
+        learning_rate=args.lr, strategy=strategy, callbacks=[keras.callbacks.TerminateOnNaN()],
     )
+    _check_finite_loss(history, args.lr)
     if not train.is_chief(strategy):
         print(f"Worker finished; the chief evaluates and writes {args.out} ({_elapsed()}).")
         return
@@ -282,6 +366,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     from segkeras.evaluate import semantic
     from segkeras.train import model_num_classes
 
+    if args.json:
+        _check_output_file(args.json, "--json")
     model = _load_segmenter(args.model)
     size = _model_size(model, args.image_size)
     data = _load_data(args.data, args.n, size, args.seed, split="test")
@@ -307,19 +393,23 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     import numpy as np
 
     from segkeras import viz
-    from segkeras.data.images import read_rgb, write_png
-    from segkeras.data.instances import resize_image
+    from segkeras.data.images import read_rgb, resize_image, write_png
 
     for path in args.images:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no such image: {path}")
+    if args.out:
+        _check_output_folder(args.out, "--out")
     model = _last_output(_load_segmenter(args.model))
     size = _model_size(model, args.image_size)
     class_names = _class_names(args.model)
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
+    unreadable = []
     for path in args.images:
-        image = read_rgb(path)
+        try:
+            image = read_rgb(path)
+        except SegkerasError as error:  # report it at the end, predict the other images
+            unreadable.append(str(error))
+            continue
         height, width = image.shape[:2]
         logits = model.predict_on_batch(resize_image(image, (size, size))[None])
         small = np.argmax(logits[0], axis=-1).astype(np.uint8)
@@ -333,6 +423,9 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         target = os.path.join(folder, f"{stem}_overlay.png")
         figure.savefig(target, dpi=100)
         print(f"{path} -> {target}")
+    if unreadable:
+        raise SegkerasError(f"{len(unreadable)} of {len(args.images)} images skipped: "
+                            + "; ".join(unreadable))
 
 
 # ----------------------------------------------------------------------------- data
@@ -341,6 +434,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 def _cmd_data_shapes(args: argparse.Namespace) -> None:
     from segkeras.data import shapes
 
+    _check_output_folder(args.out, "--out")
     paths = shapes.export(args.n, args.out, image_size=args.image_size, seed=args.seed)
     print(f"Wrote {args.n} images to {paths['images']}, masks to {paths['masks']} and "
           f"{paths['annotations']}.")
@@ -358,22 +452,57 @@ def _cmd_backbones(args: argparse.Namespace) -> None:
 # ----------------------------------------------------------------------------- parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit 2), like every other CLI error."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
 def _positive(text: str) -> int:
-    value = int(text)
+    value = _whole(text)
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+        hint = f"; did you mean {-value}?" if value < 0 else ""
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}{hint}")
     return value
 
 
 def _non_negative(text: str) -> int:
-    value = int(text)
+    value = _whole(text)
     if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}; did you mean {-value}?")
     return value
 
 
+def _number(text: str, valid, what: str) -> float:
+    """``float(text)`` if ``valid`` of it (NaN and junk never are), else an argparse error."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if math.isnan(value) or not valid(value):
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    return _number(text, lambda value: 0.0 < value < 1.0,
+                   "a fraction between 0 and 1 (e.g. 0.2)")
+
+
+def _learning_rate(text: str) -> float:
+    return _number(text, lambda value: 0.0 < value < math.inf, "a positive number (e.g. 1e-3)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m segkeras",
         description="Segmentation with Keras 3: FCN, U-Net, hourglass, Mask R-CNN's mask head.",
     )
@@ -395,14 +524,15 @@ def build_parser() -> argparse.ArgumentParser:
                        f"(default: {defaults})")
     train.add_argument("--data", default="shapes", help=DATA_HELP)
     train.add_argument("--n", type=_positive, default=500, help="shapes: number of images")
-    train.add_argument("--val-fraction", type=float, default=0.2, help="held out for validation")
+    train.add_argument("--val-fraction", type=_fraction, default=0.2,
+                       help="held out for validation, in (0, 1)")
     train.add_argument("--image-size", type=_positive, default=128, help="multiple of 32")
     train.add_argument("--batch-size", type=_positive, default=16)
     train.add_argument("--epochs", type=_non_negative, default=5,
                        help="epochs with the encoder frozen (all epochs when training end to end)")
     train.add_argument("--finetune-epochs", type=_non_negative, default=0,
                        help="then epochs with the encoder unfrozen at a 10x lower learning rate")
-    train.add_argument("--lr", type=float, default=1e-3, help="learning rate")
+    train.add_argument("--lr", type=_learning_rate, default=1e-3, help="learning rate")
     train.add_argument("--weights", default="imagenet", help="imagenet, none or a weights file")
     train.add_argument("--stacks", type=_positive, default=2, help="hourglass: number of stacks")
     train.add_argument("--distribute", choices=("mirrored", "multiworker"),
@@ -442,7 +572,8 @@ def build_parser() -> argparse.ArgumentParser:
     shapes.set_defaults(run=_cmd_data_shapes)
 
     backbones = commands.add_parser("backbones", help="list the registered encoders")
-    backbones.add_argument("--size", type=int, default=64, help="probe input size (default 64)")
+    backbones.add_argument("--size", type=_positive, default=64,
+                           help="probe input size (default 64)")
     backbones.set_defaults(run=_cmd_backbones)
     return parser
 
@@ -456,6 +587,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.run(args)
     except (SegkerasError, FileNotFoundError, NotADirectoryError, PermissionError) as error:
-        print(f"segkeras {args.command}: error: {error}", file=sys.stderr)
+        message = " ".join(_in_flag_terms(str(error)).split())  # one line
+        print(f"segkeras {args.command}: error: {message}", file=sys.stderr)
         return EXIT_USAGE
     return 0
