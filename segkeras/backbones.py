@@ -320,7 +320,8 @@ def build_encoder(
             0.99 (see :func:`train_from_scratch`).
 
     Returns:
-        A ``keras.Model`` named ``"<name>_encoder"`` taking raw RGB in [0, 255].
+        An :class:`Encoder` named ``"<name>_encoder"`` taking raw RGB in [0, 255]; it runs in
+        inference mode unless it trains from scratch.
     """
     entry = get(name)
     key = name.lower().replace("_", "").replace("-", "")
@@ -437,8 +438,8 @@ def table(input_size: int = 64) -> str:
         for row in rows
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    lines.append("Each P-level is a stage output: the tensor the next stage consumes (a stage closing "
-                 "with a pooling: the pool's output; one opened by a strided block: that block's "
-                 "input). P5 is the final output.")
+    lines.append("Each P-level is a stage output, the tensor the next stage consumes: a stage "
+                 "closing with a pooling gives the pool's output; a stage opened by a strided "
+                 "block, that block's input. P5 is the final output.")
     lines.append(f"ImageNet weights cache: {weights_cache_dir()}")
     return "\n".join(lines)
