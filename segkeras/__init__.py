@@ -8,9 +8,10 @@ the models' own layers), so ``keras.saving.load_model(path)`` reloads a segkeras
 ``custom_objects``.
 """
 
-from segkeras._tf_logs import info_lines_dropped
+from segkeras._tf_logs import info_lines_dropped, quiet_when_run_as_command
 from segkeras.errors import DataUnavailableError, SegkerasError, WeightsUnavailableError
 
+quiet_when_run_as_command()
 with info_lines_dropped():
     import keras  # noqa: F401  (TensorFlow loads here)
 

@@ -33,6 +33,15 @@ def _without_info(text: str) -> str:
     return "".join(kept)
 
 
+def quiet_when_run_as_command() -> None:
+    """Default TF_CPP_MIN_LOG_LEVEL to 3 for ``python -m segkeras`` (``sys.argv[0]`` is ``"-m"``
+    while the package loads) and the ``segkeras`` script, before TensorFlow reads it; library
+    users keep TensorFlow's own default."""
+    command = sys.argv[0] if sys.argv else ""
+    if command == "-m" or os.path.basename(command) == "segkeras":
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
 @contextlib.contextmanager
 def info_lines_dropped():
     """Capture file descriptor 2 meanwhile; afterwards write it back without absl INFO lines."""

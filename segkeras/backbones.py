@@ -38,7 +38,6 @@ from typing import Literal
 
 import keras
 
-from segkeras.data.core import nearest_multiples
 from segkeras.errors import SegkerasError, WeightsUnavailableError
 from segkeras.layers import Preprocess
 
@@ -226,10 +225,10 @@ def check_input_shape(input_shape: tuple, stride: int = 32) -> tuple:
         if size is None:
             continue
         if size <= 0 or size % stride:
-            nearest = nearest_multiples(size, stride)
+            below = size // stride * stride
+            nearest = [valid for valid in (below, below + stride) if valid >= stride]
             raise SegkerasError(
-                f"{axis}={size} is not a {'' if size > 0 else 'positive '}multiple of the "
-                f"encoder stride {stride}; "
+                f"{axis}={size} is not a multiple of the encoder stride {stride}; "
                 f"use {' or '.join(map(str, nearest))} (or None for any size)."
             )
     return tuple(input_shape)
@@ -321,7 +320,8 @@ def build_encoder(
             0.99 (see :func:`train_from_scratch`).
 
     Returns:
-        A ``keras.Model`` named ``"<name>_encoder"`` taking raw RGB in [0, 255].
+        An :class:`Encoder` named ``"<name>_encoder"`` taking raw RGB in [0, 255]; it runs in
+        inference mode unless it trains from scratch.
     """
     entry = get(name)
     key = name.lower().replace("_", "").replace("-", "")
@@ -438,8 +438,8 @@ def table(input_size: int = 64) -> str:
         for row in rows
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    lines.append("Each P-level is a stage output: the tensor the next stage consumes (a stage "
-                 "closing with a pooling: the pool's output; one opened by a strided block: that "
-                 "block's input). P5 is the final output.")
+    lines.append("Each P-level is a stage output, the tensor the next stage consumes: a stage "
+                 "closing with a pooling gives the pool's output; a stage opened by a strided "
+                 "block, that block's input. P5 is the final output.")
     lines.append(f"ImageNet weights cache: {weights_cache_dir()}")
     return "\n".join(lines)

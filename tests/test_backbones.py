@@ -25,15 +25,13 @@ def test_registry_has_the_required_backbones():
 # Building every backbone is quick on TensorFlow but slow on JAX/PyTorch (eager weight
 # initialisation), so the cross-backend run checks a representative few.
 CROSS_BACKEND = {"mobilenetv2", "mobilenetv3small", "resnet50v2", "vgg16"}
+EVERY_BACKBONE = [
+    pytest.param(n, marks=pytest.mark.fast) if n in CROSS_BACKEND else n
+    for n in backbones.available()
+]
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(n, marks=pytest.mark.fast) if n in CROSS_BACKEND else n
-        for n in backbones.available()
-    ],
-)
+@pytest.mark.parametrize("name", EVERY_BACKBONE)
 def test_every_level_has_its_stride(name):
     size = 64
     encoder = backbones.build_encoder(name, (size, size, 3), weights=None)
@@ -104,13 +102,7 @@ def _producer_name(model, tensor):
                 if any(out is tensor for out in keras.tree.flatten(op.output)))
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(n, marks=pytest.mark.fast) if n in CROSS_BACKEND else n
-        for n in backbones.available()
-    ],
-)
+@pytest.mark.parametrize("name", EVERY_BACKBONE)
 def test_every_level_is_the_output_of_its_stage(name):
     size = 64
     encoder = backbones.build_encoder(name, (size, size, 3), weights=None)

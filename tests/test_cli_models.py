@@ -136,3 +136,23 @@ def test_import_segkeras_is_enough_to_reload_saved_models(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     counts = dict(line.split() for line in run.stdout.splitlines())
     assert counts == {name: str(model.count_params()) for name, model in saved.items()}
+
+
+@pytest.mark.fast
+def test_only_tensorflow_info_lines_are_dropped_from_import_time_stderr():
+    from segkeras._tf_logs import _without_info
+
+    text = (
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+        "I0000 00:00:1796 port.cc:153] oneDNN custom operations are on.\n"
+        "I0000 00:00:1797 cpu_feature_guard.cc:227] This TensorFlow binary is optimized.\n"
+        "To enable the following instructions: AVX2 FMA, rebuild TensorFlow.\n"
+        "W0000 00:00:1798 gpu_device.cc:2] Cannot dlopen some GPU libraries.\n"
+        "Skipping registering GPU devices...\n"
+        "a Python warning\n"
+    )
+    assert _without_info(text) == (
+        "W0000 00:00:1798 gpu_device.cc:2] Cannot dlopen some GPU libraries.\n"
+        "Skipping registering GPU devices...\n"
+        "a Python warning\n"
+    )
