@@ -2,10 +2,11 @@
 
 Noh, Hong & Han, "Learning Deconvolution Network for Semantic Segmentation", ICCV 2015 (their
 Figure 2). Each decoder stage undoes one encoder stage: **unpooling** puts the values back where
-the encoder's max pooling found its maxima (the *switches*, :class:`segkeras.unpooling.MaxUnpooling`),
-then 3x3 **deconvolution** (transposed convolution) layers densify the sparse map. That needs an
-encoder that max-pools at every stage (VGG). For the other backbones each stage is a learned x2
-``Conv2DTranspose`` instead, the FCN-like variant (``upsampling="transposed"``).
+the encoder's max pooling found its maxima (the *switches*, see
+:class:`segkeras.unpooling.MaxUnpooling`), then 3x3 **deconvolution** (transposed convolution)
+layers densify the sparse map. That needs an encoder that max-pools at every stage (VGG). For the
+other backbones each stage is a learned x2 ``Conv2DTranspose`` instead, the FCN-like variant
+(``upsampling="transposed"``).
 
 Simplified from the paper: no fc6/fc7 (7x7 conv to 4096 and back) between encoder and decoder;
 two deconvolutions per stage (VGG16 has three in stages 3-5); no instance-wise training or
