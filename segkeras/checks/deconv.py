@@ -44,7 +44,7 @@ def reference_output_size(size: int, kernel: int, stride: int, padding: str) -> 
     return size * stride if padding == "same" else (size - 1) * stride + kernel
 
 
-@LAB.check("transposed_output_size")
+@LAB.check("transposed_output_size", fallback=reference_output_size)
 @forbid(*_KERAS_TRANSPOSED)
 @in_float32
 def transposed_output_size(function) -> None:
@@ -74,7 +74,7 @@ def reference_overlap_counts(size: int, kernel: int, stride: int) -> np.ndarray:
     return counts
 
 
-@LAB.check("overlap_counts")
+@LAB.check("overlap_counts", fallback=reference_overlap_counts)
 @forbid(*_KERAS_TRANSPOSED)
 @in_float32
 def overlap_counts(function) -> None:
@@ -113,7 +113,11 @@ def _ramp_upsampled(kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return _numpy(layer(ramp)), _numpy(resized)
 
 
-@LAB.check("bilinear_kernel")
+def _library_bilinear_kernel(size: int, channels: int) -> np.ndarray:
+    return segkeras.layers.bilinear_kernel(size, channels, channels)
+
+
+@LAB.check("bilinear_kernel", fallback=_library_bilinear_kernel)
 @forbid(segkeras.layers.bilinear_kernel, segkeras.layers.BilinearUpsampling)
 @in_float32
 def bilinear_kernel(function) -> None:
