@@ -214,15 +214,15 @@ def upsampling_block(function) -> None:
     # normalises the whole sum (upsampled + projected skip) right before the ReLU.
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
-            layer.moving_variance.assign(keras.ops.full_like(layer.moving_variance,
-                                                             4.0 * (1.0 + layer.epsilon)
-                                                             - layer.epsilon))
+            layer.moving_variance.assign(np.full(layer.moving_variance.shape,
+                                                 4.0 * (1.0 + layer.epsilon) - layer.epsilon,
+                                                 dtype="float32"))
     require_close(_numpy(model([coarse, features])), out / 2,
                   "add the projected skip to the upsampled map before the BatchNormalization, "
                   "then ReLU: BatchNorm normalises the sum", atol=1e-4 * max(1.0, out.max()))
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
-            layer.moving_variance.assign(keras.ops.ones_like(layer.moving_variance))
+            layer.moving_variance.assign(np.ones(layer.moving_variance.shape, dtype="float32"))
     out = _numpy(model([coarse - 0.5, features - 0.5]))
     require(out.min() >= 0.0, "end the block with a ReLU (the output has negative values)")
     out = _numpy(model([coarse, features]))

@@ -68,10 +68,10 @@ def max_pooling_layers(encoder: keras.Model) -> list[keras.layers.MaxPooling2D] 
 
 
 def _with_switches(encoder: keras.Model, pools: list) -> keras.Model:
-    """The encoder (same layers and weights, same name) also returning each pooling layer's input,
-    from which :class:`MaxUnpooling` recomputes the switches, as ``"<pool name>_input"``."""
+    """The encoder (same class, layers, weights and name) also returning each pooling layer's
+    input, from which :class:`MaxUnpooling` recomputes the switches, as ``"<pool name>_input"``."""
     outputs = {**encoder.output, **{f"{pool.name}_input": pool.input for pool in pools}}
-    extended = keras.Model(encoder.input, outputs, name=encoder.name)
+    extended = type(encoder)(encoder.input, outputs, name=encoder.name)
     if not encoder.trainable:
         extended.trainable = False
     return extended
