@@ -1,10 +1,11 @@
-"""Checks for lab 02, transposed convolutions.
+"""Checks for lab 02, transposed convolutions and unpooling.
 
-Each check compares the student's answer with what Keras layers actually do: the output size of
-``Conv2DTranspose`` for many kernel/stride/padding combinations, how many input pixels write to
-each output pixel (the cause of checkerboard artefacts), a bilinear kernel that reproduces
-bilinear resizing of a ramp, and a decoder block that doubles the resolution and lets a skip add
-its own detail pixel by pixel.
+Each check tests the idea of its exercise against an independent reference written here in numpy
+(the tests compare these references with what Keras and segkeras actually do): the output size of
+``Conv2DTranspose``, how many input pixels write each output pixel (the cause of checkerboard
+artefacts), a bilinear kernel that upsamples a ramp like bilinear resizing, a decoder step whose
+upsampling *is* a learned stride-2 transposed convolution, and DeconvNet's unpooling with
+switches. An answer that calls the Keras or segkeras code implementing the exercise is refused.
 """
 
 from __future__ import annotations
@@ -14,22 +15,37 @@ import itertools
 import keras
 import numpy as np
 
-from segkeras.checks.core import exercise, in_float32, require, require_close
-from segkeras.layers import bilinear_kernel as reference_bilinear_kernel
+import segkeras.layers
+import segkeras.models.deconv
+import segkeras.unpooling
+from segkeras.checks.core import Lab, forbid, in_float32, require, require_close
+
+LAB = Lab("02_transposed_convolutions", {
+    "transposed_output_size": 2, "overlap_counts": 2, "bilinear_kernel": 3,
+    "upsampling_block": 3, "max_unpool": 2,
+})
+
+# What computes a transposed convolution's size or output for the student: not allowed where
+# that is the exercise (the layers are refused when constructed).
+_KERAS_TRANSPOSED = (
+    keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose,
+    keras.layers.Conv2DTranspose.compute_output_shape, keras.ops.conv_transpose,
+)
 
 
 def _numpy(x) -> np.ndarray:
     return np.asarray(keras.ops.convert_to_numpy(x), dtype="float64")
 
 
+# --- exercise 1: the output size -----------------------------------------------------------------
+
+def reference_output_size(size: int, kernel: int, stride: int, padding: str) -> int:
+    """``Conv2DTranspose``'s output side: whole stamps ("valid") or cropped to size x stride."""
+    return size * stride if padding == "same" else (size - 1) * stride + kernel
 
 
-def _keras_output_size(size: int, kernel: int, stride: int, padding: str) -> int:
-    layer = keras.layers.Conv2DTranspose(1, kernel, strides=stride, padding=padding)
-    return int(layer.compute_output_shape((1, size, size, 1))[1])
-
-
-@exercise("transposed_output_size", 2)
+@LAB.check("transposed_output_size", fallback=reference_output_size)
+@forbid(*_KERAS_TRANSPOSED)
 @in_float32
 def transposed_output_size(function) -> None:
     """``function(size, kernel, stride, padding)`` -> the output side of ``Conv2DTranspose``."""
@@ -38,7 +54,7 @@ def transposed_output_size(function) -> None:
     ):
         if kernel < stride:  # gaps between the patches: not an upsampling layer anyone uses
             continue
-        expected = _keras_output_size(size, kernel, stride, padding)
+        expected = reference_output_size(size, kernel, stride, padding)
         got = function(size, kernel, stride, padding)
         require(got == expected,
                 f"size={size}, kernel={kernel}, stride={stride}, padding={padding!r}: Keras "
@@ -48,14 +64,23 @@ def transposed_output_size(function) -> None:
                    "'same' crops the 'valid' output to exactly size x stride."))
 
 
-@exercise("overlap_counts", 2)
+# --- exercise 2: counting the stamps -------------------------------------------------------------
+
+def reference_overlap_counts(size: int, kernel: int, stride: int) -> np.ndarray:
+    """For each output pixel of a 1-D "valid" transposed convolution, how many inputs write it."""
+    counts = np.zeros(reference_output_size(size, kernel, stride, "valid"), dtype=int)
+    for i in range(size):
+        counts[i * stride:i * stride + kernel] += 1
+    return counts
+
+
+@LAB.check("overlap_counts", fallback=reference_overlap_counts)
+@forbid(*_KERAS_TRANSPOSED)
 @in_float32
 def overlap_counts(function) -> None:
     """``function(size, kernel, stride)`` -> how many input pixels write each output pixel."""
     for size, kernel, stride in ((4, 3, 2), (4, 4, 2), (5, 3, 1), (3, 5, 2), (4, 3, 3), (2, 6, 3)):
-        layer = keras.layers.Conv1DTranspose(1, kernel, strides=stride, padding="valid",
-                                             use_bias=False, kernel_initializer="ones")
-        expected = _numpy(layer(np.ones((1, size, 1), "float32")))[0, :, 0]
+        expected = reference_overlap_counts(size, kernel, stride)
         got = np.asarray(function(size, kernel, stride))
         require(got.shape == expected.shape,
                 f"size={size}, kernel={kernel}, stride={stride}: expected one count per output "
@@ -64,6 +89,18 @@ def overlap_counts(function) -> None:
                       f"size={size}, kernel={kernel}, stride={stride}: input pixel i writes "
                       "output pixels i * stride to i * stride + kernel - 1; count the writers "
                       "of each output pixel")
+
+
+# --- exercise 3: a bilinear kernel ---------------------------------------------------------------
+
+def reference_bilinear_kernel(size: int, channels: int) -> np.ndarray:
+    """The tent kernel (FCN's bilinear initialisation) at ``[:, :, c, c]``, zeros elsewhere."""
+    factor = (size + 1) // 2
+    centre = (size - 1) / 2 if size % 2 == 0 else factor - 1
+    taps = 1.0 - np.abs(np.arange(size) - centre) / factor
+    kernel = np.zeros((size, size, channels, channels))
+    kernel[:, :, np.arange(channels), np.arange(channels)] = np.outer(taps, taps)[..., None]
+    return kernel
 
 
 def _ramp_upsampled(kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -76,7 +113,12 @@ def _ramp_upsampled(kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return _numpy(layer(ramp)), _numpy(resized)
 
 
-@exercise("bilinear_kernel", 3)
+def _library_bilinear_kernel(size: int, channels: int) -> np.ndarray:
+    return segkeras.layers.bilinear_kernel(size, channels, channels)
+
+
+@LAB.check("bilinear_kernel", fallback=_library_bilinear_kernel)
+@forbid(segkeras.layers.bilinear_kernel, segkeras.layers.BilinearUpsampling)
 @in_float32
 def bilinear_kernel(function) -> None:
     """``function(size, channels)`` -> the (size, size, channels, channels) bilinear kernel."""
@@ -90,7 +132,7 @@ def bilinear_kernel(function) -> None:
                   "a ramp like bilinear resizing (away from the borders): check the taps "
                   "1 - |i - centre| / factor, factor = (size + 1) // 2")
     for size in (2, 3, 5, 6, 8):
-        expected = reference_bilinear_kernel(size, 3, 3)
+        expected = reference_bilinear_kernel(size, 3)
         got = np.asarray(function(size, 3))
         require(got.shape == expected.shape,
                 f"bilinear_kernel({size}, 3) must have shape {expected.shape}, got {got.shape}")
@@ -104,10 +146,44 @@ def bilinear_kernel(function) -> None:
                       f"{'an even' if size % 2 == 0 else 'an odd'} size the centre is {centre}")
 
 
-@exercise("upsampling_block", 3)
+# --- exercise 4: a decoder step ------------------------------------------------------------------
+
+def _set_weights(model: keras.Model, layer_type, make) -> None:
+    for layer in model.layers:
+        if isinstance(layer, layer_type):
+            layer.set_weights([make(w.shape).astype("float32") for w in layer.get_weights()])
+
+
+def _check_upsampling(model: keras.Model, inputs: list, filters: int) -> None:
+    """The upsampling is a learned stride-2 transposed convolution, the only path from ``x``."""
+    transposed = [layer for layer in model.layers
+                  if isinstance(layer, keras.layers.Conv2DTranspose)]
+    require(transposed,
+            "upsample with a transposed convolution (the exercise's idea: a *learned* x2 "
+            f"upsampling): Conv2DTranspose({filters}, 4, strides=2, padding='same'), not "
+            "UpSampling2D or a resize")
+    require(any(layer.strides == (2, 2) for layer in transposed),
+            "the transposed convolution itself must upsample: strides=2 (no UpSampling2D or "
+            "resize before it)")
+    for layer in transposed:
+        kernel, stride = layer.kernel_size[0], layer.strides[0]
+        require(kernel % stride == 0,
+                f"kernel {kernel} with stride {stride} overlaps unevenly (checkerboard "
+                f"artefacts): use a kernel size divisible by the stride, e.g. 4")
+    rng = np.random.default_rng(0)
+    _set_weights(model, keras.layers.Conv2DTranspose, np.zeros)
+    nudged = [inputs[0] + rng.uniform(0.5, 1.0, inputs[0].shape).astype("float32"), *inputs[1:]]
+    require(np.allclose(_numpy(model(inputs)), _numpy(model(nudged)), atol=1e-6),
+            "x must reach the output only through the transposed convolution (the learned "
+            "upsampling): no UpSampling2D, resize or other path for x")
+
+
+@LAB.check("upsampling_block", fallback=segkeras.models.deconv.upsampling_block)
+@forbid(segkeras.models.deconv.upsampling_block)
 @in_float32
 def upsampling_block(function) -> None:
-    """``function(x, skip, filters, name)``: a x2 decoder step, skip added before BN + ReLU."""
+    """``function(x, skip, filters, name)``: a x2 transposed convolution, the 1x1-projected skip
+    added, then BatchNorm and ReLU."""
     filters = 6
     x = keras.Input((4, 4, 5), name="coarse")
     plain = keras.Model(x, function(x, None, filters, "plain"))
@@ -121,21 +197,34 @@ def upsampling_block(function) -> None:
     require(shape == (None, 8, 8, filters),
             f"with an 8x8 skip of 3 channels the output must still be 8x8x{filters}, got {shape}: "
             f"project the skip to {filters} channels with a 1x1 convolution before adding")
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.Conv2DTranspose):
-            kernel, stride = layer.kernel_size[0], layer.strides[0]
-            require(kernel % stride == 0,
-                    f"kernel {kernel} with stride {stride} overlaps unevenly (checkerboard "
-                    f"artefacts): use a kernel size divisible by the stride, e.g. 4")
+    require(all(layer.name.startswith("with_skip") for layer in model.layers
+                if not isinstance(layer, keras.layers.InputLayer)),
+            "start every layer name with `name` (e.g. f'{name}_deconv'): a decoder has five "
+            "blocks, and layer names must be unique")
     require(any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers),
             "normalise the sum with BatchNormalization before the ReLU")
+
     rng = np.random.default_rng(3)
     coarse = rng.uniform(0.0, 1.0, size=(1, 4, 4, 5)).astype("float32")
     features = rng.uniform(0.0, 1.0, size=(1, 8, 8, 3)).astype("float32")
+    _set_weights(model, keras.layers.Conv2D, lambda s: rng.uniform(0.2, 1.0, s))
+    _set_weights(model, keras.layers.Conv2DTranspose, lambda s: rng.uniform(0.2, 1.0, s))
+    out = _numpy(model([coarse, features]))
+    # Positive inputs and weights: a variance 4x larger halves the output iff BatchNorm
+    # normalises the whole sum (upsampled + projected skip) right before the ReLU.
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.moving_variance.assign(np.full(layer.moving_variance.shape,
+                                                 4.0 * (1.0 + layer.epsilon) - layer.epsilon,
+                                                 dtype="float32"))
+    require_close(_numpy(model([coarse, features])), out / 2,
+                  "add the projected skip to the upsampled map before the BatchNormalization, "
+                  "then ReLU: BatchNorm normalises the sum", atol=1e-4 * max(1.0, out.max()))
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.moving_variance.assign(np.ones(layer.moving_variance.shape, dtype="float32"))
     out = _numpy(model([coarse - 0.5, features - 0.5]))
     require(out.min() >= 0.0, "end the block with a ReLU (the output has negative values)")
-    for conv in (layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)):
-        conv.set_weights([rng.uniform(0.2, 1.0, w.shape) for w in conv.get_weights()])
     out = _numpy(model([coarse, features]))
     nudged = features.copy()
     nudged[0, 2, 6] += 3.0
@@ -145,3 +234,57 @@ def upsampling_block(function) -> None:
     require(changed.sum() == 1,
             "changing one skip pixel must change that output pixel only: project the skip with "
             "a 1x1 convolution")
+    _check_upsampling(model, [coarse, features], filters)
+
+
+# --- exercise 5: unpooling with switches ---------------------------------------------------------
+
+def reference_max_unpool(values: np.ndarray, pre_pool: np.ndarray) -> np.ndarray:
+    """2x2 unpooling of ``(H/2, W/2, C)`` values at the first (row-major) maximum of each window
+    of ``(H, W, C)`` ``pre_pool``; zeros elsewhere."""
+    out = np.zeros(pre_pool.shape)
+    for i, j, c in np.ndindex(values.shape):
+        window = pre_pool[2 * i:2 * i + 2, 2 * j:2 * j + 2, c]
+        di, dj = divmod(int(np.argmax(window)), 2)  # np.argmax: the first maximum, row-major
+        out[2 * i + di, 2 * j + dj, c] = values[i, j, c]
+    return out
+
+
+def _library_max_unpool(values, pre_pool) -> np.ndarray:
+    unpool = segkeras.unpooling.MaxUnpooling()
+    return _numpy(unpool([np.asarray(values, "float32")[None],
+                          np.asarray(pre_pool, "float32")[None]]))[0]
+
+
+def _unpool_cases() -> list[tuple[str, np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(7)
+    random = rng.normal(size=(6, 8, 3))
+    ties = np.zeros((4, 4, 1))                   # top-left window: all zeros (a ReLU plateau)
+    ties[0:2, 2:4, 0] = [[1, 5], [5, 5]]         # three maxima: the first is top-right
+    ties[2:4, 0:2, 0] = [[0, 2], [2, 0]]         # two: top-right again, not bottom-left
+    ties[2:4, 2:4, 0] = [[-3, -3], [-1, -1]]     # negative values, maximum at the bottom
+    return [("random maps", rng.normal(size=(3, 4, 3)) + 2.0, random),
+            ("windows with ties", np.array([[[2.0], [3.0]], [[4.0], [6.0]]]), ties)]
+
+
+@LAB.check("max_unpool", fallback=_library_max_unpool)
+@forbid(segkeras.unpooling.max_pool_switches, segkeras.unpooling.MaxUnpooling)
+@in_float32
+def max_unpool(function) -> None:
+    """``function(values, pre_pool)``: each value back at its window's first maximum."""
+    for case, values, pre_pool in _unpool_cases():
+        expected = reference_max_unpool(values, pre_pool)
+        got = np.asarray(keras.ops.convert_to_numpy(function(values.copy(), pre_pool.copy())),
+                         dtype="float64")
+        require(got.shape == pre_pool.shape,
+                f"{case}: the output has the pre-pool shape {pre_pool.shape}, got {got.shape}")
+        require(np.count_nonzero(got) <= np.count_nonzero(values),
+                f"{case}: one switch per window and channel, zeros elsewhere: unpooling is not "
+                "nearest-neighbour upsampling (and with ties, only the first maximum counts)")
+        require_close(got, expected,
+                      f"{case}: put each value where its 2x2 window of pre_pool had its maximum "
+                      "(the switch), separately per channel; ties: the first maximum in "
+                      "row-major order (top-left, top-right, bottom-left, bottom-right)")
+
+
+start, use, guard, total = LAB.start, LAB.use, LAB.guard, LAB.total
