@@ -52,6 +52,18 @@ from segkeras.models.common import (
 VARIANTS = {"32s": (), "16s": ("P4",), "8s": ("P4", "P3")}
 
 
+def convolutionize(dense: layers.Dense, window: tuple[int, int] = (1, 1)) -> layers.Conv2D:
+    """The ``Conv2D`` that computes what ``dense`` computes on a flattened ``window`` x channels
+    map, at every position of a larger map (Long et al., section 3.1: "convolutionalization")."""
+    kernel, bias = dense.get_weights()
+    height, width = window
+    channels = kernel.shape[0] // (height * width)
+    conv = layers.Conv2D(dense.units, window, activation=dense.activation)
+    conv.build((None, None, None, channels))
+    conv.set_weights([kernel.reshape(height, width, channels, dense.units), bias])
+    return conv
+
+
 def fuse_skip(scores, skip, level: str):
     """FCN's skip fusion (Figure 3): the coarse ``scores`` upsampled x2 by a learned transposed
     convolution (bilinear at first) plus zero-initialised 1x1 class scores of the ``skip`` features.
