@@ -54,8 +54,8 @@ def train_in_stages(
     train, returning the History). Returns ``{variant: (model, history)}``. When ``build`` makes
     fresh layers (a fresh encoder too), each stage's model keeps its own weights, so the stages
     can be compared afterwards."""
-    unknown = [stage for stage in stages if stage not in STAGES]
-    if unknown or list(stages) != sorted(stages, key=STAGES.index) or len(set(stages)) < len(stages):
+    known = all(stage in STAGES for stage in stages) and len(set(stages)) == len(stages)
+    if not known or list(stages) != sorted(stages, key=STAGES.index):
         raise SegkerasError(f"stages must be distinct variants of {STAGES} in that order, "
                             f"coarsest first; got {stages!r}.")
     trained: dict[str, tuple[keras.Model, keras.callbacks.History]] = {}
