@@ -125,3 +125,30 @@ def test_train_in_stages_initialises_each_stage_from_the_previous_one():
                               trained["8s"][0].get_layer("score_fr").get_weights()[0])
     with pytest.raises(SegkerasError, match="coarsest first"):
         train_in_stages(_model, fit, stages=("16s", "32s"))
+
+
+def _encoder_layer_feeding(model: keras.Model, layer_name: str) -> str:
+    """The encoder layer whose output the FCN layer ``layer_name`` reads (through the nested
+    encoder model: which of its outputs, then the layer that made it)."""
+    encoder_call = model.get_layer(layer_name).input._keras_history
+    encoder = encoder_call.operation
+    assert encoder is backbones.find_encoder(model)
+    return encoder.outputs[encoder_call.tensor_index]._keras_history.operation.name
+
+
+@pytest.mark.fast
+def test_fcn_scores_pool3_and_pool4_on_vgg16():
+    """Long et al. score VGG16's pool4 (FCN-16s) and pool3 (FCN-8s): the stage outputs, not the
+    deepest convolutions before the pools."""
+    encoder = backbones.build_encoder("vgg16", (64, 64, 3), weights=None)
+    model = fcn(NUM_CLASSES, encoder, variant="8s")
+    assert _encoder_layer_feeding(model, "score_P4") == "block4_pool"
+    assert _encoder_layer_feeding(model, "score_P3") == "block3_pool"
+    # The same by value: what score_P4 reads is block4_pool's output (block5_conv3 has its shape).
+    image = np.random.default_rng(0).uniform(0, 255, (1, 64, 64, 3)).astype("float32")
+    read = keras.Model(model.input, model.get_layer("score_P4").input).predict(image, verbose=0)
+    for name, same in (("block4_pool", True), ("block5_conv3", False)):
+        probe = keras.Model(encoder.input, encoder.get_layer(name).output)
+        tensor = probe.predict(image, verbose=0)
+        assert tensor.shape == read.shape
+        assert np.allclose(tensor, read) == same
