@@ -14,43 +14,16 @@ import time
 
 from segkeras.data.sources import SOURCES_HELP
 from segkeras.errors import SegkerasError
+from segkeras.models import registry
 
 EXIT_USAGE = 2
 _START = time.perf_counter()
 
-MODELS = ("fcn32s", "fcn16s", "fcn8s", "deconvnet", "unet", "hourglass")
-DEFAULT_BACKBONE = {"fcn32s": "vgg16", "fcn16s": "vgg16", "fcn8s": "vgg16",
-                    "deconvnet": "vgg16", "unet": "mobilenetv2", "hourglass": "none"}
+MODELS = registry.names()
 DATA_HELP = SOURCES_HELP
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-@contextlib.contextmanager
-def _native_stderr_silenced():
-    """Discard what C++ code writes to file descriptor 2 (not Python's ``sys.stderr``).
-
-    TensorFlow >= 2.19 logs INFO lines ("oneDNN custom operations are on", "Could not find cuda
-    drivers") at import even with TF_CPP_MIN_LOG_LEVEL=3 (tensorflow/tensorflow#100442); the CLI
-    promises one line on stderr per error.
-    """
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def _import_keras():
-    """``import keras`` (and its backend) without TensorFlow's import-time log lines."""
-    with _native_stderr_silenced():
-        import keras
-    return keras
 
 
 def _check_size(size: int) -> int:
@@ -82,6 +55,31 @@ def _load_model(path: str):
         raise SegkerasError(
             f"cannot read {path} as a Keras model ({reason}); pass a .keras file saved by segkeras."
         ) from error
+
+
+def _load_segmenter(path: str):
+    """A saved semantic segmentation model: one image in, ``(batch, H, W, classes)`` logits out
+    (a stacked hourglass: one such map per stack)."""
+    model = _load_model(path)
+    outputs = [tuple(output.shape) for output in model.outputs]
+    image_input = len(model.inputs) == 1 and len(model.inputs[0].shape) == 4
+    if not image_input or not all(len(shape) == 4 and (shape[-1] or 0) >= 2 for shape in outputs):
+        raise SegkerasError(
+            f"{path} is not a semantic segmentation model (inputs "
+            f"{', '.join(str(tuple(i.shape)) for i in model.inputs)}, outputs "
+            f"{', '.join(map(str, outputs))}; expected one image in, (batch, H, W, classes) "
+            "logits out); pass a model.keras written by `python -m segkeras train` or `demo`."
+        )
+    return model
+
+
+def _last_output(model):
+    """The model predicting only its last (for a stacked hourglass: most refined) logits."""
+    if len(model.outputs) == 1:
+        return model
+    import keras
+
+    return keras.Model(model.input, model.outputs[-1], name=f"{model.name}_last")
 
 
 def _model_size(model, requested: int | None) -> int:
@@ -221,29 +219,18 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 
 def _build_model(args: argparse.Namespace, num_classes: int, weights):
-    backbone = args.backbone or DEFAULT_BACKBONE[args.model]
-    shape = (args.image_size, args.image_size, 3)
-    # Without pretrained weights the encoder trains from scratch, BatchNorm included.
-    common = {"weights": weights, "encoder_trainable": weights is None, "input_shape": shape}
-    if args.model == "hourglass":
-        from segkeras.models.hourglass import hourglass
-
-        return hourglass(num_classes, num_stacks=args.stacks,
-                         backbone=None if backbone == "none" else backbone, **common)
-    if backbone == "none":
+    architecture = registry.get(args.model)
+    backbone = args.backbone or architecture.default_backbone or "none"
+    if backbone == "none" and architecture.default_backbone is not None:
         raise SegkerasError(f"--model {args.model} needs a backbone; see `python -m segkeras "
                             "backbones`.")
-    if args.model.startswith("fcn"):
-        from segkeras.models.fcn import fcn
-
-        return fcn(num_classes, backbone, variant=args.model[3:], **common)
-    if args.model == "deconvnet":
-        from segkeras.models.deconv import deconvnet
-
-        return deconvnet(num_classes, backbone, **common)
-    from segkeras.models.unet import unet
-
-    return unet(num_classes, backbone, **common)
+    tunable = {"num_stacks": args.stacks}
+    # Without pretrained weights the encoder trains from scratch, BatchNorm included.
+    return architecture.build(
+        num_classes, backbone=None if backbone == "none" else backbone, weights=weights,
+        encoder_trainable=weights is None, input_shape=(args.image_size, args.image_size, 3),
+        **{name: value for name, value in tunable.items() if name in architecture.tunable},
+    )
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
@@ -268,11 +255,19 @@ def _cmd_train(args: argparse.Namespace) -> None:
           f"{len(val_data)} validation images, precision {precision}.")
     make = {"image_size": args.image_size, "batch_size": args.batch_size,
             "num_classes": data.num_classes, "seed": args.seed}
+    train_ds = train.distributable(make_dataset(train_data, augment=True, shuffle=True, **make),
+                                   strategy, args.batch_size, len(train_data))
+    val_ds = train.distributable(make_dataset(val_data, **make), strategy, args.batch_size,
+                                 len(val_data))
     history = train.fit_two_stage(
-        model, make_dataset(train_data, augment=True, shuffle=True, **make),
-        make_dataset(val_data, **make), head_epochs=head_epochs, finetune_epochs=finetune_epochs,
+        model, train_ds, val_ds, head_epochs=head_epochs, finetune_epochs=finetune_epochs,
         learning_rate=args.lr, strategy=strategy,
     )
+    if not train.is_chief(strategy):
+        print(f"Worker finished; the chief evaluates and writes {args.out} ({_elapsed()}).")
+        return
+    if args.distribute == "multiworker":  # the other workers are done: evaluate alone
+        model = train.single_process_copy(model)
     result = semantic.evaluate_semantic(model, make_dataset(val_data, **make), data.class_names)
     print(semantic.format_table(result))
     _save_outputs(args.out, model, history, result)
@@ -287,7 +282,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     from segkeras.evaluate import semantic
     from segkeras.train import model_num_classes
 
-    model = _load_model(args.model)
+    model = _load_segmenter(args.model)
     size = _model_size(model, args.image_size)
     data = _load_data(args.data, args.n, size, args.seed, split="test")
     num_classes = model_num_classes(model)
@@ -318,7 +313,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     for path in args.images:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no such image: {path}")
-    model = _load_model(args.model)
+    model = _last_output(_load_segmenter(args.model))
     size = _model_size(model, args.image_size)
     class_names = _class_names(args.model)
     if args.out:
@@ -327,7 +322,6 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         image = read_rgb(path)
         height, width = image.shape[:2]
         logits = model.predict_on_batch(resize_image(image, (size, size))[None])
-        logits = logits[-1] if isinstance(logits, (list, tuple)) else logits
         small = np.argmax(logits[0], axis=-1).astype(np.uint8)
         rows = np.arange(height) * size // height
         cols = np.arange(width) * size // width
@@ -395,8 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a model, write model.keras and metrics")
     train.add_argument("--model", required=True, choices=MODELS)
-    train.add_argument("--backbone", help="encoder name (default: vgg16 for FCN/deconvnet, "
-                       "mobilenetv2 for U-Net, none = the paper's stem for the hourglass)")
+    defaults = ", ".join(f"{name}: {registry.get(name).default_backbone or 'none'}"
+                         for name in MODELS)
+    train.add_argument("--backbone", help=f"encoder name, or none for a model's own stem "
+                       f"(default: {defaults})")
     train.add_argument("--data", default="shapes", help=DATA_HELP)
     train.add_argument("--n", type=_positive, default=500, help="shapes: number of images")
     train.add_argument("--val-fraction", type=float, default=0.2, help="held out for validation")
@@ -409,8 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, default=1e-3, help="learning rate")
     train.add_argument("--weights", default="imagenet", help="imagenet, none or a weights file")
     train.add_argument("--stacks", type=_positive, default=2, help="hourglass: number of stacks")
-    train.add_argument("--distribute", choices=("mirrored",),
-                       help="mirrored: train on all local GPUs (TensorFlow backend)")
+    train.add_argument("--distribute", choices=("mirrored", "multiworker"),
+                       help="mirrored: all local GPUs; multiworker: several machines, each "
+                       "with its TF_CONFIG (TensorFlow backend; README: Several machines)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--out", default=os.path.join("outputs", "train"), help="output folder")
     train.set_defaults(run=_cmd_train)
@@ -457,8 +454,6 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:  # argparse: usage errors exit 2, --help exits 0
         return int(exit_.code or 0)
     try:
-        if args.command != "data":
-            _import_keras()
         args.run(args)
     except (SegkerasError, FileNotFoundError, NotADirectoryError, PermissionError) as error:
         print(f"segkeras {args.command}: error: {error}", file=sys.stderr)
