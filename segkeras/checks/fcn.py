@@ -1,10 +1,11 @@
 """Checks for lab 01, fully convolutional networks (Long, Shelhamer & Darrell, CVPR 2015).
 
 Each check builds the student's layer or head on small random inputs and tests what it must do:
-a convolutionised ``Dense`` gives the same numbers on its window and a grid of them on a larger
-map; the skip fusion doubles the resolution, starts as bilinear upsampling of the coarse scores
-and lets every skip pixel add its own score; the FCN head returns image-sized logits that read
-exactly the skips of its variant.
+a convolutionised ``Dense`` gives the same numbers on its window and slides over a larger map; the
+skip fusion doubles the resolution with a learned, bilinear-initialised transposed convolution and
+adds zero-initialised 1x1 scores of the skip; the FCN head is a cascade of such fusions, coarsest
+first, whose final scores alone are upsampled to the image, bilinearly. Answers that call the
+library's own implementation (``segkeras.models.fcn``) are refused.
 """
 
 from __future__ import annotations
@@ -12,16 +13,25 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from segkeras.checks.core import exercise, in_float32, require, require_close
+from segkeras.checks.core import Lab, forbid, in_float32, reference, require, require_close
+from segkeras.errors import SegkerasError
+from segkeras.fcn_stages import initialize_from
+from segkeras.models.fcn import convolutionize as library_convolutionize
+from segkeras.models.fcn import fcn as library_fcn
+from segkeras.models.fcn import fcn_head as library_fcn_head
+from segkeras.models.fcn import fuse_skip as library_fuse_skip
+
+LAB = Lab("01_fcn", {"convolutionize": 2, "fuse_skip": 3, "fcn_head": 4})
+start, use, guard, total = LAB.start, LAB.use, LAB.guard, LAB.total
 
 _NUM_CLASSES = 3
-_SKIP_LEVELS = {"32s": (), "16s": ("P4",), "8s": ("P4", "P3")}
+_IMAGE = 64
+_FEATURES = {"P3": (8, 8, 6), "P4": (4, 4, 7), "P5": (2, 2, 9)}  # of a 64x64 image
+_SKIPS = {"8s": ("P4", "P3"), "16s": ("P4",), "32s": ()}  # checked finest first: richest hints
 
 
 def _numpy(x) -> np.ndarray:
     return np.asarray(keras.ops.convert_to_numpy(x), dtype="float64")
-
-
 
 
 def _randomize(model: keras.Model, seed: int = 0) -> None:
@@ -30,6 +40,14 @@ def _randomize(model: keras.Model, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     for weight in model.weights:
         weight.assign(rng.uniform(0.2, 1.0, size=tuple(weight.shape)).astype(weight.dtype))
+
+
+def _bilinear(maps: np.ndarray, size: int) -> np.ndarray:
+    return _numpy(keras.ops.image.resize(maps.astype("float32"), (size, size),
+                                         interpolation="bilinear"))
+
+
+# --- convolutionize ------------------------------------------------------------------------------
 
 
 def _dense(rng, inputs: int, units: int, activation: str | None) -> keras.layers.Dense:
@@ -67,18 +85,25 @@ def _convolutionize_case(function, rng, window: tuple, channels: int, activation
                       "kernel (inputs, units) to (height, width, channels, units), the order in "
                       "which Flatten lays out (row, column, channel)")
     larger = rng.normal(size=(1, height + 3, width + 2, channels)).astype("float32")
-    grid = _numpy(conv(larger))
+    slides = ("The point of convolutionizing is that the classifier slides over a larger map: a "
+              f"Conv2D with kernel_size={window} (no Flatten or Reshape, which fix the size)")
+    try:
+        grid = _numpy(conv(larger))
+    except Exception as error:  # e.g. a Flatten + Dense that only fits the window
+        require(False, f"{slides[0].lower()}{slides[1:]}; on a {height + 3}x{width + 2} map "
+                       f"yours raised {type(error).__name__}")
     require(grid.shape == (1, 4, 3, units),
             f"on a larger {height + 3}x{width + 2} map expect a 4x3 grid of scores (one per "
-            f"window position, stride 1, 'valid'); got shape {grid.shape}")
+            f"window position: stride 1, 'valid'); got shape {grid.shape}. {slides}")
     windows = np.stack([larger[0, i:i + height, j:j + width].reshape(-1)
                         for i in range(4) for j in range(3)])
     require_close(grid.reshape(12, units), _numpy(dense(windows)),
-                  "on a larger map each output pixel must be the Dense layer applied to the "
-                  "window below it")
+                  f"on a larger map each output pixel must be the Dense layer applied to the "
+                  f"window below it. {slides}")
 
 
-@exercise("convolutionize", 3)
+@LAB.check("convolutionize", fallback=library_convolutionize)
+@forbid(library_convolutionize)
 @in_float32
 def convolutionize(function) -> None:
     """``function(dense, window=(1, 1))`` turns a Dense layer that read a flattened
@@ -88,14 +113,23 @@ def convolutionize(function) -> None:
     _convolutionize_case(function, rng, (2, 3), channels=4, activation="relu")
 
 
-def _fusion_model(function, channels: int = 5):
+# --- fuse_skip -----------------------------------------------------------------------------------
+
+
+def _fusion_model(function, channels: int = 5) -> keras.Model:
     scores = keras.Input((4, 4, _NUM_CLASSES), name="coarse_scores")
     skip = keras.Input((8, 8, channels), name="skip_features")
-    fused = function(scores, skip, "P4")
-    return keras.Model([scores, skip], fused)
+    return keras.Model([scores, skip], function(scores, skip, "P4"))
 
 
-@exercise("fuse_skip", 3)
+def _learned_x2(model: keras.Model) -> int:
+    """How many trainable stride-2 transposed convolutions ``model`` has."""
+    return sum(isinstance(layer, keras.layers.Conv2DTranspose) and layer.trainable
+               and tuple(layer.strides) == (2, 2) for layer in model.layers)
+
+
+@LAB.check("fuse_skip", fallback=library_fuse_skip)
+@forbid(library_fuse_skip, library_fcn_head, library_fcn)
 @in_float32
 def fuse_skip(function) -> None:
     """``function(scores, skip, level)``: FCN's fusion of stride-2s scores with a stride-s skip."""
@@ -106,20 +140,18 @@ def fuse_skip(function) -> None:
             f"4x4 scores of {_NUM_CLASSES} classes fused with an 8x8 skip must give 8x8 scores "
             f"of {_NUM_CLASSES} classes, got {shape}: upsample x2 (strides=2, padding='same') "
             "and score the skip with num_classes filters")
-    transposed = [layer for layer in model.layers
-                  if isinstance(layer, keras.layers.Conv2DTranspose)]
-    require(any(layer.trainable and tuple(layer.strides) == (2, 2) for layer in transposed),
+    require(_learned_x2(model) >= 1,
             "the x2 upsampling should be learned: a trainable Conv2DTranspose with strides=2 "
-            "(UpSampling2D has nothing to learn)")
+            "(a fixed resize such as UpSampling2D has nothing to learn)")
     scores = rng.normal(size=(1, 4, 4, _NUM_CLASSES)).astype("float32")
     skip = rng.normal(size=(1, 8, 8, 5)).astype("float32")
-    start = _numpy(model([scores, skip]))
-    require_close(start, _numpy(model([scores, np.zeros_like(skip)])),
+    start_out = _numpy(model([scores, skip]))
+    require_close(start_out, _numpy(model([scores, np.zeros_like(skip)])),
                   "at initialisation the skip must add nothing (FCN initialises the skip's score "
                   "layer with zeros, so training starts from the coarser net): "
                   "kernel_initializer='zeros'")
-    bilinear = _numpy(keras.ops.image.resize(scores, (8, 8), interpolation="bilinear"))
-    require_close(start[:, 2:-2, 2:-2], bilinear[:, 2:-2, 2:-2],
+    bilinear = _bilinear(scores, 8)
+    require_close(start_out[:, 2:-2, 2:-2], bilinear[:, 2:-2, 2:-2],
                   "at initialisation the upsampled scores must be bilinear interpolation of the "
                   "coarse ones: kernel 4 (= 2 x stride), padding='same', "
                   "kernel_initializer=BilinearUpsampling()")
@@ -140,37 +172,150 @@ def fuse_skip(function) -> None:
     require_close(out, no_skip + only_skip - neither,
                   "fuse the two score maps by addition (layers.Add): each keeps its own "
                   "contribution")
+    doubled = _numpy(model([scores, 2 * skip]))
+    require_close(doubled - no_skip, 2 * (out - no_skip),
+                  "class scores are linear in the features: no activation on the skip's 1x1 "
+                  "score layer (FCN's scores are logits)")
+    try:
+        initialize_from(_fusion_model(function), _fusion_model(function))
+    except SegkerasError:
+        require(False, "name the layers after level (f'upscore_to_{level}', f'score_{level}'): "
+                       "the lab's staged training carries FCN-16s' weights over to FCN-8s by "
+                       "layer name, so every build must give the same names")
 
 
-def _head_model(function, variant: str):
-    shapes = {"P3": (8, 8, 6), "P4": (4, 4, 7), "P5": (2, 2, 9)}  # a 64x64 image
-    features = {level: keras.Input(shape, name=level) for level, shape in shapes.items()}
-    logits = function(features, _NUM_CLASSES, variant)
-    return keras.Model(features, logits), shapes
+# --- fcn_head ------------------------------------------------------------------------------------
 
 
-@exercise("fcn_head", 3)
+class _RecordingFuse:
+    """The library's fusion, recording each call: the check sees the cascade the head builds."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def __call__(self, scores, skip, level):
+        with reference():
+            fused = library_fuse_skip(scores, skip, level)
+        self.calls.append((scores, skip, level, fused))
+        return fused
+
+
+def _head_model(function, variant: str, fuse: _RecordingFuse) -> tuple[keras.Model, dict]:
+    features = {level: keras.Input(shape, name=level) for level, shape in _FEATURES.items()}
+    logits = function(features, _NUM_CLASSES, variant, fuse=fuse)
+    return keras.Model(features, logits), features
+
+
+def _spatial(tensor) -> int | None:
+    shape = getattr(tensor, "shape", None)
+    return shape[1] if shape is not None and len(shape) == 4 else None
+
+
+def _straight_to_image(model: keras.Model, final_size: int) -> bool:
+    """Whether some operation maps a map coarser than ``final_size`` straight to the image."""
+    for operation in model.operations:
+        try:
+            inputs, output = operation.input, operation.output
+        except (AttributeError, ValueError):
+            continue
+        coarse = [_spatial(x) for x in keras.tree.flatten(inputs)]
+        if _spatial(output) == _IMAGE and any(s is not None and s < final_size for s in coarse):
+            return True
+    return False
+
+
+def _check_cascade(model: keras.Model, features: dict, fuse: _RecordingFuse, variant: str) -> None:
+    skips = _SKIPS[variant]
+    final_stride = 32 // 2 ** len(skips)
+    levels = tuple(level for _, _, level, _ in fuse.calls)
+    if levels != skips:
+        require(not _straight_to_image(model, _IMAGE // final_stride),
+                f"FCN-{variant} is a cascade of learned x2 upsamplings, not a sum of levels each "
+                "upsampled straight to the image: upsample the P5 scores x2 and add the P4 "
+                "scores (fuse), then the same with P3; only the final stride-8 scores go to the "
+                "image size")
+        require(_learned_x2(model) >= len(skips),
+                f"FCN-{variant}'s x2 upsamplings are learned: fuse each skip with `fuse` (your "
+                "fuse_skip: a transposed convolution initialised to bilinear, then learned); a "
+                "fixed resize (UpSampling2D, image.resize) has nothing to learn")
+        require(False, f"FCN-{variant} fuses {', '.join(skips) or 'no skip'} with the `fuse` "
+                       f"argument, coarsest first (16s adds P4, 8s adds P4 then P3); yours "
+                       f"called fuse for {', '.join(levels) or 'no level'}")
+    previous = None
+    for scores, skip, level, fused in fuse.calls:
+        require(skip is features[level],
+                f"give fuse the {level} features themselves: fuse(scores, features['{level}'], "
+                f"'{level}')")
+        if previous is None:
+            require(tuple(scores.shape[1:]) == (2, 2, _NUM_CLASSES),
+                    "the cascade starts from the class scores of P5 (score_fr: a 1x1 "
+                    "convolution with num_classes filters)")
+        else:
+            require(scores is previous,
+                    f"chain the fusions: fuse {level} into the scores the previous fuse returned")
+        previous = fused
+
+
+def _check_final_upsampling(model: keras.Model, variant: str, rng) -> None:
+    """One pixel of the finest level read must spread over the image as bilinear interpolation."""
+    finest = (_SKIPS[variant] or ("P5",))[-1]
+    stride = 32 // 2 ** len(_SKIPS[variant])
+    inputs = {level: rng.normal(size=(1, *shape)).astype("float32")
+              for level, shape in _FEATURES.items()}
+    size = _FEATURES[finest][0]
+    row, column = size // 2 - 1, size // 2
+    impulse = np.zeros((1, size, size, 1), dtype="float32")
+    impulse[0, row, column] = 1.0
+    nudged = dict(inputs, **{finest: inputs[finest] + impulse})
+    response = _numpy(model(nudged)) - _numpy(model(inputs))
+    spread = _bilinear(impulse, _IMAGE)[..., 0:1]
+    per_class = (spread * response).sum(axis=(0, 1, 2)) / (spread ** 2).sum()
+    require(np.allclose(response, spread * per_class, atol=1e-4 * (1 + np.abs(response).max())),
+            f"upsample FCN-{variant}'s final stride-{stride} scores to the image with fixed "
+            f"bilinear interpolation (UpSampling2D({stride}, interpolation='bilinear')): one "
+            f"score pixel must spread smoothly over its neighbours, not fill a block of "
+            f"{stride}x{stride} pixels (nearest neighbour) or follow learned weights")
+
+
+@LAB.check("fcn_head", fallback=library_fcn_head)
+@forbid(library_fcn_head, library_fcn)
 @in_float32
 def fcn_head(function) -> None:
-    """``function(features, num_classes, variant)``: FCN-32s/16s/8s scores from P3..P5."""
+    """``function(features, num_classes, variant, fuse=...)``: FCN-32s/16s/8s from P3..P5."""
     rng = np.random.default_rng(2)
-    for variant, skips in _SKIP_LEVELS.items():
-        model, shapes = _head_model(function, variant)
-        shape = tuple(model.output.shape)
+    models = {}
+    for variant, skips in _SKIPS.items():
+        fuse = _RecordingFuse()
+        model, features = _head_model(function, variant, fuse)
         stride = 32 // 2 ** len(skips)
-        require(shape == (None, 64, 64, _NUM_CLASSES),
+        shape = tuple(model.output.shape)
+        require(shape == (None, _IMAGE, _IMAGE, _NUM_CLASSES),
                 f"FCN-{variant} on a 64x64 image (P5 2x2) must return 64x64 logits of "
                 f"{_NUM_CLASSES} classes, got {shape}: after fusing {len(skips)} skip(s) the "
                 f"scores are at stride {stride}, so upsample them x{stride}")
-        _randomize(model)
-        inputs = {level: rng.normal(size=(1, *s)).astype("float32") for level, s in shapes.items()}
-        out = _numpy(model(inputs))
+        trained, _ = _head_model(function, variant, _RecordingFuse())
+        _randomize(trained)
+        inputs = {level: rng.normal(size=(1, *s)).astype("float32")
+                  for level, s in _FEATURES.items()}
+        out = _numpy(trained(inputs))
         for level in ("P3", "P4"):
             changed = dict(inputs, **{level: inputs[level] + 1.0})
-            reads = not np.allclose(_numpy(model(changed)), out, atol=1e-5)
+            reads = not np.allclose(_numpy(trained(changed)), out, atol=1e-5)
             require(reads == (level in skips),
                     f"FCN-{variant} must {'' if level in skips else 'not '}read {level}: it "
                     f"fuses {', '.join(skips) or 'no skip'} (16s adds P4, 8s adds P4 then P3)")
         changed = dict(inputs, P5=inputs["P5"] + 1.0)
-        require(not np.allclose(_numpy(model(changed)), out, atol=1e-5),
+        require(not np.allclose(_numpy(trained(changed)), out, atol=1e-5),
                 f"FCN-{variant} must score P5 (a 1x1 convolution, 'score_fr') and start from it")
+        _check_cascade(model, features, fuse, variant)
+        require(not np.any(_numpy(model(inputs))),
+                f"a new FCN-{variant} must predict all-zero scores: initialise score_fr with "
+                "zeros (kernel_initializer='zeros'), as the paper does")
+        _check_final_upsampling(trained, variant, rng)
+        models[variant] = model
+    try:
+        initialize_from(models["16s"], models["32s"])
+        initialize_from(models["8s"], models["16s"])
+    except SegkerasError:
+        require(False, "name P5's score layer 'score_fr' in every variant: the lab trains "
+                       "FCN-32s, then initialises FCN-16s (and FCN-8s) from it by layer name")
