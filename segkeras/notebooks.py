@@ -1,22 +1,27 @@
 """Keep the notebooks in step: ``solutions/`` is the single source, ``labs/`` is generated from it.
 
-``python -m segkeras.notebooks`` (``make labs``) rewrites every solution's Colab badge and install
-cell from :data:`REPOSITORY`, then writes each lab: nbgrader's ``ClearSolutions`` replaces the code
-between ``### BEGIN SOLUTION`` and ``### END SOLUTION`` with a stub, ``ClearOutput`` drops outputs,
-both run through nbconvert. ``--check`` only reports labs that are out of date (exit 1).
-``--execute NAME...`` first re-runs those solutions in full mode (what instructors commit, e.g.
-after a run on a GPU), then writes the labs.
+``python -m segkeras.notebooks`` (``make labs``) stamps every solution: its Colab badge and install
+cell from :data:`REPOSITORY`, and nbgrader metadata derived from the cells (:func:`grade_metadata`).
+Then it writes each lab with nbgrader's release preprocessors (those of ``nbgrader
+generate_assignment`` except the one that writes the gradebook): solutions replaced by stubs,
+outputs cleared, cells locked, checksums computed. ``--check`` only reports labs that are out of
+date (exit 1). ``--execute NAME...`` first re-runs those solutions in full mode (what instructors
+commit, e.g. after a run on a GPU), then writes the labs.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import importlib
 import os
 import re
 import sys
 from pathlib import Path
 
 import nbformat
+
+from segkeras.errors import SegkerasError
 
 REPOSITORY = "https://github.com/segkeras/segkeras"
 BRANCH = "main"
@@ -48,6 +53,65 @@ def stamp(notebook: nbformat.NotebookNode, folder: str, name: str) -> nbformat.N
             cell.source = _BADGE_LINK.sub(colab_url(folder, name), cell.source)
         elif SETUP_TAG in cell.get("metadata", {}).get("tags", []):
             cell.source = SETUP_CELL.format(repository=REPOSITORY)
+    return notebook
+
+
+_DEFINITION = re.compile(r"^(?:def|class)\s+(\w+)", re.MULTILINE)
+SOLUTION_MARK = "### BEGIN SOLUTION"
+
+
+def check_call(source: str) -> tuple[str, str] | None:
+    """``(lab module, check)`` if the cell's code is one ``checks.<lab>.<check>(...)`` call
+    (comments and a trailing ``;`` aside), else None."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:  # IPython magics: not a check cell
+        return None
+    if len(tree.body) != 1 or not isinstance(tree.body[0], ast.Expr):
+        return None
+    call = tree.body[0].value
+    if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)):
+        return None
+    owner = call.func.value
+    if isinstance(owner, ast.Attribute) and isinstance(owner.value, ast.Name) \
+            and owner.value.id == "checks":
+        return owner.attr, call.func.attr
+    return None
+
+
+def _check_points(lab: str, name: str, where: str) -> tuple[str, int]:
+    """The exercise a ``checks.<lab>.<name>`` check grades and its points."""
+    try:
+        check = getattr(importlib.import_module(f"segkeras.checks.{lab}"), name)
+        return getattr(check, "exercise", name), int(check.points)
+    except (ImportError, AttributeError) as error:
+        raise SegkerasError(f"{where} calls checks.{lab}.{name}, which is not a check: "
+                            f"{error}") from None
+
+
+def grade_metadata(notebook: nbformat.NotebookNode, name: str = "") -> nbformat.NotebookNode:
+    """nbgrader metadata from the cells: a cell with ``### BEGIN SOLUTION`` is a solution cell
+    (``grade_id`` the function it defines); a cell that is one ``checks.<lab>.<exercise>(...)``
+    call an autograded, locked test cell (``grade_id`` ``check_<exercise>``, the check's points);
+    every other cell a locked read-only cell."""
+    seen = set()
+    for index, cell in enumerate(notebook.cells):
+        metadata = {"grade": False, "solution": False, "locked": True,
+                    "grade_id": f"cell-{index:02d}", "schema_version": 3}
+        call = check_call(cell.source) if cell.cell_type == "code" else None
+        if cell.cell_type == "code" and SOLUTION_MARK in cell.source:
+            defined = _DEFINITION.findall(cell.source)
+            metadata.update(solution=True, locked=False,
+                            grade_id=defined[0] if defined else f"solution-{index:02d}")
+        elif call is not None and call[1] != "total":
+            exercise, points = _check_points(*call, where=f"{name} cell {index}")
+            metadata.update(grade=True, grade_id=f"check_{exercise}", points=points)
+        if metadata["grade_id"] in seen:
+            raise SegkerasError(f"{name} cell {index}: a second cell for {metadata['grade_id']}; "
+                                "keep one exercise function per solution cell and one check "
+                                "call per check cell.")
+        seen.add(metadata["grade_id"])
+        cell.metadata["nbgrader"] = metadata
     return notebook
 
 
@@ -84,22 +148,32 @@ def execute(path: Path, timeout: int = 3600) -> None:
     path.write_text(_text(drop_native_logs(notebook)), encoding="utf-8")
 
 
-def lab_from_solution(solution: nbformat.NotebookNode, name: str) -> nbformat.NotebookNode:
-    """The student version of a solution notebook: solutions stubbed out, no outputs."""
-    from nbconvert.exporters import NotebookExporter
-    from nbgrader.preprocessors import ClearOutput, ClearSolutions
-    from traitlets.config import Config
+def release_preprocessors() -> list[type]:
+    """``nbgrader generate_assignment``'s preprocessors, without ``SaveCells`` (the gradebook
+    database: the course's ``nbgrader generate_assignment`` fills it)."""
+    from nbgrader.converters import GenerateAssignment
+    from nbgrader.preprocessors import SaveCells
 
-    config = Config()
-    config.ClearSolutions.enforce_metadata = False
-    exporter = NotebookExporter(config=config)
-    exporter.register_preprocessor(ClearSolutions(config=config), enabled=True)
-    exporter.register_preprocessor(ClearOutput(config=config), enabled=True)
-    body, _ = exporter.from_notebook_node(solution)
+    pipeline = GenerateAssignment(config=None).preprocessors
+    return [preprocessor for preprocessor in pipeline if preprocessor is not SaveCells]
+
+
+def lab_from_solution(solution: nbformat.NotebookNode, name: str) -> nbformat.NotebookNode:
+    """The student version of a (stamped) solution notebook, as nbgrader releases it."""
+    from nbconvert.exporters import NotebookExporter
+
+    exporter = NotebookExporter()
+    for preprocessor in release_preprocessors():
+        exporter.register_preprocessor(preprocessor(), enabled=True)
+    body, _ = exporter.from_notebook_node(solution, resources={"nbgrader": {}})
     lab = nbformat.reads(body, as_version=4)
     for cell in lab.cells:
         cell.get("metadata", {}).pop("execution", None)
     return stamp(lab, "labs", name)
+
+
+def _stamped(path: Path) -> nbformat.NotebookNode:
+    return grade_metadata(stamp(_read(path), "solutions", path.name), str(path))
 
 
 def _read(path: Path) -> nbformat.NotebookNode:
@@ -115,7 +189,7 @@ def sync(solutions: Path = Path("solutions"), labs: Path = Path("labs")) -> list
     written = []
     labs.mkdir(exist_ok=True)
     for path in sorted(solutions.glob("*.ipynb")):
-        solution = drop_native_logs(stamp(_read(path), "solutions", path.name))
+        solution = drop_native_logs(_stamped(path))
         path.write_text(_text(solution), encoding="utf-8")
         target = labs / path.name
         target.write_text(_text(lab_from_solution(solution, path.name)), encoding="utf-8")
@@ -127,7 +201,7 @@ def stale(solutions: Path = Path("solutions"), labs: Path = Path("labs")) -> lis
     """Names of labs that are missing or differ from what :func:`sync` would write."""
     out_of_date = []
     for path in sorted(solutions.glob("*.ipynb")):
-        expected = _text(lab_from_solution(stamp(_read(path), "solutions", path.name), path.name))
+        expected = _text(lab_from_solution(_stamped(path), path.name))
         target = labs / path.name
         if not target.exists() or target.read_text(encoding="utf-8") != expected:
             out_of_date.append(path.name)

@@ -1,6 +1,8 @@
 """Lab 5 checks: correct answers score full points, typical mistakes fail with the hint that
-names them, stubs report "not answered yet"."""
+names them, answers that call the library fail with "write it yourself", stubs report "not
+answered yet"; the RoIAlign check passes under mixed_float16; the fallbacks are segkeras'."""
 
+import keras
 import numpy as np
 import pytest
 from skimage.transform import resize
@@ -11,7 +13,7 @@ from segkeras.checks import mask_head as checks
 
 @pytest.fixture(autouse=True)
 def fresh_score():
-    core.reset()
+    checks.start()
     yield
     core.reset()
 
@@ -82,7 +84,7 @@ def assert_fails(result, *words):
 
 @pytest.mark.fast
 def test_roi_align_accepts_the_definition():
-    result = checks.roi_align(make_roi_align(), bilinear_sample)
+    result = checks.roi_align_box(make_roi_align(), bilinear_sample)
     assert result and result.points == result.max_points == 3
 
 
@@ -91,7 +93,7 @@ def test_roi_align_accepts_keras_ops_answers():
     from keras import ops
 
     reference = make_roi_align()
-    result = checks.roi_align(lambda *args, **kwargs: ops.convert_to_tensor(
+    result = checks.roi_align_box(lambda *args, **kwargs: ops.convert_to_tensor(
         reference(*args, **kwargs)))
     assert result
 
@@ -105,22 +107,22 @@ def test_roi_align_accepts_keras_ops_answers():
     (dict(one_sample=True), ["sampling_ratio x sampling_ratio samples"]),
 ])
 def test_roi_align_names_the_mistake(mistake, words):
-    assert_fails(checks.roi_align(make_roi_align(**mistake)), *words)
+    assert_fails(checks.roi_align_box(make_roi_align(**mistake)), *words)
 
 
 def test_roi_align_checks_bilinear_sampling_first():
     def unclamped(features, y, x):
         return bilinear_sample(features, y, x) if y < features.shape[0] - 1 else np.zeros(3)
 
-    assert_fails(checks.roi_align(make_roi_align(), lambda f, y, x: bilinear_sample(f, x, y)),
+    assert_fails(checks.roi_align_box(make_roi_align(), lambda f, y, x: bilinear_sample(f, x, y)),
                  "y is the row")
-    assert_fails(checks.roi_align(make_roi_align(), unclamped), "clamped to the last row")
+    assert_fails(checks.roi_align_box(make_roi_align(), unclamped), "clamped to the last row")
 
 
 def test_roi_align_rejects_a_wrong_shape_and_a_stub():
     flat = make_roi_align()
-    assert_fails(checks.roi_align(lambda *a, **k: flat(*a, **k)[..., 0]), "shape")
-    assert_fails(checks.roi_align(stub), "not answered yet")
+    assert_fails(checks.roi_align_box(lambda *a, **k: flat(*a, **k)[..., 0]), "shape")
+    assert_fails(checks.roi_align_box(stub), "not answered yet")
 
 
 # --- mask targets -----------------------------------------------------------------------------
@@ -158,24 +160,24 @@ def test_mask_target_names_the_mistake():
 # --- class-specific masks ---------------------------------------------------------------------
 
 @pytest.mark.fast
-def test_class_specific_masks_accepts_numpy_and_keras_ops():
+def test_select_class_masks_accepts_numpy_and_keras_ops():
     from keras import ops
 
-    assert checks.class_specific_masks(select_class_masks).points == 2
+    assert checks.select_class_masks(select_class_masks).points == 2
 
     def with_ops(logits, class_ids):
         one_hot = ops.one_hot(class_ids, ops.shape(logits)[-1])
         return ops.einsum("kpqc,kc->kpq", logits, one_hot)
 
-    assert checks.class_specific_masks(with_ops)
+    assert checks.select_class_masks(with_ops)
 
 
-def test_class_specific_masks_rejects_softmax_with_the_sigmoid_hint():
+def test_select_class_masks_rejects_softmax_with_the_sigmoid_hint():
     def softmax_then_select(logits, class_ids):
         shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
         return select_class_masks(shifted / shifted.sum(axis=-1, keepdims=True), class_ids)
 
-    assert_fails(checks.class_specific_masks(softmax_then_select), "softmax", "per-pixel sigmoid",
+    assert_fails(checks.select_class_masks(softmax_then_select), "softmax", "per-pixel sigmoid",
                  "do not compete")
 
 
@@ -187,18 +189,14 @@ def test_class_specific_masks_rejects_softmax_with_the_sigmoid_hint():
     (lambda logits, ids: logits[..., 1], ["own class"]),
     (stub, ["not answered yet"]),
 ])
-def test_class_specific_masks_names_the_mistake(answer, words):
-    assert_fails(checks.class_specific_masks(answer), *words)
+def test_select_class_masks_names_the_mistake(answer, words):
+    assert_fails(checks.select_class_masks(answer), *words)
 
 
 # --- pasting masks ----------------------------------------------------------------------------
 
-def test_paste_mask_accepts_resize_into_the_box_and_the_library():
-    from segkeras.models.mask_head import paste_masks
-
+def test_paste_mask_accepts_resize_into_the_box():
     assert checks.paste_mask(paste_mask).points == 2
-    assert checks.paste_mask(lambda mask, box, height, width: paste_masks(
-        mask[None], box[None], height, width)[0] >= 0.5)
 
 
 def test_paste_mask_names_the_mistake():
@@ -228,9 +226,171 @@ def test_paste_mask_names_the_mistake():
     assert_fails(checks.paste_mask(stub), "not answered yet")
 
 
-def test_the_score_adds_up_over_the_lab():
-    checks.roi_align(make_roi_align())
+# --- the mask loss ----------------------------------------------------------------------------
+
+def mask_loss(targets, logits):
+    """Written from the definition with keras.ops."""
+    from keras import ops
+
+    counted = ops.cast(targets >= 0, "float32")
+    per_pixel = ops.binary_crossentropy(ops.clip(targets, 0.0, 1.0), logits, from_logits=True)
+    return ops.sum(per_pixel * counted) / ops.maximum(ops.sum(counted), 1.0)
+
+
+def test_mask_loss_accepts_the_definition():
+    result = checks.mask_loss(mask_loss)
+    assert result and result.points == 2
+
+
+def _with(change):
+    """A mask loss with one mistake: ``change(targets, logits, per_pixel, counted)`` -> loss."""
+    from keras import ops
+
+    def loss(targets, logits):
+        counted = ops.cast(targets >= 0, "float32")
+        per_pixel = ops.binary_crossentropy(ops.clip(targets, 0.0, 1.0), logits, from_logits=True)
+        return change(targets, logits, per_pixel, counted)
+
+    return loss
+
+
+def _naive(targets, logits):
+    from keras import ops
+
+    counted = ops.cast(targets >= 0, "float32")
+    t, p = ops.clip(targets, 0.0, 1.0), ops.sigmoid(logits)
+    per_pixel = -(t * ops.log(p) + (1 - t) * ops.log(1 - p))
+    return ops.sum(per_pixel * counted) / ops.maximum(ops.sum(counted), 1.0)
+
+
+def _numpy_loss(targets, logits):
+    targets, logits = np.asarray(targets), np.asarray(logits, np.float64)
+    valid = targets >= 0
+    losses = np.maximum(logits, 0) - logits * np.clip(targets, 0, 1) + np.log1p(
+        np.exp(-np.abs(logits)))
+    return losses[valid].mean() if valid.any() else 0.0
+
+
+@pytest.mark.parametrize("answer, words", [
+    (_with(lambda t, x, loss, counted: keras.ops.mean(loss)), ["padding rows count"]),
+    (_with(lambda t, x, loss, counted: keras.ops.sum(loss * counted) / float(28 * 28 * 6)),
+     ["number of real pixels"]),
+    (_with(lambda t, x, loss, counted: keras.ops.sum(loss * counted)), ["sum"]),
+    (_with(lambda t, x, loss, counted: keras.ops.sum(loss * counted) / keras.ops.sum(counted)),
+     ["padding rows only should give 0"]),
+    (_with(lambda t, x, loss, counted: keras.ops.mean(loss * counted, axis=(2, 3))),
+     ["one number"]),
+    (lambda t, x: keras.ops.sum(keras.ops.binary_crossentropy(
+        keras.ops.clip(t, 0.0, 1.0), x) * keras.ops.cast(t >= 0, "float32"))
+     / keras.ops.sum(keras.ops.cast(t >= 0, "float32")), ["from_logits=True"]),
+    (_naive, ["not finite", "log(sigmoid(x)) overflows"]),
+    (_numpy_loss, ["inside model.fit", "keras.ops"]),
+    (_with(lambda t, x, loss, counted: keras.ops.stop_gradient(
+        keras.ops.sum(loss * counted) / keras.ops.maximum(keras.ops.sum(counted), 1.0))),
+     ["model.fit", "stop_gradient"]),
+    (stub, ["not answered yet"]),
+])
+def test_mask_loss_names_the_mistake(answer, words):
+    assert_fails(checks.mask_loss(answer), *words)
+
+
+# --- answers that call the library: "write it yourself" ---------------------------------------
+
+def _delegations():
+    from segkeras.data.instances import mask_targets
+    from segkeras.layers import RoIAlign
+    from segkeras.models.mask_head import MaskedBinaryCrossentropy, SelectClassMask, paste_masks
+
+    def roi_align_by_layer(features, box, output_size=2, sampling_ratio=2, spatial_scale=1.0,
+                           aligned=True):
+        layer = RoIAlign(output_size, sampling_ratio, spatial_scale, aligned)
+        pooled = layer(np.asarray(features, "float32")[None], np.asarray(box, "float32")[None],
+                       np.zeros(1, "int32"))
+        return keras.ops.convert_to_numpy(pooled)[0]
+
+    def target_by_library(mask, box, size=28):
+        return np.asarray(mask_targets(np.asarray(mask, "float32")[None],
+                                       np.asarray(box, "float32")[None], size))[0]
+
+    def target_by_layer(mask, box, size=28):
+        return roi_align_by_layer(np.asarray(mask, "float32")[..., None], box, size)[..., 0] >= 0.5
+
+    def select_by_layer(logits, class_ids):
+        chosen = SelectClassMask(len(logits))(logits, np.asarray(class_ids)[None])
+        return keras.ops.convert_to_numpy(chosen)[0]
+
+    def paste_by_library(mask, box, height, width):
+        return paste_masks(mask[None], box[None], height, width)[0] >= 0.5
+
+    return [
+        ("roi_align_box", roi_align_by_layer, "segkeras.layers.RoIAlign.call"),
+        ("mask_target", target_by_library, "segkeras.data.instances.mask_targets"),
+        ("mask_target", target_by_layer, "segkeras.layers.RoIAlign.call"),
+        ("select_class_masks", select_by_layer, "SelectClassMask.call"),
+        ("mask_loss", lambda t, x: MaskedBinaryCrossentropy()(t, x),
+         "MaskedBinaryCrossentropy.call"),
+        ("paste_mask", paste_by_library, "segkeras.models.mask_head.paste_masks"),
+    ]
+
+
+@pytest.mark.parametrize("index", range(6))
+def test_answers_that_call_the_library_fail(index):
+    exercise, answer, name = _delegations()[index]
+    result = getattr(checks, exercise)(answer)
+    assert_fails(result, "write it yourself", name)
+    assert getattr(checks, exercise)(answer) is not None  # the library works again afterwards
+    checks.LAB.use(exercise, answer)  # the lab would not use it
+
+
+def test_the_library_works_after_the_checks():
+    from segkeras.models.mask_head import paste_masks
+
+    checks.paste_mask(lambda *args: paste_masks(*args))
+    pasted = paste_masks(np.ones((1, 28, 28), "float32"), np.array([[0, 0, 10, 10.0]]), 12, 12)
+    assert pasted[0, :10, :10].min() > 0.99 and pasted[0, 10:, :].max() == 0
+
+
+# --- mixed precision, the fallbacks ------------------------------------------------------------
+
+@pytest.fixture
+def mixed_float16():
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    yield
+    keras.config.set_dtype_policy(policy)
+
+
+def test_the_checks_pass_right_answers_under_mixed_float16(mixed_float16):
+    assert checks.roi_align_box(make_roi_align(), bilinear_sample)
+    assert checks.mask_target(mask_target)
+    assert checks.mask_loss(mask_loss)
+    assert checks.paste_mask(paste_mask)
+    assert keras.config.dtype_policy().name == "mixed_float16"
+
+
+def test_the_fallbacks_are_the_library_answers(capsys):
+    targets, logits = checks._loss_case()
+    fallbacks = {name: checks.LAB.use(name, stub) for name in checks.LAB.exercises}
+    assert capsys.readouterr().out.count("has not passed its check yet (not answered)") == 5
+    features = np.random.default_rng(0).normal(size=(7, 9, 3))
+    np.testing.assert_allclose(fallbacks["roi_align_box"](features, (1.3, 0.7, 6.2, 5.9)),
+                               make_roi_align()(features, (1.3, 0.7, 6.2, 5.9)), atol=1e-5)
+    mask = np.zeros((40, 40), bool)
+    mask[10:30, 5:25] = True
+    box = np.array([5, 10, 25, 30], "float32")
+    assert fallbacks["mask_target"](mask, box).min() == 1
+    np.testing.assert_allclose(fallbacks["select_class_masks"](checks._LOGITS, checks._CLASS_IDS),
+                               select_class_masks(checks._LOGITS, checks._CLASS_IDS), atol=1e-5)
+    np.testing.assert_allclose(float(fallbacks["mask_loss"](targets, logits)),
+                               _numpy_loss(targets, logits), rtol=1e-5)
+    pasted = fallbacks["paste_mask"](np.ones((28, 28), "float32"), box, 40, 40)
+    assert pasted.sum() == 400 and pasted[10:30, 5:25].all()
+
+
+def test_the_score_adds_up_over_the_lab(capsys):
+    checks.roi_align_box(make_roi_align())
     checks.mask_target(mask_target)
-    checks.class_specific_masks(lambda logits, ids: logits[..., 0])
+    checks.select_class_masks(lambda logits, ids: logits[..., 0])
     checks.paste_mask(paste_mask)
-    assert core.total() == (7, 9)
+    assert core.total() == (7, 11)
+    assert capsys.readouterr().out.endswith("Score: 7/11 points (3/5 exercises passed)\n")

@@ -4,16 +4,28 @@ what it must do, printing ✓ or ✗ with the points and, on ✗, a hint.
 Usage in a notebook::
 
     from segkeras import checks
+    checks.fcn.start()                       # first cell: the lab's exercises and points
     checks.fcn.convolutionize(my_function)   # one check after each exercise
-    checks.total()                           # last cell: the score so far
+    checks.total()                           # last cell: the score out of the lab's total
 
-One module per lab, all sharing :mod:`segkeras.checks.core`.
+One module per lab, all sharing :mod:`segkeras.checks.core` (set ``SEGKERAS_GRADING=1`` for
+nbgrader: a failed check then raises).
 """
 
 from segkeras.checks import deconv, fcn, hourglass, mask_head, unet
-from segkeras.checks.core import CheckFailed, CheckResult, reset, results, total
+from segkeras.checks.core import (
+    CheckFailed,
+    CheckResult,
+    Lab,
+    forbid,
+    grading,
+    reference,
+    reset,
+    results,
+    total,
+)
 
 __all__ = [
-    "CheckFailed", "CheckResult", "deconv", "fcn", "hourglass", "mask_head", "reset", "results",
-    "total", "unet",
+    "CheckFailed", "CheckResult", "Lab", "deconv", "fcn", "forbid", "grading", "hourglass",
+    "mask_head", "reference", "reset", "results", "total", "unet",
 ]

@@ -1,10 +1,13 @@
 """Checks for lab 5, Mask R-CNN's mask head (He et al., ICCV 2017): RoIAlign of one box, a 28x28
-mask target, the class-specific mask of each box, pasting a mask back into the image.
+mask target, the class-specific mask of each box, the mask loss, pasting a mask back into the image.
 
 Every check runs the student's function on fixed inputs and compares it with the library
-(:class:`segkeras.layers.RoIAlign`, :func:`segkeras.models.mask_head.paste_masks`). When the answer
-is wrong, the typical mistakes (half-pixel offset, x and y swapped, softmax over classes...) are
-recognised by comparing it with the library run on the mistaken inputs, so the hint names them.
+(:class:`segkeras.layers.RoIAlign`, :func:`segkeras.models.mask_head.paste_masks`...), computed in
+float32 whatever the global dtype policy. The library function that answers an exercise is
+forbidden while its check runs ("write it yourself"). When the answer is wrong, the typical
+mistakes (half-pixel offset, x and y swapped, softmax over classes...) are recognised by comparing
+it with the library run on the mistaken inputs, so the hint names them. The fallbacks are what the
+lab uses until an exercise passes.
 """
 
 from __future__ import annotations
@@ -15,7 +18,10 @@ from collections.abc import Callable
 import keras
 import numpy as np
 
-from segkeras.checks.core import exercise, require
+import segkeras.data.instances
+import segkeras.layers
+import segkeras.models.mask_head
+from segkeras.checks.core import CheckFailed, Lab, forbid, in_float32, reference, require
 
 MASK_SIZE = 28
 _ATOL = 1e-4
@@ -33,14 +39,37 @@ def _close(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and bool(np.allclose(a, b, atol=_ATOL))
 
 
+def _roi_align(images, boxes, box_indices, output_size, sampling_ratio, spatial_scale, aligned):
+    """The library's RoIAlign in float32 (never the global policy's float16): (K, P, P, C)."""
+    with reference():
+        layer = segkeras.layers.RoIAlign(output_size, sampling_ratio, spatial_scale, aligned,
+                                         dtype="float32")
+        pooled = layer(np.asarray(images, np.float32), np.asarray(boxes, np.float32).reshape(-1, 4),
+                       np.asarray(box_indices, np.int32))
+        return np.asarray(keras.ops.convert_to_numpy(pooled), dtype=np.float64)
+
+
 def _reference_roi_align(features, boxes, output_size, sampling_ratio, spatial_scale, aligned):
     """The library's RoIAlign of (H, W, C) ``features`` over (K, 4) boxes: (K, P, P, C)."""
-    from segkeras.layers import RoIAlign
+    count = len(np.asarray(boxes).reshape(-1, 4))
+    return _roi_align(features[None], boxes, np.zeros(count), output_size, sampling_ratio,
+                      spatial_scale, aligned)
 
-    layer = RoIAlign(output_size, sampling_ratio, spatial_scale, aligned)
-    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
-    pooled = layer(features[None].astype(np.float32), boxes, np.zeros(len(boxes), np.int32))
-    return np.asarray(keras.ops.convert_to_numpy(pooled), dtype=np.float64)
+
+def library_roi_align_box(features, box, output_size=2, sampling_ratio=2, spatial_scale=1.0,
+                          aligned=True) -> np.ndarray:
+    """segkeras' answer to exercise 1 (what the lab uses until the student's passes)."""
+    features = np.asarray(features, np.float64)
+    return _reference_roi_align(features, box, output_size, sampling_ratio, spatial_scale,
+                                aligned)[0]
+
+
+LAB = Lab("05_mask_rcnn_head", {"roi_align_box": 3, "mask_target": 2, "select_class_masks": 2,
+                                "mask_loss": 2, "paste_mask": 2})
+start, use, guard, total = LAB.start, LAB.use, LAB.guard, LAB.total
+# What answers exercises 1 and 2: a student's answer must not call them.
+_ROI_ALIGN_CODE = (segkeras.layers.RoIAlign.call, segkeras.data.instances.mask_targets,
+                   segkeras.data.instances._roi_align_matrix)
 
 
 # --- exercise 1: RoIAlign of one box ---------------------------------------------------------
@@ -121,8 +150,9 @@ def _diagnose_roi_align(answer: np.ndarray, box, size, ratio, scale, aligned) ->
             "between its four neighbouring pixels; the bin is the mean of its samples." + legacy)
 
 
-@exercise("roi_align", points=3)
-def roi_align(roi_align_box: Callable, bilinear_sample: Callable | None = None) -> None:
+@LAB.check("roi_align_box", fallback=library_roi_align_box)
+@forbid(*_ROI_ALIGN_CODE)
+def roi_align_box(roi_align_box: Callable, bilinear_sample: Callable | None = None) -> None:
     """``roi_align_box(features, box, output_size, sampling_ratio, spatial_scale, aligned)`` on
     one (H, W, C) map must equal :class:`segkeras.layers.RoIAlign`; ``bilinear_sample(features,
     y, x)``, if given, is checked first."""
@@ -170,12 +200,14 @@ def _pooled_masks(masks, boxes) -> np.ndarray:
     """RoIAlign (aligned, sampling ratio 2, scale 1) of each (H, W) mask over its own box:
     (K, 28, 28) values in [0, 1], like :func:`segkeras.data.instances.mask_targets` before the
     threshold."""
-    from segkeras.layers import RoIAlign
-
     stacked = np.stack([np.asarray(mask, np.float32) for mask in masks])[..., None]
-    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
-    pooled = RoIAlign(MASK_SIZE, 2, 1.0, True)(stacked, boxes, np.arange(len(boxes), dtype="int32"))
-    return np.asarray(keras.ops.convert_to_numpy(pooled), dtype=np.float64)[..., 0]
+    return _roi_align(stacked, boxes, np.arange(len(stacked)), MASK_SIZE, 2, 1.0, True)[..., 0]
+
+
+def library_mask_target(mask, box, size: int = MASK_SIZE) -> np.ndarray:
+    """segkeras' answer to exercise 2."""
+    return np.asarray(segkeras.data.instances.mask_targets(
+        np.asarray(mask, np.float32)[None], np.asarray(box, np.float32)[None], size))[0]
 
 
 def _reference_targets(masks, boxes) -> np.ndarray:
@@ -187,7 +219,8 @@ def _agreement(answer: np.ndarray, expected: np.ndarray) -> float:
     return float(np.mean((answer >= 0.5) == (expected >= 0.5)))
 
 
-@exercise("mask_target", points=2)
+@LAB.check("mask_target", fallback=library_mask_target)
+@forbid(*_ROI_ALIGN_CODE)
 def mask_target(mask_target_fn: Callable) -> None:
     """``mask_target_fn(mask, box)`` -> the 28x28 binary target of an (H, W) mask over ``box``;
     for every box at least 85 % of its pixels must equal RoIAlign-and-threshold (a bilinear
@@ -233,8 +266,16 @@ _LOGITS = np.random.default_rng(7).normal(0.0, 3.0, size=(6, MASK_SIZE, MASK_SIZ
 _CLASS_IDS = np.array([1, 3, 2, 3, 1, 2])
 
 
-@exercise("class_specific_masks", points=2)
-def class_specific_masks(select_class_masks: Callable) -> None:
+def library_select_class_masks(logits, class_ids) -> np.ndarray:
+    """segkeras' answer to exercise 3 (the model's ``SelectClassMask`` layer)."""
+    logits = np.asarray(logits, np.float32)
+    layer = segkeras.models.mask_head.SelectClassMask(len(logits), dtype="float32")
+    return keras.ops.convert_to_numpy(layer(logits, np.asarray(class_ids)[None]))[0]
+
+
+@LAB.check("select_class_masks", fallback=library_select_class_masks)
+@forbid(segkeras.models.mask_head.SelectClassMask.call)
+def select_class_masks(select_class_masks: Callable) -> None:
     """``select_class_masks(logits, class_ids)``: (K, 28, 28, C) logits and (K,) class ids ->
     the (K, 28, 28) logits of each box's own class (no softmax, no sigmoid)."""
     logits, ids = _LOGITS.astype(np.float32), _CLASS_IDS.copy()
@@ -268,7 +309,100 @@ def class_specific_masks(select_class_masks: Callable) -> None:
                    "channel of each box's own class.")
 
 
-# --- exercise 4: pasting masks back ----------------------------------------------------------
+# --- exercise 4: the mask loss ------------------------------------------------------------------
+
+def _loss_case() -> tuple[np.ndarray, np.ndarray]:
+    """(2, 3, 28, 28) targets (0/1, -1 on the padding rows [0, 2], [1, 1], [1, 2]) and logits,
+    a few of them large (|x| = 60) where a naive log(sigmoid(x)) overflows."""
+    rng = np.random.default_rng(9)
+    targets = (rng.uniform(size=(2, 3, MASK_SIZE, MASK_SIZE)) < 0.4).astype(np.float32)
+    targets[0, 2] = targets[1, 1:] = segkeras.data.instances.PADDING_TARGET
+    logits = rng.normal(0.0, 3.0, size=targets.shape).astype(np.float32)
+    logits[0, 0, :2, :2] = [[60.0, -60.0], [-60.0, 60.0]]
+    targets[0, 0, :2, :2] = [[0.0, 1.0], [0.0, 1.0]]
+    return targets, logits
+
+
+def _pixel_losses(targets: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    """Per-pixel sigmoid cross-entropy from logits, computed stably."""
+    x = logits.astype(np.float64)
+    return np.maximum(x, 0) - x * targets + np.log1p(np.exp(-np.abs(x)))
+
+
+def library_mask_loss(targets, logits):
+    """segkeras' answer to exercise 4 (:class:`MaskedBinaryCrossentropy`)."""
+    return segkeras.models.mask_head.MaskedBinaryCrossentropy()(targets, logits)
+
+
+def _trains(mask_loss_fn: Callable, targets: np.ndarray, logits: np.ndarray) -> None:
+    """One training step of a tiny model with the answer as its loss (inside the backend's
+    compiled step, as in the lab)."""
+    inputs = keras.Input(logits.shape[1:])
+    model = keras.Model(inputs, keras.layers.Dense(MASK_SIZE)(inputs))
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=mask_loss_fn)
+    before = [np.array(weight) for weight in model.get_weights()]
+    try:
+        history = model.fit(logits, targets, batch_size=len(logits), epochs=1, verbose=0)
+    except CheckFailed:
+        raise
+    except Exception as error:
+        raise CheckFailed(f"mask_loss fails inside model.fit ({type(error).__name__}: "
+                          f"{str(error).splitlines()[0][:200]}): write it with keras.ops (no "
+                          "numpy, no stop_gradient), so that it runs and differentiates on the "
+                          "symbolic tensors of the compiled training step.") from None
+    require(np.isfinite(history.history["loss"][0]) and any(
+        not np.allclose(old, new) for old, new in zip(before, model.get_weights(), strict=True)),
+        "training with your mask_loss in model.fit changes no weight: the loss must be "
+        "differentiable (keras.ops, no numpy, no stop_gradient).")
+
+
+@LAB.check("mask_loss", fallback=library_mask_loss)
+@forbid(segkeras.models.mask_head.MaskedBinaryCrossentropy.call)
+@in_float32
+def mask_loss(mask_loss_fn: Callable) -> None:
+    """``mask_loss_fn(targets, logits)``: (B, N, 28, 28) 0/1 targets with -1 on padding rows and
+    (B, N, 28, 28) logits -> the mean per-pixel sigmoid cross-entropy over the real boxes' pixels
+    (0 if there are none); stable for large logits; trains in ``model.fit``."""
+    targets, logits = _loss_case()
+    answer = _numpy(mask_loss_fn(keras.ops.convert_to_tensor(targets),
+                                 keras.ops.convert_to_tensor(logits)))
+    require(answer.size == 1, f"mask_loss should return one number (the mean over the real "
+                              f"boxes' pixels), got shape {answer.shape}.")
+    answer = float(answer.reshape(()))
+    require(np.isfinite(answer),
+            "your loss is not finite where a logit is large (|x| = 60): log(sigmoid(x)) "
+            "overflows. Use keras.ops.binary_crossentropy(targets, logits, from_logits=True), "
+            "or max(x, 0) - x * t + log(1 + exp(-|x|)).")
+    valid = targets >= 0
+    losses = _pixel_losses(np.clip(targets, 0, 1), logits)
+    expected = losses[valid].mean()
+    if abs(answer - expected) > 1e-3 * max(1.0, expected):
+        probabilities = np.clip(logits, 1e-7, 1 - 1e-7)
+        as_probabilities = -(targets * np.log(probabilities)
+                             + (1 - targets) * np.log(1 - probabilities))[valid].mean()
+        mistakes = [
+            (losses.mean(), "the padding rows count: average over the pixels whose target is "
+                            ">= 0 only (padding rows hold -1)."),
+            (losses[valid].sum() / losses.size, "divide by the number of real pixels (target "
+                                                ">= 0), not by all pixels of the batch."),
+            (losses[valid].sum(), "sum: take the mean over the real boxes' pixels."),
+            (as_probabilities, "the model outputs logits: the per-pixel sigmoid belongs to the "
+                               "loss (from_logits=True)."),
+        ]
+        for value, hint in mistakes:
+            require(abs(answer - value) > 1e-3 * max(1.0, abs(value)), hint)
+        require(False, f"got {answer:.4f}, expected {expected:.4f}: the mean per-pixel sigmoid "
+                       "cross-entropy over the pixels of the real boxes (target >= 0).")
+    padding_only = np.full_like(targets, segkeras.data.instances.PADDING_TARGET)
+    empty = _numpy(mask_loss_fn(keras.ops.convert_to_tensor(padding_only),
+                                keras.ops.convert_to_tensor(logits)))
+    require(empty.size == 1 and float(empty.reshape(())) == 0.0,
+            f"a batch of padding rows only should give 0 (got {empty.reshape(-1)[:1]}): divide "
+            "by max(count, 1).")
+    _trains(mask_loss_fn, targets, logits)
+
+
+# --- exercise 5: pasting masks back ----------------------------------------------------------
 
 _PASTE_SIZE = (72, 96)  # (height, width), not square so that swapped axes show
 _PASTE_BOXES = np.array([[10, 5, 50, 41], [30, 20, 91, 70], [0, 0, 24, 30], [62, 48, 80, 66],
@@ -287,16 +421,24 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
-@exercise("paste_mask", points=2)
+def library_paste_mask(mask, box, height: int, width: int) -> np.ndarray:
+    """segkeras' answer to exercise 5."""
+    pasted = segkeras.models.mask_head.paste_masks(
+        np.asarray(mask, np.float32)[None], np.asarray(box, np.float32)[None], height, width)
+    return pasted[0] >= 0.5
+
+
+@LAB.check("paste_mask", fallback=library_paste_mask)
+@forbid(segkeras.models.mask_head.paste_masks, segkeras.models.mask_head._paste_weights)
 def paste_mask(paste_mask_fn: Callable) -> None:
     """``paste_mask_fn(mask, box, height, width)``: a 28x28 probability mask resized into its box
     of an (height, width) image and thresholded at 0.5; IoU >= 0.9 with
     :func:`segkeras.models.mask_head.paste_masks`, nothing outside the box."""
-    from segkeras.models.mask_head import paste_masks
-
     height, width = _PASTE_SIZE
     probabilities = _paste_cases()
-    expected = paste_masks(probabilities, _PASTE_BOXES, height, width) >= 0.5
+    with reference():
+        expected = segkeras.models.mask_head.paste_masks(probabilities, _PASTE_BOXES, height,
+                                                         width) >= 0.5
     for mask, box, truth in zip(probabilities, _PASTE_BOXES, expected, strict=True):
         answer = _numpy(paste_mask_fn(mask.copy(), box.copy(), height, width))
         require(answer.shape == (height, width),
@@ -319,4 +461,5 @@ def paste_mask(paste_mask_fn: Callable) -> None:
                 "out[y1:y2, x1:x2], threshold at 0.5.")
 
 
-__all__ = ["roi_align", "mask_target", "class_specific_masks", "paste_mask"]
+__all__ = ["LAB", "guard", "mask_loss", "mask_target", "paste_mask", "roi_align_box",
+           "select_class_masks", "start", "total", "use"]
