@@ -202,7 +202,8 @@ def test_outputs_are_bilinear_upsampled_logits_of_each_stack_borders_included():
 
 
 def _numpy_bilinear(x, factor):
-    """Half-pixel bilinear upsampling, border clamped (tf.image.resize, torch align_corners=False)."""
+    """Half-pixel bilinear upsampling, border clamped (tf.image.resize; torch: align_corners=False)
+    in NumPy."""
     for axis in (1, 2):
         size = x.shape[axis]
         source = (np.arange(size * factor) + 0.5) / factor - 0.5

@@ -8,7 +8,8 @@ of keypoint heatmaps.
 The network works at 1/4 of the input resolution; every stack's logits are upsampled (fixed
 bilinear) to the input resolution, so one (image, mask) dataset trains all stacks. The model has
 one output per stack, ``"stack_1"`` .. ``"stack_N"``; :mod:`segkeras.train` gives every output
-the mask and a loss (:func:`segkeras.train.targets_for_outputs`, :func:`segkeras.train.per_output`)::
+the mask and a loss (:func:`segkeras.train.targets_for_outputs`,
+:func:`segkeras.train.per_output`)::
 
     model = hourglass(num_classes=4, num_stacks=2)
     train.fit_two_stage(model, train_ds, val_ds, head_epochs=0, finetune_epochs=10)
