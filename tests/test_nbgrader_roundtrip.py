@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = ROOT / "solutions" / "05_mask_rcnn_head.ipynb"
 ASSIGNMENT, NOTEBOOK = "lab05", "mask_head"
 # From issue 11's list: paste_mask answered by the library's paste_masks.
+pytestmark = pytest.mark.filterwarnings("ignore:Object of type:Warning")  # nbgrader's SQLAlchemy
 WRONG_ANSWER = ("paste_mask", '''\
 def paste_mask(mask, box, height, width):
     from segkeras.models.mask_head import paste_masks
@@ -68,7 +69,7 @@ def course(tmp_path_factory):
 
 
 def autograde(course, student: str, notebook: nbformat.NotebookNode, monkeypatch):
-    """Submit ``notebook`` for ``student``, autograde it; returns (score, max, {grade_id: score})."""
+    """Submit ``notebook`` for ``student`` and autograde it: (score, max, {grade_id: score})."""
     from nbgrader.api import Gradebook
 
     api, root, _, _ = course
