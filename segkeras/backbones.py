@@ -438,8 +438,8 @@ def table(input_size: int = 64) -> str:
         for row in rows
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    lines.append("Each P-level is a stage output: the tensor the next stage consumes (a stage closing "
-                 "with a pooling: the pool's output; one opened by a strided block: that block's "
-                 "input). P5 is the final output.")
+    lines.append("Each P-level is a stage output: the tensor the next stage consumes (a stage "
+                 "closing with a pooling: the pool's output; one opened by a strided block: that "
+                 "block's input). P5 is the final output.")
     lines.append(f"ImageNet weights cache: {weights_cache_dir()}")
     return "\n".join(lines)

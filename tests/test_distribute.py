@@ -23,7 +23,8 @@ def _free_ports(count: int) -> list[int]:
 
 
 def _tf_config(addresses: list[str], index: int) -> str:
-    return json.dumps({"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}})
+    return json.dumps({"cluster": {"worker": addresses},
+                       "task": {"type": "worker", "index": index}})
 
 
 def test_two_workers_train_one_model(tmp_path):
