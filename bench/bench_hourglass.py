@@ -17,12 +17,8 @@ import time
 import keras
 import numpy as np
 
-from segkeras.models.hourglass import (
-    hourglass,
-    hourglass_losses,
-    hourglass_metrics,
-    repeat_targets,
-)
+from segkeras import train
+from segkeras.models.hourglass import hourglass
 
 NUM_CLASSES = 4
 
@@ -43,9 +39,9 @@ def measure(num_stacks: int, size: int, batch: int, steps: int, depth: int, filt
     masks = rng.integers(0, NUM_CLASSES, (batch, size, size)).astype("int32")
     model = hourglass(NUM_CLASSES, num_stacks=num_stacks, depth=depth, filters=filters,
                       input_shape=(size, size, 3))
-    model.compile("adam", loss=hourglass_losses(num_stacks),
-                  metrics=hourglass_metrics(NUM_CLASSES, num_stacks))
-    targets = repeat_targets(masks, num_stacks)
+    train.compile_model(model, loss=train.default_loss(),
+                        metrics=[train.default_metrics(NUM_CLASSES) for _ in range(num_stacks)])
+    targets = train.targets_for_outputs(model, masks)
     row = {
         "params": model.count_params(),
         "infer": images_per_second(lambda: model.predict_on_batch(images), batch, steps),

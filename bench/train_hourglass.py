@@ -18,14 +18,8 @@ import keras
 
 from segkeras.data import shapes
 from segkeras.data.pipeline import make_dataset
-from segkeras.models.hourglass import (
-    hourglass,
-    hourglass_losses,
-    hourglass_metrics,
-    output_names,
-    repeat_targets,
-)
-from segkeras.train import fit_two_stage
+from segkeras.models.hourglass import hourglass, output_names
+from segkeras.train import default_metrics, fit_two_stage, targets_for_outputs
 
 
 class CpuBudget(keras.callbacks.Callback):
@@ -53,11 +47,11 @@ def run(num_stacks: int, train, val, num_classes: int, args) -> dict:
     budget = CpuBudget(args.cpu_seconds)
     wall = time.perf_counter()
     history = fit_two_stage(model, train, head_epochs=0, finetune_epochs=args.max_epochs,
-                            learning_rate=args.learning_rate, loss=hourglass_losses(num_stacks),
-                            metrics=hourglass_metrics(num_classes, num_stacks),
+                            learning_rate=args.learning_rate,
+                            metrics=[default_metrics(num_classes) for _ in range(num_stacks)],
                             callbacks=[budget], verbose=0)
     wall = time.perf_counter() - wall
-    scores = model.evaluate(repeat_targets(val, num_stacks), return_dict=True, verbose=0)
+    scores = model.evaluate(targets_for_outputs(model, val), return_dict=True, verbose=0)
     prefix = "{}_" if num_stacks > 1 else ""
     return {
         "params": model.count_params(),

@@ -172,11 +172,13 @@ def default_metrics(num_classes: int) -> list:
     return segmentation_metrics(num_classes)
 
 
-def _per_output(model: keras.Model, value, last_only: bool = False):
-    """Key a loss (or metric list) by output name for multi-output models.
+def per_output(model: keras.Model, value, last_only: bool = False):
+    """Key a loss (or metric list) by output name for multi-output models (e.g. one loss per
+    hourglass stack: intermediate supervision).
 
     A dict passes through; a list/tuple with one entry per output is zipped with the output names;
-    anything else goes to every output (``last_only``: to the last output only).
+    anything else goes to every output (``last_only``: to the last output only). Single-output
+    models get ``value`` unchanged.
     """
     names = model.output_names
     if len(names) == 1 or isinstance(value, dict):
@@ -228,7 +230,7 @@ def compile_model(
             on a GPU without ``tf.distribute`` (plain graphs on CPU-only TensorFlow, torch eager).
         optimizer: a Keras optimizer name (``"adam"``, ``"adamw"``, ``"sgd"``...).
         loss_weights: for multi-output models, one weight per output (list or dict by output
-            name), e.g. :func:`segkeras.models.hourglass.hourglass_loss_weights`.
+            name), e.g. ``{"stack_1": 1.0, "stack_2": 1.0}`` for a 2-stack hourglass.
     """
     num_classes = model_num_classes(model)
     loss = default_loss() if loss is None else loss
@@ -240,27 +242,30 @@ def compile_model(
         optimizer=keras.optimizers.get(
             {"class_name": optimizer, "config": {"learning_rate": learning_rate}}
         ),
-        loss=_per_output(model, loss),
-        metrics=_per_output(model, metrics, last_only=last_only),
+        loss=per_output(model, loss),
+        metrics=per_output(model, metrics, last_only=last_only),
         loss_weights=loss_weights,
         jit_compile=jit_compile,
     )
     return model
 
 
-def _targets_for_outputs(model: keras.Model, dataset):
-    """Map ``(image, mask)`` to ``(image, {output_name: mask})`` for multi-output models.
+def targets_for_outputs(model: keras.Model, data):
+    """Give every output of a multi-output model the same mask (e.g. each hourglass stack).
 
-    Every output (e.g. each hourglass stack) is trained on the same mask; single-output models and
-    datasets that already carry one target per output pass through.
+    ``data``: a ``tf.data.Dataset`` of ``(image, mask)`` pairs, mapped lazily to
+    ``(image, {output_name: mask})``, or a mask array, returned as ``{output_name: mask}``.
+    Single-output models, ``None`` and datasets that already carry one target per output pass
+    through.
     """
     names = model.output_names
-    if len(names) == 1 or dataset is None:
-        return dataset
-    target_spec = dataset.element_spec[1]
-    if isinstance(target_spec, (tuple, list, dict)):
-        return dataset
-    return dataset.map(lambda image, mask: (image, {name: mask for name in names}))
+    if len(names) == 1 or data is None:
+        return data
+    if not hasattr(data, "element_spec"):
+        return {name: data for name in names}
+    if isinstance(data.element_spec[1], (tuple, list, dict)):
+        return data
+    return data.map(lambda image, mask: (image, {name: mask for name in names}))
 
 
 @dataclass
@@ -402,7 +407,7 @@ def fit_two_stage(
         keep_batchnorm_frozen = bool(head_epochs) or encoder is None or not any(
             layer.trainable for layer in encoder.layers
             if isinstance(layer, keras.layers.BatchNormalization))
-    train, val = _targets_for_outputs(model, train), _targets_for_outputs(model, val)
+    train, val = targets_for_outputs(model, train), targets_for_outputs(model, val)
     steps = steps_per_epoch(train)
     result = TrainingHistory()
 

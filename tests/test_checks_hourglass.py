@@ -1,11 +1,17 @@
-"""Lab 04 checks: the solutions pass, typical wrong answers fail with a hint that says why."""
+"""Lab 04 checks: the solutions pass, typical wrong answers fail with a hint that names the idea,
+answers that call the library fail with "write it yourself", the fallbacks are segkeras'."""
+
+import importlib
 
 import keras
 import pytest
 from keras import layers
 
+from segkeras import train
 from segkeras.checks import core
 from segkeras.checks import hourglass as check
+
+library = importlib.import_module("segkeras.models.hourglass")
 
 
 def residual(x, filters, name):
@@ -19,8 +25,8 @@ def residual(x, filters, name):
 
 
 def make_module(bottom_depth=1, pool=layers.MaxPooling2D, interpolation="nearest",
-                full_resolution_residual=True):
-    """The solution, and wrong variants of it."""
+                full_resolution_residual=True, upsample_first=False, concatenate=False):
+    """The solution, and wrong variants of it (each keyword: one typical mistake)."""
 
     def module(x, depth, filters, name):
         prefix = f"{name}_d{depth}"
@@ -31,11 +37,37 @@ def make_module(bottom_depth=1, pool=layers.MaxPooling2D, interpolation="nearest
             low = module(low, depth - 1, filters, name)
         else:
             low = residual(low, filters, f"{prefix}_bottom")
-        low = residual(low, filters, f"{prefix}_up")
-        low = layers.UpSampling2D(2, interpolation=interpolation, name=f"{prefix}_up")(low)
+        upsample = layers.UpSampling2D(2, interpolation=interpolation, name=f"{prefix}_upsample")
+        if upsample_first:
+            low = residual(upsample(low), filters, f"{prefix}_up")
+        else:
+            low = upsample(residual(low, filters, f"{prefix}_up"))
+        if concatenate:
+            return layers.Concatenate(name=f"{prefix}_concat")([branch, low])
         return layers.Add(name=f"{prefix}_add")([branch, low])
 
     return module
+
+
+def iterative_module(x, depth, filters, name):
+    """The same layers as the solution, written as two loops instead of the recursion."""
+    branches = []
+    for level in range(depth, 0, -1):
+        branches.append(residual(x, filters, f"{name}_d{level}_skip"))
+        x = residual(layers.MaxPooling2D(2, name=f"{name}_d{level}_pool")(x), filters,
+                     f"{name}_d{level}_down")
+    x = residual(x, filters, f"{name}_d1_bottom")
+    for level in range(1, depth + 1):
+        x = layers.UpSampling2D(2, name=f"{name}_d{level}_upsample")(
+            residual(x, filters, f"{name}_d{level}_up"))
+        x = layers.Add(name=f"{name}_d{level}_add")([branches.pop(), x])
+    return x
+
+
+def concatenate_and_project(x, depth, filters, name):
+    """U-Net's choice: concatenate the branches, then a 1x1 convolution back to ``filters``."""
+    joined = make_module(concatenate=True)(x, depth, filters, name)
+    return layers.Conv2D(filters, 1, name=f"{name}_d{depth}_project")(joined)
 
 
 def stack_losses(model):
@@ -60,7 +92,7 @@ def _fails_with(result, *words):
 
 @pytest.fixture(autouse=True)
 def _fresh_score():
-    core.reset()
+    check.start()
     yield
     core.reset()
 
@@ -70,104 +102,157 @@ def test_the_solutions_get_every_point(capsys):
     assert check.hourglass_module(make_module(), residual)
     assert check.intermediate_supervision(stack_losses)
     assert check.final_stack(final_stack)
-    assert core.total() == (6, 6)
+    assert check.total() == (6, 6)
     assert capsys.readouterr().out.count("✓") == 3
 
 
-def test_a_stub_is_not_answered_yet():
+def test_the_solution_passes_without_the_residual_argument_and_with_plus():
+    def with_plus(x, depth, filters, name):
+        low = residual(layers.MaxPooling2D(2)(x), filters, f"{name}_{depth}_down")
+        low = (with_plus(low, depth - 1, filters, name) if depth > 1
+               else residual(low, filters, f"{name}_{depth}_bottom"))
+        low = layers.UpSampling2D(2)(residual(low, filters, f"{name}_{depth}_up"))
+        return residual(x, filters, f"{name}_{depth}_skip") + low
+
+    assert check.hourglass_module(with_plus)
+
+
+def test_a_stub_is_not_answered_yet_and_scores_zero_of_the_full_total():
     _fails_with(check.hourglass_module(stub, residual), "not answered yet")
     _fails_with(check.intermediate_supervision(stub), "not answered yet")
-    _fails_with(check.final_stack(stub), "not answered yet")
-    assert core.total() == (0, 6)
+    assert check.total() == (0, 6)  # final_stack never checked: 0 of its point, still counted
 
 
-@pytest.mark.fast
-def test_recursing_one_level_too_deep_fails():
-    _fails_with(check.hourglass_module(make_module(bottom_depth=0), residual),
-                "depth=1 should pool 1 time(s)", "down to 4x4")
+WRONG_MODULES = {
+    "not recursive (two loops)": (iterative_module, ["recursive", "ran 1 time(s)"]),
+    "concatenation instead of addition": (make_module(concatenate=True),
+                                          ["adds the full-resolution branch", "concatenate"]),
+    "concatenation, then a projection": (concatenate_and_project, ["concatenate"]),
+    "upsampling before the residual": (make_module(upsample_first=True),
+                                       ["residual modules per resolution", "only then upsample"]),
+    "recursing one level too deep": (make_module(bottom_depth=0),
+                                     ["depth=1 should pool 1 time(s)", "down to 4x4"]),
+    "no residual on the full-resolution branch": (make_module(full_resolution_residual=False),
+                                                  ["should hold 4 residual modules"]),
+    "bilinear upsampling": (make_module(interpolation="bilinear"),
+                            ["max-pool 2x2", "nearest upsampling", "largest difference"]),
+    "average pooling": (make_module(pool=layers.AveragePooling2D), ["max-pool 2x2"]),
+    "no upsampling (shape changes)": (
+        lambda x, depth, filters, name: residual(layers.MaxPooling2D(2)(x), filters, name),
+        ["input's shape", "(8, 8, 8)"]),
+    "the library's module": (library.hourglass_module,
+                             ["write it yourself", "segkeras.models.hourglass.hourglass_module"]),
+}
 
 
-def test_a_module_without_the_full_resolution_residual_fails():
-    _fails_with(check.hourglass_module(make_module(full_resolution_residual=False), residual),
-                "should hold 4 residual modules")
+@pytest.mark.parametrize("wrong", list(WRONG_MODULES))
+def test_wrong_hourglass_modules_fail_with_the_idea_in_the_hint(wrong):
+    module, words = WRONG_MODULES[wrong]
+    _fails_with(check.hourglass_module(module, residual), *words)
 
 
-@pytest.mark.parametrize("variant", [{"interpolation": "bilinear"},
-                                     {"pool": layers.AveragePooling2D}])
-def test_bilinear_upsampling_or_average_pooling_fails(variant):
-    _fails_with(check.hourglass_module(make_module(**variant), residual),
-                "max-pool 2x2", "nearest upsampling", "largest difference")
+def _last_only(model):
+    losses, weights = stack_losses(model)
+    last = model.output_names[-1]
+    return {last: losses[last]}, {last: weights[last]}
 
 
-def test_a_module_that_changes_the_shape_fails():
-    def no_upsampling(x, depth, filters, name):
-        return residual(layers.MaxPooling2D(2, name=f"{name}_pool")(x), filters, name)
-
-    _fails_with(check.hourglass_module(no_upsampling, residual), "input's shape", "(8, 8, 8)")
+def _two_stacks(model):
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255)
+    return {"stack_1": loss, "stack_2": loss}, {"stack_1": 1.0, "stack_2": 1.0}
 
 
-@pytest.mark.fast
-def test_a_loss_for_the_last_stack_only_fails():
-    def last_only(model):
-        losses, weights = stack_losses(model)
-        last = model.output_names[-1]
-        return {last: losses[last]}, {last: weights[last]}
-
-    _fails_with(check.intermediate_supervision(last_only), "one entry per model output",
-                "stack_1, stack_2, stack_3")
+def _lists(model):
+    losses, weights = stack_losses(model)
+    return list(losses.values()), list(weights.values())
 
 
-def test_hard_coded_two_stacks_or_lists_fail():
-    def two_stacks(model):
-        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255)
-        return {"stack_1": loss, "stack_2": loss}, {"stack_1": 1.0, "stack_2": 1.0}
-
-    def lists(model):
-        losses, weights = stack_losses(model)
-        return list(losses.values()), list(weights.values())
-
-    _fails_with(check.intermediate_supervision(two_stacks), "keyed by", "3-stack model")
-    _fails_with(check.intermediate_supervision(lists), "must be a dict", "got list")
+def _on_probabilities(model):
+    loss = keras.losses.SparseCategoricalCrossentropy(ignore_class=255)
+    return ({name: loss for name in model.output_names},
+            {name: 1.0 for name in model.output_names})
 
 
-def test_probabilities_instead_of_logits_or_no_ignore_fail():
-    def on_probabilities(model):
-        loss = keras.losses.SparseCategoricalCrossentropy(ignore_class=255)
-        return ({name: loss for name in model.output_names},
-                {name: 1.0 for name in model.output_names})
-
-    def not_ignoring(model):
-        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-        return ({name: loss for name in model.output_names},
-                {name: 1.0 for name in model.output_names})
-
-    _fails_with(check.intermediate_supervision(on_probabilities), "from_logits=True")
-    _fails_with(check.intermediate_supervision(not_ignoring), "ignore_class=255")
+def _not_ignoring(model):
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    return ({name: loss for name in model.output_names},
+            {name: 1.0 for name in model.output_names})
 
 
-def test_an_unsupervised_stack_fails():
-    def first_unweighted(model):
-        losses, weights = stack_losses(model)
-        weights[model.output_names[0]] = 0.0
-        return losses, weights
-
-    _fails_with(check.intermediate_supervision(first_unweighted), "positive loss weight")
+def _first_unweighted(model):
+    losses, weights = stack_losses(model)
+    weights[model.output_names[0]] = 0.0
+    return losses, weights
 
 
-@pytest.mark.fast
-def test_a_final_model_with_every_stack_or_the_first_fails():
-    def first_stack(model):
-        return keras.Model(model.input, model.get_layer("stack_1").output)
-
-    _fails_with(check.final_stack(lambda model: model), "one output", "it has 3")
-    _fails_with(check.final_stack(first_stack), "last stack's logits", "stack_3")
+def _library_losses(model):
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255)
+    return train.per_output(model, loss), train.per_output(model, 1.0)
 
 
-def test_a_final_model_with_copied_weights_fails():
-    def copied(model):
-        return keras.models.clone_model(final_stack(model))
+def _library_default_loss(model):
+    loss = train.default_loss()
+    return {n: loss for n in model.output_names}, {n: 1.0 for n in model.output_names}
 
-    _fails_with(check.final_stack(copied), "weights of its own")
+
+WRONG_LOSSES = {
+    "a loss on the last stack only": (_last_only, ["one entry per model output",
+                                                   "stack_1, stack_2, stack_3"]),
+    "two stacks hard-coded": (_two_stacks, ["keyed by", "3-stack model"]),
+    "lists instead of dicts": (_lists, ["must be a dict", "got list"]),
+    "probabilities instead of logits": (_on_probabilities, ["from_logits=True"]),
+    "the ignore label counted": (_not_ignoring, ["ignore_class=255"]),
+    "an unsupervised stack": (_first_unweighted, ["positive loss weight"]),
+    "the library's per-output losses": (_library_losses, ["write it yourself",
+                                                           "segkeras.train.per_output"]),
+    "the library's default loss": (_library_default_loss, ["write it yourself",
+                                                            "segkeras.train.default_loss"]),
+}
+
+
+@pytest.mark.parametrize("wrong", list(WRONG_LOSSES))
+def test_wrong_stack_losses_fail_with_the_idea_in_the_hint(wrong):
+    answer, words = WRONG_LOSSES[wrong]
+    _fails_with(check.intermediate_supervision(answer), *words)
+
+
+WRONG_FINALS = {
+    "every stack": (lambda model: model, ["one output", "it has 3"]),
+    "the first stack": (lambda model: keras.Model(model.input, model.get_layer("stack_1").output),
+                        ["last stack's logits", "stack_3"]),
+    "copied weights": (lambda model: keras.models.clone_model(final_stack(model)),
+                       ["weights of its own"]),
+    "the library's final_stack_model": (library.final_stack_model,
+                                        ["write it yourself", "final_stack_model"]),
+}
+
+
+@pytest.mark.parametrize("wrong", list(WRONG_FINALS))
+def test_wrong_final_models_fail_with_the_idea_in_the_hint(wrong):
+    answer, words = WRONG_FINALS[wrong]
+    _fails_with(check.final_stack(answer), *words)
+
+
+def test_the_library_works_again_after_a_refused_answer():
+    _fails_with(check.final_stack(library.final_stack_model), "write it yourself")
+    model = library.hourglass(3, num_stacks=2, depth=1, filters=8, input_shape=(16, 16, 3))
+    assert library.final_stack_model(model).output_names == ["stack_2"]
+    assert check.intermediate_supervision(stack_losses)
+
+
+def test_use_returns_the_answer_once_passed_else_segkeras_version(capsys):
+    assert check.use("final_stack", final_stack) is final_stack
+    assert check.use("hourglass_module", stub) is library.hourglass_module
+    assert "hourglass_module has not passed its check yet" in capsys.readouterr().out
+    losses, weights = check.use("intermediate_supervision", _lists)(
+        library.hourglass(3, num_stacks=2, depth=1, filters=8, input_shape=(16, 16, 3)))
+    assert sorted(losses) == sorted(weights) == ["stack_1", "stack_2"]
+
+
+def test_a_network_built_from_the_students_module_trains():
+    model = library.hourglass(3, num_stacks=2, depth=2, filters=8, input_shape=(32, 32, 3),
+                              module=check.use("hourglass_module", make_module()))
+    assert any(layer.name == "hg2_d2_skip_conv2" for layer in model.layers)
 
 
 def test_checks_compute_in_float32_under_mixed_precision():

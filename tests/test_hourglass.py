@@ -1,18 +1,19 @@
-"""Stacked hourglass: outputs per stack, recursion depth, intermediate supervision, saving."""
+"""Stacked hourglass: outputs per stack, recursion depth, intermediate supervision, saving,
+the encoder stem, the bilinear output upsampling."""
 
 import keras
 import numpy as np
 import pytest
 
+from segkeras import backbones, train
 from segkeras.errors import SegkerasError
+from segkeras.metrics import segmentation_metrics
 from segkeras.models.hourglass import (
+    BilinearResize,
     final_stack_model,
     hourglass,
-    hourglass_loss_weights,
-    hourglass_losses,
-    hourglass_metrics,
+    hourglass_module,
     output_names,
-    repeat_targets,
 )
 
 SMALL = {"depth": 2, "filters": 8}
@@ -61,10 +62,10 @@ def test_each_stack_pools_depth_times_down_to_the_bottom(depth):
 def _changed_layers(loss_weights):
     """Names of the layers whose trainable weights one SGD step changes."""
     model = hourglass(3, num_stacks=2, **SMALL)
-    model.compile(keras.optimizers.SGD(0.5), loss=hourglass_losses(2),
-                  loss_weights=hourglass_loss_weights(2, loss_weights), run_eagerly=True)
+    model.compile(keras.optimizers.SGD(0.5), loss=train.per_output(model, train.default_loss()),
+                  loss_weights=train.per_output(model, loss_weights), run_eagerly=True)
     before = {w.path: keras.ops.convert_to_numpy(w) for w in model.trainable_weights}
-    model.train_on_batch(_images(), repeat_targets(_masks(), 2))
+    model.train_on_batch(_images(), train.targets_for_outputs(model, _masks()))
     return {
         w.path.split("/")[0] for w in model.trainable_weights
         if not np.array_equal(before[w.path], keras.ops.convert_to_numpy(w))
@@ -131,6 +132,37 @@ def test_backbone_stem_is_the_nested_encoder_cut_at_p2():
     assert trainable.get_layer("mobilenetv2_encoder").trainable_weights
 
 
+def _batchnorm_layers(model):
+    return [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+def test_an_encoder_trained_from_scratch_trains_its_batchnorm():
+    model = hourglass(3, num_stacks=1, depth=1, filters=8, backbone="mobilenetv2", weights=None,
+                      encoder_trainable=True, input_shape=(64, 64, 3))
+    norms = _batchnorm_layers(model.get_layer("mobilenetv2_encoder"))
+    assert norms and all(norm.trainable for norm in norms)
+    first = model.get_layer("mobilenetv2_encoder").get_layer("bn_Conv1")
+    before = [keras.ops.convert_to_numpy(w).copy() for w in (first.gamma, first.moving_mean)]
+    model.compile(keras.optimizers.SGD(0.1), loss=train.default_loss())
+    model.train_on_batch(_images(2, 64), train.targets_for_outputs(model, _masks(2, 64)))
+    after = [keras.ops.convert_to_numpy(w) for w in (first.gamma, first.moving_mean)]
+    assert not np.allclose(before[0], after[0])  # gamma learned
+    assert not np.allclose(before[1], after[1])  # batch statistics tracked
+
+
+@pytest.mark.fast
+def test_an_encoder_model_is_used_as_it_is():
+    encoder = backbones.build_encoder("mobilenetv2", (64, 64, 3), weights=None)
+    model = hourglass(3, backbone=encoder, num_stacks=1, depth=1, filters=8)
+    nested = model.get_layer("mobilenetv2_encoder")
+    assert model.name == "hourglass1_mobilenetv2"
+    assert tuple(model.input.shape[1:]) == (64, 64, 3)
+    assert {id(w) for w in nested.weights} <= {id(w) for w in encoder.weights}
+    assert nested.trainable_weights == []  # built frozen, kept frozen
+    with pytest.raises(SegkerasError, match="contradicts the encoder's input shape"):
+        hourglass(3, backbone=encoder, depth=1, filters=8, input_shape=(128, 128, 3))
+
+
 @pytest.mark.fast
 @pytest.mark.parametrize(
     ("kwargs", "message"),
@@ -139,12 +171,15 @@ def test_backbone_stem_is_the_nested_encoder_cut_at_p2():
         ({"depth": 2, "input_shape": (48, 48, 3), "backbone": "vgg16"}, r"of 32 .*backbone"),
         ({"filters": 30}, "filters must be a multiple of 4.*28 or 32"),
         ({"num_stacks": 0}, "num_stacks must be an integer >= 1"),
+        ({"num_classes": 1}, "num_classes must be an integer >= 2"),
+        ({"num_classes": True}, "num_classes must be an integer >= 2"),
+        ({"depth": 2.0}, "depth must be an integer >= 1"),
         ({"input_shape": (64, 64)}, r"\(H, W, 3\)"),
     ],
 )
 def test_invalid_arguments_are_rejected_with_a_hint(kwargs, message):
     with pytest.raises(SegkerasError, match=message):
-        hourglass(3, **kwargs)
+        hourglass(**{"num_classes": 3, **kwargs})
 
 
 @pytest.mark.fast
@@ -154,18 +189,78 @@ def test_sizes_that_are_multiples_of_the_hourglass_stride_are_accepted():
 
 
 @pytest.mark.fast
-def test_outputs_are_bilinear_upsampled_logits_of_each_stack():
+def test_outputs_are_bilinear_upsampled_logits_of_each_stack_borders_included():
     model = hourglass(3, num_stacks=2, **SMALL)
     images = _images(1, 32)
     for stack in (1, 2):
-        name = f"stack_{stack}"
         head = keras.Model(model.input, model.get_layer(f"hg{stack}_logits").output)
         low = keras.ops.image.resize(head(images), (32, 32), interpolation="bilinear")
-        high = model(images)[name]
-        interior = (slice(None), slice(4, -4), slice(4, -4))  # the border pixels are zero-padded
-        np.testing.assert_allclose(keras.ops.convert_to_numpy(high)[interior],
-                                   keras.ops.convert_to_numpy(low)[interior], atol=1e-5)
+        high = model(images)[f"stack_{stack}"]
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(high),
+                                   keras.ops.convert_to_numpy(low), atol=1e-5)
     assert model.get_layer("stack_2").trainable_weights == []
+
+
+def _numpy_bilinear(x, factor):
+    """Half-pixel bilinear upsampling, border clamped (tf.image.resize; torch: align_corners=False)
+    in NumPy."""
+    for axis in (1, 2):
+        size = x.shape[axis]
+        source = (np.arange(size * factor) + 0.5) / factor - 0.5
+        low = np.clip(np.floor(source).astype(int), 0, size - 1)
+        high = np.clip(low + 1, 0, size - 1)
+        weight = np.clip(source - np.floor(source), 0, 1)
+        weight = np.where(source < 0, 0.0, weight)  # before the first centre: the first value
+        shape = [1] * x.ndim
+        shape[axis] = -1
+        x = (np.take(x, low, axis) * (1 - weight.reshape(shape))
+             + np.take(x, high, axis) * weight.reshape(shape))
+    return x
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("factor", [2, 4])
+def test_bilinear_resize_matches_numpy_and_keeps_a_constant_map_constant(factor):
+    logits = np.random.default_rng(2).normal(size=(2, 3, 5, 4)).astype("float32")
+    resized = keras.ops.convert_to_numpy(BilinearResize(factor)(logits))
+    np.testing.assert_allclose(resized, _numpy_bilinear(logits, factor), atol=1e-5)
+    constant = np.full((1, 4, 4, 3), 2.5, "float32")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(BilinearResize(factor)(constant)),
+                               np.full((1, 4 * factor, 4 * factor, 3), 2.5), atol=1e-6)
+
+
+@pytest.mark.fast
+def test_a_constant_logit_map_reaches_every_output_pixel_unchanged():
+    """Zero weights everywhere except the logits' bias: every output pixel, the border included,
+    equals that bias (a zero-padded transposed convolution would fade the border)."""
+    model = hourglass(3, num_stacks=1, depth=1, filters=8, input_shape=(16, 16, 3))
+    model.set_weights([np.zeros_like(weight) for weight in model.get_weights()])
+    model.get_layer("hg1_logits").bias.assign(np.array([1.0, -2.0, 3.0], "float32"))
+    output = keras.ops.convert_to_numpy(model(_images(1, 16), training=False)["stack_1"])
+    np.testing.assert_allclose(output, np.broadcast_to([1.0, -2.0, 3.0], output.shape),
+                               atol=1e-6)
+
+
+@pytest.mark.fast
+def test_the_model_is_built_from_the_given_module():
+    depths = []
+
+    def single_level(x, depth, filters, name):
+        depths.append(depth)
+        low = keras.layers.MaxPooling2D(2, name=f"{name}_mine_pool")(x)
+        low = keras.layers.UpSampling2D(2, name=f"{name}_mine_up")(low)
+        return keras.layers.Add(name=f"{name}_mine_add")([x, low])
+
+    model = hourglass(3, num_stacks=2, depth=2, filters=8, input_shape=(32, 32, 3),
+                      module=single_level)
+    assert depths == [2, 2]
+    names = {layer.name for layer in model.layers}
+    assert {"hg1_mine_pool", "hg2_mine_add"} <= names
+    assert not any("_d1_" in name for name in names)
+    default = hourglass(3, num_stacks=2, depth=2, filters=8, input_shape=(32, 32, 3))
+    assert default.count_params() - model.count_params() == 2 * sum(
+        keras.Model(i, hourglass_module(i, 2, 8, "x")).count_params()
+        for i in [keras.Input((8, 8, 8))])
 
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow graph tracing")
@@ -177,26 +272,26 @@ def test_traces_as_a_tensorflow_graph_with_unknown_height_and_width():
     assert traced.structured_outputs["stack_2"].shape.as_list() == [None, None, None, 3]
 
 
-def test_compile_helpers_train_every_stack_from_one_mask_dataset():
+def test_train_helpers_train_every_stack_from_one_mask_dataset():
     import tensorflow as tf
 
     masks = _masks(4)
     masks[:, :4] = 255  # ignored pixels must not break the losses or the metrics
     dataset = tf.data.Dataset.from_tensor_slices((_images(4), masks)).batch(2)
     model = hourglass(3, num_stacks=2, **SMALL)
-    model.compile("adam", loss=hourglass_losses(2), loss_weights=hourglass_loss_weights(2),
-                  metrics=hourglass_metrics(3, 2), run_eagerly=True)
-    history = model.fit(repeat_targets(dataset, 2), epochs=1, verbose=0).history
+    model.compile("adam", loss=train.per_output(model, train.default_loss()),
+                  metrics=train.per_output(model, [segmentation_metrics(3) for _ in range(2)]),
+                  run_eagerly=True)
+    history = model.fit(train.targets_for_outputs(model, dataset), epochs=1, verbose=0).history
     for name in ("stack_1", "stack_2"):
         assert np.isfinite(history[f"{name}_loss"][0])
         assert 0.0 <= history[f"{name}_mean_iou"][0] <= 1.0
 
 
-def test_repeat_targets_and_loss_weights():
+def test_targets_and_loss_weights_per_output():
+    model = hourglass(3, num_stacks=3, **SMALL)
     mask = _masks(1)
-    targets = repeat_targets(mask, 3)
+    targets = train.targets_for_outputs(model, mask)
     assert list(targets) == ["stack_1", "stack_2", "stack_3"]
     assert all(target is mask for target in targets.values())
-    assert hourglass_loss_weights(2, [0.5, 1]) == {"stack_1": 0.5, "stack_2": 1.0}
-    with pytest.raises(SegkerasError, match="Need 3 non-negative loss weights"):
-        hourglass_loss_weights(3, [1.0, 1.0])
+    assert train.per_output(model, [0.5, 1, 2]) == {"stack_1": 0.5, "stack_2": 1, "stack_3": 2}

@@ -6,34 +6,32 @@ refines, and every stack has its own loss. Here the per-stack heads predict clas
 of keypoint heatmaps.
 
 The network works at 1/4 of the input resolution; every stack's logits are upsampled (fixed
-bilinear) to the input resolution, so one (image, mask) dataset trains all stacks:
-:func:`repeat_targets` gives each output, ``"stack_1"`` .. ``"stack_N"``, the same mask, and
-:func:`hourglass_losses`, :func:`hourglass_loss_weights` and :func:`hourglass_metrics` build the
-per-output dictionaries for ``model.compile``::
+bilinear) to the input resolution, so one (image, mask) dataset trains all stacks. The model has
+one output per stack, ``"stack_1"`` .. ``"stack_N"``; :mod:`segkeras.train` gives every output
+the mask and a loss (:func:`segkeras.train.targets_for_outputs`,
+:func:`segkeras.train.per_output`)::
 
     model = hourglass(num_classes=4, num_stacks=2)
-    model.compile("adam", loss=hourglass_losses(2), loss_weights=hourglass_loss_weights(2),
-                  metrics=hourglass_metrics(4, 2))
-    model.fit(repeat_targets(train_ds, 2), validation_data=repeat_targets(val_ds, 2))
+    train.fit_two_stage(model, train_ds, val_ds, head_epochs=0, finetune_epochs=10)
     predict = final_stack_model(model)  # one output: the last, most refined stack
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable
 
 import keras
-import numpy as np
+from keras import layers, ops
 
 from segkeras import backbones
-from segkeras.data.core import IGNORE_LABEL
 from segkeras.errors import SegkerasError
-from segkeras.layers import BilinearUpsampling
-from segkeras.metrics import segmentation_metrics
+from segkeras.models.common import ANY_SIZE, check_num_classes, resolve_encoder
 
-layers = keras.layers
 STEM_STRIDE = 4
+
+Module = Callable[[keras.KerasTensor, int, int, str], keras.KerasTensor]
+"""``module(x, depth, filters, name)``: one hourglass returning a tensor of the shape of ``x``."""
 
 
 def output_names(num_stacks: int) -> list[str]:
@@ -54,7 +52,7 @@ def _residual(x, filters: int, name: str):
     return layers.Add(name=f"{name}_add")([shortcut, x])
 
 
-def _hourglass_module(x, depth: int, filters: int, name: str):
+def hourglass_module(x, depth: int, filters: int, name: str):
     """One hourglass, recursively (Newell et al., Fig. 3): a residual branch at this resolution,
     plus max-pool, residual, a (depth-1) hourglass (at the bottom a residual), residual, upsample.
     """
@@ -63,7 +61,7 @@ def _hourglass_module(x, depth: int, filters: int, name: str):
     low = layers.MaxPooling2D(2, name=f"{prefix}_pool")(x)
     low = _residual(low, filters, f"{prefix}_down")
     if depth > 1:
-        low = _hourglass_module(low, depth - 1, filters, name)
+        low = hourglass_module(low, depth - 1, filters, name)
     else:
         low = _residual(low, filters, f"{prefix}_bottom")
     low = _residual(low, filters, f"{prefix}_up")
@@ -88,49 +86,75 @@ def _paper_stem(image, filters: int):
     return _residual(x, filters, "stem_res3")
 
 
-def _backbone_stem(image, filters: int, backbone: str, input_shape, weights, trainable: bool):
-    """The pretrained encoder's stride-4 features (P2), projected to ``filters`` channels, and the
-    backbone's registry name.
+def _backbone_stem(image, encoder: keras.Model, filters: int):
+    """The encoder's stride-4 features (P2), projected to ``filters`` channels.
 
-    The nested encoder is cut after P2 (a model named ``"<name>_encoder"`` with output
-    ``{"P2": ...}``), so the deeper backbone stages are neither computed nor trained.
+    The encoder is cut after P2 (a model of the same name, ``"<name>_encoder"``, sharing its
+    layers, with output ``{"P2": ...}``), so the deeper stages are neither computed nor trained.
+    Its layers keep the trainable flags :func:`segkeras.backbones.build_encoder` gave them
+    (a trainable encoder from random weights trains its BatchNorm too).
     """
-    full = backbones.build_encoder(backbone, input_shape, weights=weights, trainable=trainable)
-    encoder = keras.Model(full.input, {"P2": full.output["P2"]}, name=full.name)
-    if trainable:
-        backbones.unfreeze(encoder)
-    else:
-        backbones.freeze(encoder)
-    x = _conv_bn_relu(encoder(image)["P2"], filters, 1, "stem_project")
-    return _residual(x, filters, "stem_res"), encoder.name.removesuffix(backbones.ENCODER_SUFFIX)
+    cut = keras.Model(encoder.input, {"P2": encoder.output["P2"]}, name=encoder.name)
+    x = _conv_bn_relu(cut(image)["P2"], filters, 1, "stem_project")
+    return _residual(x, filters, "stem_res")
 
 
-def _bilinear_upsampling(logits, num_classes: int, name: str):
-    """Fixed (non-trainable) bilinear upsampling from 1/4 to the input resolution, float32.
+def _upsample_rows(x, factor: int):
+    """Bilinear upsampling along axis 1, pixel centres as in ``tf.image.resize`` (half-pixel),
+    the border row repeated outside the map (so the border is interpolated, not faded)."""
+    previous = ops.concatenate([x[:, :1], x[:, :-1]], axis=1)
+    following = ops.concatenate([x[:, 1:], x[:, -1:]], axis=1)
+    phases = []
+    for k in range(factor):
+        offset = (k + 0.5) / factor - 0.5  # where output row k of each input row samples
+        neighbour = previous if offset < 0 else following
+        phases.append((1.0 - abs(offset)) * x + abs(offset) * neighbour)
+    shape = ops.shape(x)
+    return ops.reshape(ops.stack(phases, axis=2), (-1, shape[1] * factor, shape[2], shape[3]))
 
-    A ``Conv2DTranspose`` with FCN's bilinear kernel rather than ``UpSampling2D(interpolation=
-    "bilinear")``, which cannot be traced by TensorFlow when H and W are unknown.
-    """
-    return layers.Conv2DTranspose(
-        num_classes, 2 * STEM_STRIDE, strides=STEM_STRIDE, padding="same", use_bias=False,
-        kernel_initializer=BilinearUpsampling(), trainable=False, dtype="float32", name=name,
-    )(logits)
+
+@keras.saving.register_keras_serializable(package="segkeras")
+class BilinearResize(layers.Layer):
+    """Fixed bilinear upsampling by an integer ``factor`` with correct borders: the same values
+    as ``keras.ops.image.resize(x, (factor * H, factor * W), "bilinear")``, but for any H and W
+    (which that op, like ``UpSampling2D``, cannot trace in a TensorFlow graph when unknown)."""
+
+    def __init__(self, factor: int, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = int(factor)
+
+    def call(self, x):
+        x = _upsample_rows(x, self.factor)
+        x = ops.transpose(_upsample_rows(ops.transpose(x, (0, 2, 1, 3)), self.factor),
+                          (0, 2, 1, 3))
+        return x
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, channels = input_shape
+        scale = lambda size: None if size is None else size * self.factor  # noqa: E731
+        return (batch, scale(height), scale(width), channels)
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor}
 
 
-def _check_arguments(num_classes, num_stacks, depth, filters, backbone, input_shape) -> tuple:
-    for label, value, minimum in (("num_classes", num_classes, 1), ("num_stacks", num_stacks, 1),
-                                  ("depth", depth, 1), ("filters", filters, 4)):
-        if not isinstance(value, (int, np.integer)) or value < minimum:
+def _check_arguments(num_stacks, depth, filters) -> None:
+    for label, value, minimum in (("num_stacks", num_stacks, 1), ("depth", depth, 1),
+                                  ("filters", filters, 4)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
             raise SegkerasError(f"{label} must be an integer >= {minimum}, got {value!r}.")
     if filters % 4:
         below = filters // 4 * 4
         raise SegkerasError(
             f"filters must be a multiple of 4, got {filters}; use {below} or {below + 4}."
         )
+
+
+def _check_input_shape(input_shape: tuple, depth: int, with_backbone: bool) -> tuple:
     stride = STEM_STRIDE * 2**depth
-    if backbone is not None:
+    if with_backbone:
         stride = math.lcm(stride, 32)
-    why = f"4 * 2**depth for depth={depth}" + (" and 32 for the backbone" if backbone else "")
+    why = f"4 * 2**depth for depth={depth}" + (" and 32 for the backbone" if with_backbone else "")
     try:
         return backbones.check_input_shape(tuple(input_shape), stride)
     except SegkerasError as error:
@@ -141,51 +165,62 @@ def _check_arguments(num_classes, num_stacks, depth, filters, backbone, input_sh
 
 def hourglass(
     num_classes: int,
+    backbone: str | keras.Model | None = None,
     num_stacks: int = 2,
     depth: int = 4,
     filters: int = 128,
-    backbone: str | None = None,
     weights: str | None = "imagenet",
     encoder_trainable: bool = False,
-    input_shape: tuple = (None, None, 3),
+    input_shape: tuple = ANY_SIZE,
+    module: Module = hourglass_module,
 ) -> keras.Model:
     """Stacked hourglass network (Newell, Yang & Deng, ECCV 2016) for semantic segmentation.
 
     Args:
-        num_classes: output channels (classes including background).
+        num_classes: classes including the background, >= 2.
+        backbone: ``None`` for the paper's own stem (7x7 stride-2 conv, residual, max-pool), or
+            a name from :func:`segkeras.backbones.available` (or an encoder model made by
+            :func:`segkeras.backbones.build_encoder`, used as it is) to start from its stride-4
+            features (P2), the encoder being a nested layer named ``"<name>_encoder"``.
         num_stacks: hourglasses in sequence; each one refines the previous stack's prediction.
         depth: poolings inside each hourglass (the paper uses 4: 64x64 down to 4x4).
         filters: channels of every residual module (the paper uses 256).
-        backbone: ``None`` for the paper's own stem (7x7 stride-2 conv, residual, max-pool), or a
-            name from :func:`segkeras.backbones.available` to start from its pretrained stride-4
-            features (P2), the encoder being a nested layer named ``"<name>_encoder"``.
         weights: encoder weights, as in :func:`segkeras.backbones.build_encoder` (backbone only).
         encoder_trainable: whether the encoder starts trainable (backbone only).
         input_shape: ``(H, W, 3)`` raw RGB in [0, 255]; H, W multiples of ``4 * 2**depth``
             (and of 32 with a backbone) or None.
+        module: the hourglass, ``module(x, depth, filters, name)`` returning a tensor of the
+            shape of ``x`` (default :func:`hourglass_module`; lab 4 passes the student's).
 
     Returns:
         A ``keras.Model`` returning a dict ``{"stack_1": ..., "stack_N": ...}`` (a dict for one
         stack too): each stack's logits ``(B, H, W, num_classes)`` at input resolution, made by
         a float32 layer of the same name.
     """
-    input_shape = _check_arguments(num_classes, num_stacks, depth, filters, backbone, input_shape)
-    image = keras.Input(shape=input_shape, name="image")
+    num_classes = check_num_classes(num_classes)
+    _check_arguments(num_stacks, depth, filters)
     model_name = f"hourglass{num_stacks}"
+    if not isinstance(backbone, keras.Model):  # an encoder model brings its own input shape
+        input_shape = _check_input_shape(input_shape, depth, with_backbone=backbone is not None)
     if backbone is None:
+        image = keras.Input(shape=input_shape, name="image")
         x = _paper_stem(image, filters)
     else:
-        x, key = _backbone_stem(image, filters, backbone, input_shape, weights, encoder_trainable)
-        model_name += f"_{key}"
+        encoder = resolve_encoder(backbone, input_shape, weights, encoder_trainable)
+        image = keras.Input(shape=_check_input_shape(encoder.input.shape[1:], depth, True),
+                            name="image")
+        x = _backbone_stem(image, encoder, filters)
+        model_name += f"_{encoder.name.removesuffix(backbones.ENCODER_SUFFIX)}"
 
     outputs = {}
     for stack, output_name in enumerate(output_names(num_stacks), 1):
         name = f"hg{stack}"
-        features = _hourglass_module(x, depth, filters, name)
+        features = module(x, depth, filters, name)
         features = _residual(features, filters, f"{name}_out_res")
         features = _conv_bn_relu(features, filters, 1, f"{name}_out")
         logits = layers.Conv2D(num_classes, 1, name=f"{name}_logits")(features)
-        outputs[output_name] = _bilinear_upsampling(logits, num_classes, output_name)
+        outputs[output_name] = BilinearResize(STEM_STRIDE, dtype="float32",
+                                              name=output_name)(logits)
         if stack < num_stacks:
             remapped_features = layers.Conv2D(filters, 1, name=f"{name}_remap_features")(features)
             remapped_logits = layers.Conv2D(filters, 1, name=f"{name}_remap_logits")(logits)
@@ -203,42 +238,3 @@ def final_stack_model(model: keras.Model) -> keras.Model:
         )
     last = model.get_layer(output_names(len(stacks))[-1])
     return keras.Model(model.input, last.output, name=f"{model.name}_final")
-
-
-def repeat_targets(data, num_stacks: int):
-    """Give every stack the same mask: ``{"stack_1": mask, ..., "stack_N": mask}``.
-
-    ``data`` is a ``tf.data.Dataset`` of ``(image, mask)`` pairs (mapped lazily) or a mask array.
-    """
-    names = output_names(num_stacks)
-    if hasattr(data, "map"):
-        return data.map(lambda image, mask: (image, {name: mask for name in names}))
-    return {name: data for name in names}
-
-
-def hourglass_losses(num_stacks: int, loss: keras.losses.Loss | None = None) -> dict:
-    """A loss for every stack (intermediate supervision), keyed by output name.
-
-    Default: sparse categorical cross-entropy on logits, pixels labelled 255 ignored.
-    """
-    if loss is None:
-        loss = keras.losses.SparseCategoricalCrossentropy(
-            from_logits=True, ignore_class=IGNORE_LABEL
-        )
-    return {name: loss for name in output_names(num_stacks)}
-
-
-def hourglass_loss_weights(num_stacks: int, weights: Sequence[float] | None = None) -> dict:
-    """``loss_weights`` for ``compile``: one per stack (default all 1, as in the paper)."""
-    weights = [1.0] * num_stacks if weights is None else [float(w) for w in weights]
-    if len(weights) != num_stacks or any(weight < 0 for weight in weights):
-        raise SegkerasError(
-            f"Need {num_stacks} non-negative loss weights (one per stack), got {weights}."
-        )
-    return dict(zip(output_names(num_stacks), weights, strict=True))
-
-
-def hourglass_metrics(num_classes: int, num_stacks: int) -> dict:
-    """Pixel accuracy and mean IoU for every stack (:func:`segkeras.metrics.segmentation_metrics`),
-    keyed by output name: the History shows ``stack_1_mean_iou`` .. ``stack_N_mean_iou``."""
-    return {name: segmentation_metrics(num_classes) for name in output_names(num_stacks)}
