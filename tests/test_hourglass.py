@@ -295,3 +295,15 @@ def test_targets_and_loss_weights_per_output():
     assert list(targets) == ["stack_1", "stack_2", "stack_3"]
     assert all(target is mask for target in targets.values())
     assert train.per_output(model, [0.5, 1, 2]) == {"stack_1": 0.5, "stack_2": 1, "stack_3": 2}
+
+
+def test_frozen_backbone_stem_runs_in_inference_mode():
+    """A frozen EfficientNet stem applies no Dropout, even when fit calls the model in training
+    mode: two training-mode calls on the same batch give the same logits. (Its stochastic depth
+    drops a whole image with probability 0.025 in block 2b: 128 images make a miss unlikely.)"""
+    model = hourglass(3, backbone="efficientnetb0", num_stacks=1, depth=1, filters=16,
+                      weights=None, encoder_trainable=False, input_shape=(32, 32, 3))
+    images = np.random.default_rng(0).uniform(0, 255, (128, 32, 32, 3)).astype("float32")
+    first = keras.ops.convert_to_numpy(model(images, training=True)["stack_1"])
+    second = keras.ops.convert_to_numpy(model(images, training=True)["stack_1"])
+    np.testing.assert_allclose(first, second, atol=1e-6)

@@ -89,12 +89,14 @@ def _paper_stem(image, filters: int):
 def _backbone_stem(image, encoder: keras.Model, filters: int):
     """The encoder's stride-4 features (P2), projected to ``filters`` channels.
 
-    The encoder is cut after P2 (a model of the same name, ``"<name>_encoder"``, sharing its
-    layers, with output ``{"P2": ...}``), so the deeper stages are neither computed nor trained.
-    Its layers keep the trainable flags :func:`segkeras.backbones.build_encoder` gave them
-    (a trainable encoder from random weights trains its BatchNorm too).
+    The encoder is cut after P2 (a :class:`segkeras.backbones.Encoder` of the same name,
+    ``"<name>_encoder"``, sharing its layers, with output ``{"P2": ...}``), so the deeper stages
+    are neither computed nor trained, and it runs in inference mode unless it trains from
+    scratch, like every encoder. Its layers keep the trainable flags
+    :func:`segkeras.backbones.build_encoder` gave them (a trainable encoder from random weights
+    trains its BatchNorm too).
     """
-    cut = keras.Model(encoder.input, {"P2": encoder.output["P2"]}, name=encoder.name)
+    cut = backbones.Encoder(encoder.input, {"P2": encoder.output["P2"]}, name=encoder.name)
     x = _conv_bn_relu(cut(image)["P2"], filters, 1, "stem_project")
     return _residual(x, filters, "stem_res")
 
