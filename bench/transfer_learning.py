@@ -32,8 +32,8 @@ FILTERS = (64, 48, 32, 16, 16)
 
 def run(seed: int, n_labelled: int, n_val: int, head: int, finetune: int, rate: float,
         batch: int, size: int = 64) -> dict:
-    data = shapes.generate(n_labelled + n_val, size, seed=seed)
-    train_data, val_data = data.subset(range(n_labelled)), data.subset(range(n_labelled, len(data)))
+    data = shapes.generate(n_val + n_labelled, size, seed=seed)  # split as the lab splits
+    val_data, train_data = data.subset(range(n_val)), data.subset(range(n_val, len(data)))
     train_ds = make_dataset(train_data, size, batch, augment=True, shuffle=True, seed=seed)
     val_ds = make_dataset(val_data, size, batch)
     shape = (size, size, 3)

@@ -111,11 +111,11 @@ def test_random_encoder_trains_its_batchnorm():
 
 
 def test_a_missing_checkpoint_is_pretrained_once_and_cached(tmp_path, monkeypatch):
-    calls = []
+    calls, real_pretrain = [], pretrain.pretrain
 
     def tiny_pretrain(**kwargs):
         calls.append(kwargs)
-        encoder, report = pretrain.pretrain(n_images=32, image_size=32, epochs=1, batch_size=16,
+        encoder, report = real_pretrain(n_images=32, image_size=32, epochs=1, batch_size=16,
                                             verbose=0)
         assert set(report) == {"count_accuracy", "all_counts_right", "seconds"}
         return encoder, report
