@@ -5,7 +5,7 @@ PIP_INSTALL = $(PYTHON) -m pip install --quiet --disable-pip-version-check
 NOTEBOOK_ENV = SEGKERAS_QUICK=1 SEGKERAS_WEIGHTS=none
 NBVAL = --nbval-lax --sanitize-with solutions/sanitize.cfg
 
-.PHONY: install install-instructor demo test test-fast labs bench bench-full clean
+.PHONY: install install-instructor demo test test-fast labs bench bench-full gpu-check clean
 
 install:
 	$(PIP_INSTALL) -r requirements.txt
@@ -30,6 +30,9 @@ bench: install
 
 bench-full: install
 	$(PYTHON) bench/run.py --full
+
+gpu-check: install-instructor  # on a GPU machine: every solution in full mode, timed, into BENCHMARKS.md
+	$(PYTHON) bench/gpu_check.py
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -1,9 +1,27 @@
 """ImageNet-pretrained encoders from ``keras.applications`` with one feature API.
 
 ``build_encoder(name, ...)`` returns a ``keras.Model`` mapping raw RGB in [0, 255] to a dict of
-feature maps ``{"P1": stride 2, "P2": 4, "P3": 8, "P4": 16, "P5": 32}``: at each stride the deepest
-feature map of the backbone, picked by ``keras.applications`` layer name (never by index). The
-backbone's own preprocessing is inside the model, so every head feeds it the same images.
+feature maps ``{"P1": stride 2, "P2": 4, "P3": 8, "P4": 16, "P5": 32}``. The backbone's own
+preprocessing is inside the model, so every head feeds it the same images.
+
+Each P-level is a **stage output**: the tensor at that stride that the next stage consumes (P5:
+the backbone's final output), never an inner branch of a block. The registry names that tensor
+explicitly with a :class:`Tap` (a ``keras.applications`` layer's output, or its input where the
+tensor comes from an unnamed layer). Where a stage ends depends on how the family downsamples:
+
+* a stage that closes with a pooling layer (VGG's ``blockN_pool``, DenseNet's stem max-pool and
+  transition average pools): the pool's output, e.g. VGG's P3/P4 = pool3/pool4 as in FCN;
+* a stage opened by a learned strided layer (ResNet, ResNetV2, MobileNet, EfficientNet,
+  ConvNeXt): the tensor that layer's block reads, i.e. the output of the last block before it.
+  ResNetV2 strides in the last block of a stage, so its P-level is the block before that one.
+  MobileNet/EfficientNet blocks that downsample have no shortcut: the expanded activation their
+  strided depthwise convolution reads is the tensor the whole block depends on;
+* no stage ends at that stride (ResNet's and DenseNet's stride-2 convolution is followed by a
+  max-pool at once): the deepest tensor at the stride, the one the pool reads; none at all
+  (ConvNeXt's 4x4 patchify stem): a 2x2 average pool of the stride-1 input.
+
+``tests/test_backbones.py`` derives these stage outputs from each ``keras.applications`` graph
+(the tensors every path goes through, where the resolution changes) and checks every tap.
 
 Transfer learning freezes the encoder and trains the head; fine-tuning then unfreezes (part of) the
 encoder at a lower learning rate. See :func:`freeze` and :func:`unfreeze` for Keras 3 semantics.
@@ -16,9 +34,11 @@ import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import keras
 
+from segkeras.data.core import nearest_multiples
 from segkeras.errors import SegkerasError, WeightsUnavailableError
 from segkeras.layers import Preprocess
 
@@ -30,18 +50,40 @@ _MOBILENET_V2_SIZES = (96, 128, 160, 192, 224)
 
 
 @dataclass(frozen=True)
-class Backbone:
-    """How to build one ``keras.applications`` backbone and where its P1..P4 features are.
+class Tap:
+    """Where one P-level is in a ``keras.applications`` model: the output of ``layer``, or its
+    input (``which="input"``: for a tensor made by an unnamed layer or operation), average-pooled
+    ``avg_pool`` x ``avg_pool`` if given (a stride the backbone skips)."""
 
-    A tap is a layer name (its output), ``"input:NAME"`` (the input of layer NAME: used where the
-    deepest feature is an unnamed activation, as in MobileNetV3, whose strided blocks start with a
-    named padding layer), or ``"avgpool:NAME"`` (a 2x2 average pool of NAME, for ConvNeXt, whose
-    4x4 patchify stem has no stride-2 layer at all). P5 is always the backbone's final output.
-    """
+    layer: str
+    which: Literal["output", "input"] = "output"
+    avg_pool: int | None = None
+
+    def __post_init__(self):
+        if self.which not in ("output", "input"):
+            raise ValueError(f"Tap.which must be 'output' or 'input', got {self.which!r}.")
+
+    def tensor(self, base: keras.Model, level: str) -> keras.KerasTensor:
+        """The tapped tensor of ``base`` (a new pooling layer named ``"<level>_avgpool"``)."""
+        layer = base.get_layer(self.layer)
+        tensor = layer.input if self.which == "input" else layer.output
+        if self.avg_pool:
+            tensor = keras.layers.AveragePooling2D(self.avg_pool, name=f"{level}_avgpool")(tensor)
+        return tensor
+
+    def __str__(self) -> str:
+        text = self.layer if self.which == "output" else f"input of {self.layer}"
+        return f"avgpool{self.avg_pool}({text})" if self.avg_pool else text
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """How to build one ``keras.applications`` backbone and where its P1..P4 stage outputs are
+    (see the module docstring for the rule). P5 is always the backbone's final output."""
 
     constructor: str
     preprocessing: str
-    taps: tuple[str, str, str, str]
+    taps: tuple[Tap, Tap, Tap, Tap]
     weights_file: Callable[[tuple], str]
 
     def build(self, **kwargs) -> keras.Model:
@@ -66,65 +108,76 @@ def _tf_kernels(prefix: str) -> Callable[[tuple], str]:
     return _fixed(f"{prefix}_weights_tf_dim_ordering_tf_kernels_notop.h5")
 
 
+def _output(layer: str) -> Tap:
+    return Tap(layer)
+
+
+def _input_of(layer: str) -> Tap:
+    return Tap(layer, which="input")
+
+
+_VGG_POOLS = tuple(_output(f"block{k}_pool") for k in range(1, 5))
+_EFFICIENTNET_TAPS = tuple(
+    _output(f"block{block}_expand_activation") for block in ("2a", "3a", "4a", "6a"))
+
 _REGISTRY: dict[str, Backbone] = {
-    "vgg16": Backbone(
-        "VGG16", "caffe", ("block2_conv2", "block3_conv3", "block4_conv3", "block5_conv3"),
-        _tf_kernels("vgg16")),
-    "vgg19": Backbone(
-        "VGG19", "caffe", ("block2_conv2", "block3_conv4", "block4_conv4", "block5_conv4"),
-        _tf_kernels("vgg19")),
+    # Stages close with a max-pool: P1..P4 = pool1..pool4 (the pool3/pool4 of FCN).
+    "vgg16": Backbone("VGG16", "caffe", _VGG_POOLS, _tf_kernels("vgg16")),
+    "vgg19": Backbone("VGG19", "caffe", _VGG_POOLS, _tf_kernels("vgg19")),
+    # A strided first block opens each stage: the last block's output of the stage before.
     "resnet50": Backbone(
         "ResNet50", "caffe",
-        ("conv1_relu", "conv2_block3_out", "conv3_block4_out", "conv4_block6_out"),
+        tuple(map(_output, ("conv1_relu", "conv2_block3_out", "conv3_block4_out",
+                            "conv4_block6_out"))),
         _tf_kernels("resnet50")),
     "resnet101": Backbone(
         "ResNet101", "caffe",
-        ("conv1_relu", "conv2_block3_out", "conv3_block4_out", "conv4_block23_out"),
+        tuple(map(_output, ("conv1_relu", "conv2_block3_out", "conv3_block4_out",
+                            "conv4_block23_out"))),
         _tf_kernels("resnet101")),
-    # ResNetV2 downsamples inside the last block of each stage; its pre-activation is the deepest
-    # full-width feature map before the stride.
+    # ResNetV2 strides in the last block of a stage: the output of the block before it (the
+    # block's pre-activation is an inner branch: its shortcut bypasses it).
     "resnet50v2": Backbone(
         "ResNet50V2", "tf",
-        ("conv1_conv", "conv2_block3_preact_relu", "conv3_block4_preact_relu",
-         "conv4_block6_preact_relu"),
+        tuple(map(_output, ("conv1_conv", "conv2_block2_out", "conv3_block3_out",
+                            "conv4_block5_out"))),
         _tf_kernels("resnet50v2")),
+    # Inverted residuals that downsample have no shortcut: the expanded activation that their
+    # strided depthwise convolution reads is the last tensor at the stride.
     "mobilenetv2": Backbone(
         "MobileNetV2", "tf",
-        ("block_1_expand_relu", "block_3_expand_relu", "block_6_expand_relu",
-         "block_13_expand_relu"),
+        tuple(_output(f"block_{k}_expand_relu") for k in (1, 3, 6, 13)),
         _mobilenet_v2_file),
+    # The same, but the expanded activation is an unnamed layer: the input of the named padding.
     "mobilenetv3small": Backbone(
         "MobileNetV3Small", "none",
-        ("input:expanded_conv_depthwise_pad", "input:expanded_conv_1_depthwise_pad",
-         "input:expanded_conv_3_depthwise_pad", "input:expanded_conv_8_depthwise_pad"),
+        tuple(_input_of(f"expanded_conv{k}_depthwise_pad") for k in ("", "_1", "_3", "_8")),
         _fixed("weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5")),
     "mobilenetv3large": Backbone(
         "MobileNetV3Large", "none",
-        ("input:expanded_conv_1_depthwise_pad", "input:expanded_conv_3_depthwise_pad",
-         "input:expanded_conv_6_depthwise_pad", "input:expanded_conv_12_depthwise_pad"),
+        tuple(_input_of(f"expanded_conv_{k}_depthwise_pad") for k in (1, 3, 6, 12)),
         _fixed("weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5")),
     "efficientnetb0": Backbone(
-        "EfficientNetB0", "none",
-        ("block2a_expand_activation", "block3a_expand_activation", "block4a_expand_activation",
-         "block6a_expand_activation"),
-        _fixed("efficientnetb0_notop.h5")),
+        "EfficientNetB0", "none", _EFFICIENTNET_TAPS, _fixed("efficientnetb0_notop.h5")),
     "efficientnetb3": Backbone(
-        "EfficientNetB3", "none",
-        ("block2a_expand_activation", "block3a_expand_activation", "block4a_expand_activation",
-         "block6a_expand_activation"),
-        _fixed("efficientnetb3_notop.h5")),
+        "EfficientNetB3", "none", _EFFICIENTNET_TAPS, _fixed("efficientnetb3_notop.h5")),
+    # Fused blocks stride in their first (expanding) convolution, which reads the stage output.
     "efficientnetv2b0": Backbone(
         "EfficientNetV2B0", "none",
-        ("block1a_project_activation", "block2b_add", "block4a_expand_activation",
-         "block6a_expand_activation"),
+        tuple(map(_output, ("block1a_project_activation", "block2b_add",
+                            "block4a_expand_activation", "block6a_expand_activation"))),
         _fixed("efficientnetv2-b0_notop.h5")),
+    # Stages close with a pooling (the stem's max-pool, then each transition's average pool).
     "densenet121": Backbone(
-        "DenseNet121", "torch", ("conv1_relu", "pool2_conv", "pool3_conv", "pool4_conv"),
+        "DenseNet121", "torch",
+        tuple(map(_output, ("conv1_relu", "pool1", "pool2_pool", "pool3_pool"))),
         _tf_kernels("densenet121")),
+    # Each stage ends in an unnamed residual sum: the input of the next downsampling block. The
+    # 4x4 patchify stem leaves no stride-2 tensor: P1 is the 2x2 average of the input.
     "convnexttiny": Backbone(
         "ConvNeXtTiny", "none",
-        ("avgpool:convnext_tiny_prestem_normalization", "convnext_tiny_stage_0_block_2_identity",
-         "convnext_tiny_stage_1_block_2_identity", "convnext_tiny_stage_2_block_8_identity"),
+        (Tap("convnext_tiny_prestem_normalization", avg_pool=2),
+         *(_input_of(f"convnext_tiny_downsampling_block_{k}") for k in range(3))),
         _fixed("convnext_tiny_notop.h5")),
 }
 
@@ -173,23 +226,28 @@ def check_input_shape(input_shape: tuple, stride: int = 32) -> tuple:
         if size is None:
             continue
         if size <= 0 or size % stride:
-            below = size // stride * stride
-            nearest = [valid for valid in (below, below + stride) if valid >= stride]
+            nearest = nearest_multiples(size, stride)
             raise SegkerasError(
-                f"{axis}={size} is not a multiple of the encoder stride {stride}; "
+                f"{axis}={size} is not a {'' if size > 0 else 'positive '}multiple of the "
+                f"encoder stride {stride}; "
                 f"use {' or '.join(map(str, nearest))} (or None for any size)."
             )
     return tuple(input_shape)
 
 
-def _tap(base: keras.Model, spec: str):
-    kind, _, layer_name = spec.rpartition(":")
-    if kind == "input":
-        return base.get_layer(layer_name).input
-    if kind == "avgpool":
-        pool = keras.layers.AveragePooling2D(2, name="P1_avgpool")
-        return pool(base.get_layer(layer_name).output)
-    return base.get_layer(layer_name).output
+def _weights_file_error(path: str, name: str, error: Exception) -> SegkerasError:
+    """One line for a weights file Keras cannot load into backbone ``name``."""
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    if isinstance(error, OSError):  # h5py: not an HDF5 file
+        return SegkerasError(
+            f"the weights file {path} is not a Keras weights file ({reason}); pass an .h5 or "
+            f".weights.h5 file for {name!r} (e.g. from encoder.save_weights), 'imagenet' or None."
+        )
+    return SegkerasError(
+        f"the weights in {path} do not fit {name!r} ({reason.rstrip('.: ')}): they belong to "
+        f"another backbone or model; pass weights saved from a {name!r} encoder, 'imagenet' "
+        "or None."
+    )
 
 
 def _build_backbone(entry: Backbone, name: str, image, input_shape: tuple, weights) -> keras.Model:
@@ -203,6 +261,8 @@ def _build_backbone(entry: Backbone, name: str, image, input_shape: tuple, weigh
     try:
         return entry.build(input_tensor=image, weights=weights)
     except Exception as error:  # keras' get_file wraps network failures in a bare Exception.
+        if weights not in ("imagenet", None):
+            raise _weights_file_error(str(weights), name, error) from error
         if weights != "imagenet" or os.path.exists(needed):
             raise
         raise WeightsUnavailableError(
@@ -211,6 +271,34 @@ def _build_backbone(entry: Backbone, name: str, image, input_shape: tuple, weigh
             f"is not in {os.path.dirname(needed)}. Put that file there, or pass weights=None "
             f"(random initialisation) or weights='/path/to/{os.path.basename(needed)}'."
         ) from error
+
+
+@keras.saving.register_keras_serializable(package="segkeras")
+class Encoder(keras.Model):
+    """The functional model :func:`build_encoder` returns. It runs in inference mode (no dropout,
+    BatchNorm statistics kept) whatever the caller asks, unless it trains from scratch.
+
+    The Keras transfer-learning guide calls a frozen base model with ``training=False``, but in
+    Keras 3 the ``training`` of an outer ``fit`` overrides an argument recorded in a functional
+    graph, so frozen EfficientNets kept applying Dropout. Here the encoder itself decides, at
+    every call, from its own state: frozen, or pretrained with frozen BatchNorm (:func:`freeze`,
+    :func:`unfreeze`): inference mode; every BatchNorm trainable (:func:`train_from_scratch`):
+    the caller's mode, so BatchNorm learns the statistics it lacks. Recompile after a change.
+    """
+
+    def call(self, inputs, training=None, mask=None, **kwargs):
+        if not trains_from_scratch(self):
+            training = False
+        return super().call(inputs, training=training, mask=mask, **kwargs)
+
+
+def trains_from_scratch(encoder: keras.Model) -> bool:
+    """Whether ``encoder`` trains its BatchNorm layers (set by :func:`train_from_scratch`): then
+    it must run in training mode; otherwise (frozen, or pretrained with frozen BatchNorm) a model
+    calls it in inference mode."""
+    batchnorm = [layer for layer in encoder.layers
+                 if isinstance(layer, keras.layers.BatchNormalization)]
+    return encoder.trainable and bool(batchnorm) and all(layer.trainable for layer in batchnorm)
 
 
 def build_encoder(
@@ -241,9 +329,10 @@ def build_encoder(
     image = keras.Input(shape=input_shape, name="image")
     preprocessed = Preprocess(entry.preprocessing, name="preprocess")(image)
     base = _build_backbone(entry, key, preprocessed, input_shape, weights)
-    features = {level: _tap(base, spec) for level, spec in zip(LEVELS, entry.taps, strict=False)}
+    features = {level: tap.tensor(base, level)
+                for level, tap in zip(LEVELS, entry.taps, strict=False)}
     features["P5"] = base.output
-    encoder = keras.Model(image, features, name=key + ENCODER_SUFFIX)
+    encoder = Encoder(image, features, name=key + ENCODER_SUFFIX)
     if trainable and weights is None:
         train_from_scratch(encoder)
     elif trainable:
@@ -339,7 +428,7 @@ def table(input_size: int = 64) -> str:
     for name in available():
         entry = _REGISTRY[name]
         encoder = build_encoder(name, (input_size, input_size, 3), weights=None)
-        taps = [*entry.taps, "(final output)"]
+        taps = [*map(str, entry.taps), "(final output)"]
         cached = "yes" if weights_cached(name, (input_size, input_size, 3)) else "no"
         rows.append((name, f"{encoder.count_params() / 1e6:.1f}M", *taps, cached))
         keras.backend.clear_session()
@@ -349,5 +438,8 @@ def table(input_size: int = 64) -> str:
         for row in rows
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append("Each P-level is a stage output: the tensor the next stage consumes (a stage closing "
+                 "with a pooling: the pool's output; one opened by a strided block: that block's "
+                 "input). P5 is the final output.")
     lines.append(f"ImageNet weights cache: {weights_cache_dir()}")
     return "\n".join(lines)

@@ -8,56 +8,76 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
+import re
 import sys
+import tempfile
 import time
+import zipfile
 
 from segkeras.data.sources import SOURCES_HELP
 from segkeras.errors import SegkerasError
+from segkeras.models import registry
 
 EXIT_USAGE = 2
 _START = time.perf_counter()
 
-MODELS = ("fcn32s", "fcn16s", "fcn8s", "deconvnet", "unet", "hourglass")
-DEFAULT_BACKBONE = {"fcn32s": "vgg16", "fcn16s": "vgg16", "fcn8s": "vgg16",
-                    "deconvnet": "vgg16", "unet": "mobilenetv2", "hourglass": "none"}
+MODELS = registry.names()
 DATA_HELP = SOURCES_HELP
 
 
 # ----------------------------------------------------------------------------- helpers
 
 
-@contextlib.contextmanager
-def _native_stderr_silenced():
-    """Discard what C++ code writes to file descriptor 2 (not Python's ``sys.stderr``).
-
-    TensorFlow >= 2.19 logs INFO lines ("oneDNN custom operations are on", "Could not find cuda
-    drivers") at import even with TF_CPP_MIN_LOG_LEVEL=3 (tensorflow/tensorflow#100442); the CLI
-    promises one line on stderr per error.
-    """
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def _import_keras():
-    """``import keras`` (and its backend) without TensorFlow's import-time log lines."""
-    with _native_stderr_silenced():
-        import keras
-    return keras
-
-
 def _check_size(size: int) -> int:
     from segkeras.backbones import check_input_shape
 
-    check_input_shape((size, size, 3))
+    try:
+        check_input_shape((size, size, 3))
+    except SegkerasError as error:
+        raise SegkerasError(f"--image-size {size}: {error}") from error
     return size
+
+
+def _check_output_folder(folder: str, flag: str) -> None:
+    """Create ``folder`` and make sure files can be written there, before any work is done."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise SegkerasError(f"{flag} {folder} is a file, not a folder; pass a folder (it is "
+                            "created if missing)")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise SegkerasError(f"{flag} {folder}: cannot write there ({error.strerror or error}); "
+                            "pass a folder you can write to") from error
+
+
+def _check_output_file(path: str, flag: str) -> None:
+    """The folder that will hold ``path`` exists (or is created) and is writable."""
+    if os.path.isdir(path):
+        raise SegkerasError(f"{flag} {path} is a folder; pass a file name, e.g. scores.json")
+    _check_output_folder(os.path.dirname(os.path.abspath(path)), flag)
+
+
+_FLAG_SPELLINGS = (
+    (re.compile(r"\bweights=None\b"), "--weights none"),
+    (re.compile(r"\bweights='([^']*)'"), r"--weights \1"),
+    (re.compile(r"\bhead_epochs\b"), "--epochs"),
+    (re.compile(r"\bfinetune_epochs\b"), "--finetune-epochs"),
+    (re.compile(r"\broot=FOLDER"), "--data pets:FOLDER"),
+    (re.compile(r"\bimage_size\b"), "--image-size"),
+    (re.compile(r"\bthe validation fraction\b"), "--val-fraction"),
+)
+"""What the Python API's messages call an argument -> the CLI flag that sets it."""
+
+
+def _in_flag_terms(message: str) -> str:
+    """An error message of the Python API with its argument names replaced by the CLI flags."""
+    for pattern, flag in _FLAG_SPELLINGS:
+        message = pattern.sub(flag, message)
+    return message
 
 
 def _load_data(spec: str, n: int, image_size: int, seed: int, split: str):
@@ -73,6 +93,10 @@ def _load_data(spec: str, n: int, image_size: int, seed: int, split: str):
 def _load_model(path: str):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no such model file: {path}")
+    if path.endswith(".keras") and not zipfile.is_zipfile(path):
+        raise SegkerasError(f"cannot read {path}: the file exists but is not a .keras file (a "
+                            "zip archive); pass a model saved by segkeras (e.g. "
+                            "outputs/train/model.keras)")
     import keras
 
     try:
@@ -82,6 +106,31 @@ def _load_model(path: str):
         raise SegkerasError(
             f"cannot read {path} as a Keras model ({reason}); pass a .keras file saved by segkeras."
         ) from error
+
+
+def _load_segmenter(path: str):
+    """A saved semantic segmentation model: one image in, ``(batch, H, W, classes)`` logits out
+    (a stacked hourglass: one such map per stack)."""
+    model = _load_model(path)
+    outputs = [tuple(output.shape) for output in model.outputs]
+    image_input = len(model.inputs) == 1 and len(model.inputs[0].shape) == 4
+    if not image_input or not all(len(shape) == 4 and (shape[-1] or 0) >= 2 for shape in outputs):
+        raise SegkerasError(
+            f"{path} is not a semantic segmentation model (inputs "
+            f"{', '.join(str(tuple(i.shape)) for i in model.inputs)}, outputs "
+            f"{', '.join(map(str, outputs))}; expected one image in, (batch, H, W, classes) "
+            "logits out); pass a model.keras written by `python -m segkeras train` or `demo`."
+        )
+    return model
+
+
+def _last_output(model):
+    """The model predicting only its last (for a stacked hourglass: most refined) logits."""
+    if len(model.outputs) == 1:
+        return model
+    import keras
+
+    return keras.Model(model.input, model.outputs[-1], name=f"{model.name}_last")
 
 
 def _model_size(model, requested: int | None) -> int:
@@ -214,6 +263,7 @@ def run_demo(out: str, epochs: int | None = None, quick: bool = False) -> dict:
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
+    _check_output_folder(args.out, "--out")  # before minutes of training
     run_demo(out=args.out, epochs=args.epochs, quick=args.quick)
 
 
@@ -221,37 +271,57 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 
 def _build_model(args: argparse.Namespace, num_classes: int, weights):
-    backbone = args.backbone or DEFAULT_BACKBONE[args.model]
-    shape = (args.image_size, args.image_size, 3)
-    # Without pretrained weights the encoder trains from scratch, BatchNorm included.
-    common = {"weights": weights, "encoder_trainable": weights is None, "input_shape": shape}
-    if args.model == "hourglass":
-        from segkeras.models.hourglass import hourglass
-
-        return hourglass(num_classes, num_stacks=args.stacks,
-                         backbone=None if backbone == "none" else backbone, **common)
-    if backbone == "none":
+    architecture = registry.get(args.model)
+    backbone = args.backbone or architecture.default_backbone or "none"
+    if backbone == "none" and architecture.default_backbone is not None:
         raise SegkerasError(f"--model {args.model} needs a backbone; see `python -m segkeras "
                             "backbones`.")
-    if args.model.startswith("fcn"):
-        from segkeras.models.fcn import fcn
+    tunable = {"num_stacks": args.stacks}
+    # Without pretrained weights the encoder trains from scratch, BatchNorm included.
+    return architecture.build(
+        num_classes, backbone=None if backbone == "none" else backbone, weights=weights,
+        encoder_trainable=weights is None, input_shape=(args.image_size, args.image_size, 3),
+        **{name: value for name, value in tunable.items() if name in architecture.tunable},
+    )
 
-        return fcn(num_classes, backbone, variant=args.model[3:], **common)
-    if args.model == "deconvnet":
-        from segkeras.models.deconv import deconvnet
 
-        return deconvnet(num_classes, backbone, **common)
-    from segkeras.models.unet import unet
+def _check_train_arguments(args: argparse.Namespace) -> None:
+    """Every argument error of ``train`` that can be seen without data or a model."""
+    from segkeras.data.core import split_counts
 
-    return unet(num_classes, backbone, **common)
+    _check_size(args.image_size)
+    if args.epochs + args.finetune_epochs == 0:
+        raise SegkerasError("--epochs 0 and --finetune-epochs 0 leave nothing to train; use "
+                            "--epochs 1 or more")
+    try:
+        split_counts(args.n, args.val_fraction)
+    except SegkerasError as error:
+        raise SegkerasError(f"--n {args.n} with --val-fraction {args.val_fraction}: "
+                            f"{error}") from error
+    if args.weights not in ("imagenet", "none") and not os.path.isfile(args.weights):
+        raise FileNotFoundError(f"no such weights file: {args.weights}; pass --weights "
+                                "imagenet, --weights none or an existing weights file")
+    _check_output_folder(args.out, "--out")
+
+
+def _check_finite_loss(history, learning_rate: float) -> None:
+    """SegkerasError when training stopped on a NaN or infinite loss (nothing is saved)."""
+    losses = history.history.get("loss", [])
+    bad = [epoch for epoch, loss in enumerate(losses) if not math.isfinite(loss)]
+    if bad:
+        raise SegkerasError(
+            f"training stopped in epoch {bad[0] + 1}: the loss became {losses[bad[0]]}; nothing "
+            f"was saved. Lower --lr (was {learning_rate:g}) or check the masks of --data")
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
+    import keras
+
     from segkeras import train
     from segkeras.data.pipeline import make_dataset
     from segkeras.evaluate import semantic
 
-    _check_size(args.image_size)
+    _check_train_arguments(args)  # before loading data, building or training anything
     precision = train.configure_precision()  # before any layer exists
     strategy = train.make_strategy(args.distribute)
     data = _load_data(args.data, args.n, args.image_size, args.seed, split="train")
@@ -268,11 +338,20 @@ def _cmd_train(args: argparse.Namespace) -> None:
           f"{len(val_data)} validation images, precision {precision}.")
     make = {"image_size": args.image_size, "batch_size": args.batch_size,
             "num_classes": data.num_classes, "seed": args.seed}
+    train_ds = train.distributable(make_dataset(train_data, augment=True, shuffle=True, **make),
+                                   strategy, args.batch_size, len(train_data))
+    val_ds = train.distributable(make_dataset(val_data, **make), strategy, args.batch_size,
+                                 len(val_data))
     history = train.fit_two_stage(
-        model, make_dataset(train_data, augment=True, shuffle=True, **make),
-        make_dataset(val_data, **make), head_epochs=head_epochs, finetune_epochs=finetune_epochs,
-        learning_rate=args.lr, strategy=strategy,
+        model, train_ds, val_ds, head_epochs=head_epochs, finetune_epochs=finetune_epochs,
+        learning_rate=args.lr, strategy=strategy, callbacks=[keras.callbacks.TerminateOnNaN()],
     )
+    _check_finite_loss(history, args.lr)
+    if not train.is_chief(strategy):
+        print(f"Worker finished; the chief evaluates and writes {args.out} ({_elapsed()}).")
+        return
+    if args.distribute == "multiworker":  # the other workers are done: evaluate alone
+        model = train.single_process_copy(model)
     result = semantic.evaluate_semantic(model, make_dataset(val_data, **make), data.class_names)
     print(semantic.format_table(result))
     _save_outputs(args.out, model, history, result)
@@ -287,7 +366,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     from segkeras.evaluate import semantic
     from segkeras.train import model_num_classes
 
-    model = _load_model(args.model)
+    if args.json:
+        _check_output_file(args.json, "--json")
+    model = _load_segmenter(args.model)
     size = _model_size(model, args.image_size)
     data = _load_data(args.data, args.n, size, args.seed, split="test")
     num_classes = model_num_classes(model)
@@ -312,22 +393,25 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     import numpy as np
 
     from segkeras import viz
-    from segkeras.data.images import read_rgb, write_png
-    from segkeras.data.instances import resize_image
+    from segkeras.data.images import read_rgb, resize_image, write_png
 
     for path in args.images:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no such image: {path}")
-    model = _load_model(args.model)
+    if args.out:
+        _check_output_folder(args.out, "--out")
+    model = _last_output(_load_segmenter(args.model))
     size = _model_size(model, args.image_size)
     class_names = _class_names(args.model)
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
+    unreadable = []
     for path in args.images:
-        image = read_rgb(path)
+        try:
+            image = read_rgb(path)
+        except SegkerasError as error:  # report it at the end, predict the other images
+            unreadable.append(str(error))
+            continue
         height, width = image.shape[:2]
         logits = model.predict_on_batch(resize_image(image, (size, size))[None])
-        logits = logits[-1] if isinstance(logits, (list, tuple)) else logits
         small = np.argmax(logits[0], axis=-1).astype(np.uint8)
         rows = np.arange(height) * size // height
         cols = np.arange(width) * size // width
@@ -339,6 +423,9 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         target = os.path.join(folder, f"{stem}_overlay.png")
         figure.savefig(target, dpi=100)
         print(f"{path} -> {target}")
+    if unreadable:
+        raise SegkerasError(f"{len(unreadable)} of {len(args.images)} images skipped: "
+                            + "; ".join(unreadable))
 
 
 # ----------------------------------------------------------------------------- data
@@ -347,6 +434,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 def _cmd_data_shapes(args: argparse.Namespace) -> None:
     from segkeras.data import shapes
 
+    _check_output_folder(args.out, "--out")
     paths = shapes.export(args.n, args.out, image_size=args.image_size, seed=args.seed)
     print(f"Wrote {args.n} images to {paths['images']}, masks to {paths['masks']} and "
           f"{paths['annotations']}.")
@@ -364,22 +452,57 @@ def _cmd_backbones(args: argparse.Namespace) -> None:
 # ----------------------------------------------------------------------------- parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit 2), like every other CLI error."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
 def _positive(text: str) -> int:
-    value = int(text)
+    value = _whole(text)
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+        hint = f"; did you mean {-value}?" if value < 0 else ""
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}{hint}")
     return value
 
 
 def _non_negative(text: str) -> int:
-    value = int(text)
+    value = _whole(text)
     if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}; did you mean {-value}?")
     return value
 
 
+def _number(text: str, valid, what: str) -> float:
+    """``float(text)`` if ``valid`` of it (NaN and junk never are), else an argparse error."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if math.isnan(value) or not valid(value):
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    return _number(text, lambda value: 0.0 < value < 1.0,
+                   "a fraction between 0 and 1 (e.g. 0.2)")
+
+
+def _learning_rate(text: str) -> float:
+    return _number(text, lambda value: 0.0 < value < math.inf, "a positive number (e.g. 1e-3)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m segkeras",
         description="Segmentation with Keras 3: FCN, U-Net, hourglass, Mask R-CNN's mask head.",
     )
@@ -395,22 +518,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a model, write model.keras and metrics")
     train.add_argument("--model", required=True, choices=MODELS)
-    train.add_argument("--backbone", help="encoder name (default: vgg16 for FCN/deconvnet, "
-                       "mobilenetv2 for U-Net, none = the paper's stem for the hourglass)")
+    defaults = ", ".join(f"{name}: {registry.get(name).default_backbone or 'none'}"
+                         for name in MODELS)
+    train.add_argument("--backbone", help=f"encoder name, or none for a model's own stem "
+                       f"(default: {defaults})")
     train.add_argument("--data", default="shapes", help=DATA_HELP)
     train.add_argument("--n", type=_positive, default=500, help="shapes: number of images")
-    train.add_argument("--val-fraction", type=float, default=0.2, help="held out for validation")
+    train.add_argument("--val-fraction", type=_fraction, default=0.2,
+                       help="held out for validation, in (0, 1)")
     train.add_argument("--image-size", type=_positive, default=128, help="multiple of 32")
     train.add_argument("--batch-size", type=_positive, default=16)
     train.add_argument("--epochs", type=_non_negative, default=5,
                        help="epochs with the encoder frozen (all epochs when training end to end)")
     train.add_argument("--finetune-epochs", type=_non_negative, default=0,
                        help="then epochs with the encoder unfrozen at a 10x lower learning rate")
-    train.add_argument("--lr", type=float, default=1e-3, help="learning rate")
+    train.add_argument("--lr", type=_learning_rate, default=1e-3, help="learning rate")
     train.add_argument("--weights", default="imagenet", help="imagenet, none or a weights file")
     train.add_argument("--stacks", type=_positive, default=2, help="hourglass: number of stacks")
-    train.add_argument("--distribute", choices=("mirrored",),
-                       help="mirrored: train on all local GPUs (TensorFlow backend)")
+    train.add_argument("--distribute", choices=("mirrored", "multiworker"),
+                       help="mirrored: all local GPUs; multiworker: several machines, each "
+                       "with its TF_CONFIG (TensorFlow backend; README: Several machines)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--out", default=os.path.join("outputs", "train"), help="output folder")
     train.set_defaults(run=_cmd_train)
@@ -445,7 +572,8 @@ def build_parser() -> argparse.ArgumentParser:
     shapes.set_defaults(run=_cmd_data_shapes)
 
     backbones = commands.add_parser("backbones", help="list the registered encoders")
-    backbones.add_argument("--size", type=int, default=64, help="probe input size (default 64)")
+    backbones.add_argument("--size", type=_positive, default=64,
+                           help="probe input size (default 64)")
     backbones.set_defaults(run=_cmd_backbones)
     return parser
 
@@ -457,10 +585,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:  # argparse: usage errors exit 2, --help exits 0
         return int(exit_.code or 0)
     try:
-        if args.command != "data":
-            _import_keras()
         args.run(args)
     except (SegkerasError, FileNotFoundError, NotADirectoryError, PermissionError) as error:
-        print(f"segkeras {args.command}: error: {error}", file=sys.stderr)
+        message = " ".join(_in_flag_terms(str(error)).split())  # one line
+        print(f"segkeras {args.command}: error: {message}", file=sys.stderr)
         return EXIT_USAGE
     return 0

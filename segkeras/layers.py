@@ -10,6 +10,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from segkeras.errors import SegkerasError
+
 # Per-channel constants of the ImageNet preprocessing conventions used by keras.applications.
 _CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 _TORCH_MEAN = (0.485, 0.456, 0.406)
@@ -111,6 +113,38 @@ def _axis_taps(start, length, bins: int, sampling_ratio: int, size):
     return indices, weights
 
 
+def concrete_value(tensor) -> np.ndarray | None:
+    """The tensor's values as a numpy array when they are known (eager execution), else None:
+    a symbolic tensor inside a compiled graph (``tf.function``, ``jax.jit``) has no values yet,
+    and each backend raises its own error type when asked for them."""
+    try:
+        return np.asarray(ops.convert_to_numpy(tensor))
+    except Exception:  # noqa: BLE001 - tf, jax and torch raise different types for symbolic tensors
+        return None
+
+
+def _check_known_boxes(features, boxes, box_indices) -> None:
+    """SegkerasError naming the first bad box, when the values are known (see RoIAlign)."""
+    boxes, box_indices = concrete_value(boxes), concrete_value(box_indices)
+    batch = features.shape[0]
+    if boxes is None or box_indices is None or batch is None:
+        return
+    boxes = boxes.reshape(-1, 4).astype(np.float64)
+    box_indices = box_indices.reshape(-1)
+    for k, (box, index) in enumerate(zip(boxes, box_indices, strict=True)):
+        if not np.isfinite(box).all():
+            problem = "has NaN or infinite coordinates; pass finite pixel values"
+        elif box[2] < box[0] or box[3] < box[1]:
+            problem = ("has x2 < x1 or y2 < y1; boxes are x1, y1, x2, y2 (from x, y, w, h: "
+                       "x2 = x + w, y2 = y + h)")
+        elif not 0 <= index < batch:
+            problem = (f"has image index {index}, outside 0..{batch - 1}; box_indices give the "
+                       "image of each box in the batch")
+        else:
+            continue
+        raise SegkerasError(f"RoIAlign: box {k} {box.tolist()} {problem}.")
+
+
 @keras.saving.register_keras_serializable(package="segkeras")
 class RoIAlign(keras.layers.Layer):
     """RoIAlign: a fixed-size feature crop per box (He et al., "Mask R-CNN", ICCV 2017).
@@ -132,6 +166,13 @@ class RoIAlign(keras.layers.Layer):
 
     Implemented with ``keras.ops`` gathers over all boxes at once (no loop over boxes), so it
     runs on every backend and is differentiable w.r.t. the features (not the boxes).
+
+    Bad boxes: a box with a NaN or infinite coordinate, ``x2 < x1`` or ``y2 < y1``, or a box
+    index outside ``0..B-1`` (e.g. -1) raises :class:`SegkerasError` where the values are known
+    (an eager call, as in a notebook). Inside a compiled graph (``model.fit``/``predict``,
+    ``tf.function``, ``jax.jit``) values are unknown when the graph is built, so such a box gives
+    an all-zero crop instead of a backend error or a crop from another image. The public entry
+    points (``predict_instances``, ``make_instance_dataset``) refuse bad boxes before any graph.
     """
 
     def __init__(
@@ -158,10 +199,22 @@ class RoIAlign(keras.layers.Layer):
         self.spatial_scale = float(spatial_scale)
         self.aligned = bool(aligned)
 
+    def __call__(self, features, boxes, box_indices, **kwargs):
+        _check_known_boxes(features, boxes, box_indices)  # before Keras wraps errors of call()
+        return super().__call__(features, boxes, box_indices, **kwargs)
+
     def call(self, features, boxes, box_indices):
         features = ops.cast(features, self.compute_dtype)
         boxes = ops.stop_gradient(ops.cast(boxes, "float32"))
-        _, height, width, channels = ops.shape(features)
+        box_indices = ops.cast(box_indices, "int32")
+        batch, height, width, channels = ops.shape(features)
+        usable = (
+            ops.all(ops.isfinite(boxes), axis=-1)
+            & (boxes[:, 2] >= boxes[:, 0]) & (boxes[:, 3] >= boxes[:, 1])
+            & (box_indices >= 0) & (box_indices < batch)
+        )
+        boxes = ops.where(usable[:, None], boxes, 0.0)  # a harmless box, its crop zeroed below
+        box_indices = ops.where(usable, box_indices, 0)
         flat = ops.reshape(features, (-1, channels))
         offset = 0.5 if self.aligned else 0.0
         x1, y1, x2, y2 = (boxes[:, i] * self.spatial_scale - offset for i in range(4))
@@ -171,7 +224,7 @@ class RoIAlign(keras.layers.Layer):
         bins_y, bins_x = self.output_size
         rows, row_weights = _axis_taps(y1, box_height, bins_y, self.sampling_ratio, height)
         cols, col_weights = _axis_taps(x1, box_width, bins_x, self.sampling_ratio, width)
-        first_row = ops.cast(box_indices, "int32")[:, None, None] * height
+        first_row = box_indices[:, None, None] * height
         row_weights = ops.cast(row_weights, self.compute_dtype)
         col_weights = ops.cast(col_weights, self.compute_dtype)
         pooled = 0.0
@@ -182,7 +235,7 @@ class RoIAlign(keras.layers.Layer):
                 weight = row_weights[:, :, i, None, None] * col_weights[:, None, :, j, None]
                 taps = ops.reshape(ops.take(flat, index, axis=0), (-1, bins_y, bins_x, channels))
                 pooled = pooled + weight * taps
-        return pooled
+        return pooled * ops.cast(usable, self.compute_dtype)[:, None, None, None]
 
     def compute_output_shape(self, features_shape, boxes_shape, box_indices_shape):
         return (boxes_shape[0], *self.output_size, features_shape[-1])

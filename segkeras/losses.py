@@ -7,15 +7,60 @@ Keras already has what most labs need, over logits with the 255 "ignore" label o
     keras.losses.CategoricalFocalCrossentropy()  # focal loss (Lin et al., 2017), one-hot targets
 
 What is missing is their combination on sparse masks with ignored pixels: :class:`SparseCEDice`.
+
+Labels outside ``0..num_classes-1`` that are not the ignore label (7 with 4 classes, -1) are a
+data error, never dropped silently. They are refused at three levels: the input pipeline
+(:func:`segkeras.data.pipeline.make_dataset` checks every mask before training); an eager call of
+a loss or metric raises :class:`SegkerasError`; inside a compiled graph (``model.fit`` on any
+backend), where no Python error can be raised, the loss and metrics become NaN, which
+``keras.callbacks.TerminateOnNaN`` (used by ``python -m segkeras train``) turns into a stop.
 """
 
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import ops
 
 from segkeras.data.core import IGNORE_LABEL
 from segkeras.errors import SegkerasError
+from segkeras.layers import concrete_value
+
+
+def sparse_labels(y_true, y_pred, ignore_class: int | None, num_classes: int | None = None):
+    """``(labels, weight)`` of integer masks against logits, for losses and metrics.
+
+    ``labels`` (int32, the logits' shape without the class axis) holds each pixel's class, 0
+    where the pixel is ignored or bad; ``weight`` is 1 for a valid pixel, 0 for an ignored one and
+    NaN for a label outside ``0..num_classes-1`` (see the module docstring): eager calls raise
+    SegkerasError for such labels instead. ``num_classes`` defaults to the logits' channels; other
+    channel counts raise SegkerasError.
+    """
+    channels = y_pred.shape[-1]
+    if num_classes is None:
+        num_classes = channels
+    elif channels is not None and channels != num_classes:
+        raise SegkerasError(
+            f"the logits have {channels} channels but num_classes={num_classes}; use "
+            f"num_classes={channels} or a model with {num_classes} output channels.")
+    if len(y_true.shape) == len(y_pred.shape):
+        y_true = ops.squeeze(y_true, axis=-1)
+    labels = ops.cast(y_true, "int32")
+    if ignore_class is None:
+        ignored = ops.zeros_like(labels, dtype="bool")
+    else:
+        ignored = ops.equal(labels, ignore_class)
+    bad = ops.logical_and(ops.logical_or(labels < 0, labels >= num_classes),
+                          ops.logical_not(ignored))
+    any_bad = concrete_value(ops.any(bad))  # one number, not the masks, leaves the device
+    if any_bad is not None and any_bad:
+        found = np.unique(concrete_value(labels)[concrete_value(bad)]).tolist()
+        allowed = f"0..{num_classes - 1}" + ("" if ignore_class is None else f" or {ignore_class}")
+        raise SegkerasError(
+            f"labels {found[:5]} are not class ids of {num_classes} classes (allowed: {allowed}, "
+            "the ignore label); fix the masks or num_classes.")
+    weight = ops.where(bad, float("nan"), ops.where(ignored, 0.0, 1.0))
+    return ops.where(ops.logical_or(ignored, bad), 0, labels), weight
 
 
 @keras.saving.register_keras_serializable(package="segkeras")
@@ -29,6 +74,10 @@ class SparseCEDice(keras.losses.Loss):
     ``t`` the one-hot mask, sums over all non-ignored pixels of the batch. Cross-entropy is a
     per-pixel loss dominated by large classes; Dice scores each class's overlap as a whole, so small
     classes count as much as the background (Milletari et al., "V-Net", 3DV 2016).
+
+    Labels other than ``0..num_classes-1`` and ``ignore_class`` raise SegkerasError in an eager
+    call and make the loss NaN in a compiled graph (see the module docstring), as do logits with
+    another number of channels than ``num_classes`` (an error in both).
 
     A class absent from both mask and prediction has Dice 1 (no penalty); a batch whose pixels
     are all ignored has loss 0. The result is one number per batch (Dice is not a per-pixel
@@ -64,16 +113,9 @@ class SparseCEDice(keras.losses.Loss):
         self.smooth = float(smooth)
 
     def call(self, y_true, y_pred):
-        if len(y_true.shape) == len(y_pred.shape):
-            y_true = ops.squeeze(y_true, axis=-1)
-        labels = ops.cast(y_true, "int32")
-        if self.ignore_class is None:
-            valid = ops.ones_like(labels, dtype="bool")
-        else:
-            valid = ops.not_equal(labels, self.ignore_class)
-        weight = ops.expand_dims(ops.cast(valid, y_pred.dtype), -1)
-        targets = ops.one_hot(ops.where(valid, labels, 0), self.num_classes, dtype=y_pred.dtype)
-        targets = targets * weight
+        labels, weight = sparse_labels(y_true, y_pred, self.ignore_class, self.num_classes)
+        weight = ops.expand_dims(ops.cast(weight, y_pred.dtype), -1)
+        targets = ops.one_hot(labels, self.num_classes, dtype=y_pred.dtype) * weight
         log_probs = ops.log_softmax(y_pred, axis=-1)
 
         cross_entropy = -ops.sum(targets * log_probs) / ops.maximum(ops.sum(weight), 1.0)

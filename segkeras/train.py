@@ -9,15 +9,17 @@ Precision and devices are chosen before the model exists:
 
 1. :func:`configure_precision` sets the global dtype policy (``mixed_float16`` on a GPU). Keras
    reads the policy when a layer is *created*, so call it before building the model.
-2. :func:`make_strategy` returns a ``tf.distribute`` strategy (several GPUs); build the model
-   inside ``strategy.scope()`` and pass the strategy to :func:`fit_two_stage`, which compiles
-   inside the same scope.
+2. :func:`make_strategy` returns a ``tf.distribute`` strategy (several GPUs of one machine, or
+   several machines described by ``TF_CONFIG``); build the model inside ``strategy.scope()`` and
+   pass the strategy to :func:`fit_two_stage`, which compiles inside the same scope.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+import os
 from dataclasses import dataclass, field
 
 import keras
@@ -26,7 +28,7 @@ from segkeras import backbones
 from segkeras.data.core import IGNORE_LABEL
 from segkeras.errors import SegkerasError
 
-STRATEGIES = ("mirrored",)
+STRATEGIES = ("mirrored", "multiworker")
 SCHEDULES = ("constant", "cosine")
 
 
@@ -51,13 +53,16 @@ def gpu_available() -> bool:
 def configure_precision(policy: str = "auto") -> str:
     """Set the global Keras dtype policy and return its name.
 
-    ``"auto"`` picks ``"mixed_float16"`` when a GPU is present (float16 compute, float32 weights;
-    Keras wraps the optimizer in a ``LossScaleOptimizer`` at compile time) and ``"float32"``
-    otherwise. The policy applies to layers created afterwards: call this BEFORE building the model.
-    segkeras models keep their last layer in float32, so logits and losses stay full precision.
+    ``"auto"`` picks the ``SEGKERAS_PRECISION`` environment variable when it is set (CI forces
+    ``mixed_float16`` on a CPU this way, to test the path students take on a GPU), else
+    ``"mixed_float16"`` when a GPU is present (float16 compute, float32 weights; Keras wraps the
+    optimizer in a ``LossScaleOptimizer`` at compile time) and ``"float32"`` otherwise. The policy
+    applies to layers created afterwards: call this BEFORE building the model. segkeras models
+    keep their last layer in float32, so logits and losses stay full precision.
     """
     if policy == "auto":
-        policy = "mixed_float16" if gpu_available() else "float32"
+        policy = os.environ.get("SEGKERAS_PRECISION") or (
+            "mixed_float16" if gpu_available() else "float32")
     try:
         keras.config.set_dtype_policy(policy)
     except ValueError as error:
@@ -72,9 +77,12 @@ def make_strategy(name: str | None, devices: list[str] | None = None):
     """A ``tf.distribute`` strategy for ``name``, or None for ``None``/``"none"``.
 
     ``"mirrored"``: synchronous data parallelism over ``devices`` (default: all local GPUs, or the
-    CPU when there is none). Build the model inside ``strategy.scope()`` and pass the strategy to
-    :func:`fit_two_stage`; the batch size is the global one, split across the replicas.
-    TensorFlow backend only.
+    CPU when there is none). ``"multiworker"``: the same over several machines (or processes),
+    ``tf.distribute.MultiWorkerMirroredStrategy``; every worker runs the same command with its own
+    ``TF_CONFIG`` (the cluster's addresses and this worker's index), and only the chief
+    (:func:`is_chief`) writes outputs. Create it first thing, before any other TensorFlow work.
+    Build the model inside ``strategy.scope()`` and pass the strategy to :func:`fit_two_stage`;
+    the batch size is the global one, split across the replicas. TensorFlow backend only.
     """
     if name in (None, "none"):
         return None
@@ -88,7 +96,63 @@ def make_strategy(name: str | None, devices: list[str] | None = None):
         )
     import tensorflow as tf
 
-    return tf.distribute.MirroredStrategy(devices)
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy(devices)
+    _cluster_task()  # refuse a missing or malformed TF_CONFIG before TensorFlow waits for peers
+    return _multi_worker_strategy(tf)
+
+
+def _multi_worker_strategy(tf):
+    """``MultiWorkerMirroredStrategy`` whose ``reduce`` also takes what Keras 3's ``fit`` gives it.
+
+    Keras 3.15's TensorFlow trainer reduces its per-replica logs (scalars) with ``axis=0`` and its
+    first batch (a nested structure) in one call, which the plain strategy refuses
+    (keras-team/keras#20585). Here a scalar is averaged across replicas without an axis and a
+    structure is reduced leaf by leaf: the same numbers, the strategy itself unchanged.
+    """
+
+    class MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
+        def reduce(self, reduce_op, value, axis):
+            def reduce_one(leaf):
+                local = self.experimental_local_results(leaf)[0]
+                leaf_axis = None if getattr(local, "shape", None) is not None and \
+                    len(local.shape) == 0 else axis
+                return super(MultiWorkerMirroredStrategy, self).reduce(reduce_op, leaf, leaf_axis)
+
+            return tf.nest.map_structure(reduce_one, value)
+
+    return MultiWorkerMirroredStrategy()
+
+
+def _cluster_task() -> tuple[dict, str, int]:
+    """``(cluster, task type, task index)`` from the ``TF_CONFIG`` environment variable."""
+    text = os.environ.get("TF_CONFIG")
+    if not text:
+        raise SegkerasError(
+            "--distribute multiworker needs TF_CONFIG on every worker, e.g. "
+            '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+            '"task": {"type": "worker", "index": 0}}; see README "Several machines".')
+    try:
+        config = json.loads(text)
+        cluster, task = config["cluster"], config["task"]
+        kind, index = task["type"], int(task["index"])
+        if len(cluster[kind]) <= index or index < 0:
+            raise IndexError(f"task index {index} but {len(cluster[kind])} {kind} address(es)")
+    except (ValueError, KeyError, TypeError, IndexError) as error:
+        raise SegkerasError(
+            f"TF_CONFIG is not a valid cluster description ({error}); it needs "
+            '"cluster": {"worker": [...]} and "task": {"type": "worker", "index": N}.'
+        ) from error
+    return cluster, kind, index
+
+
+def is_chief(strategy=None) -> bool:
+    """Whether this process writes outputs: always without a multi-worker strategy; with one, the
+    ``chief`` task, or worker 0 when the cluster has no chief."""
+    if strategy is None or not os.environ.get("TF_CONFIG"):
+        return True
+    cluster, kind, index = _cluster_task()
+    return kind == "chief" or (kind == "worker" and index == 0 and "chief" not in cluster)
 
 
 def model_num_classes(model: keras.Model) -> int:
@@ -244,6 +308,36 @@ def encoder_or_none(model: keras.Model) -> keras.Model | None:
         return None
 
 
+def distributable(dataset, strategy, batch_size: int, num_examples: int):
+    """``dataset`` ready for ``strategy``: full global batches only, each split evenly over the
+    replicas (a partial last batch would leave some replica, or some worker of a multi-worker
+    cluster, with nothing to do), and sharded by example (in-memory data has no files to split).
+    Without a strategy, ``dataset`` as it is. The images of a partial last batch are skipped;
+    ``num_examples`` (the images in ``dataset``) tells Keras how many steps an epoch has."""
+    if strategy is None or dataset is None:
+        return dataset
+    replicas = strategy.num_replicas_in_sync
+    if batch_size % replicas:
+        raise SegkerasError(
+            f"--batch-size {batch_size} does not split evenly over {replicas} replicas; use a "
+            f"multiple of {replicas}.")
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    steps = tf.data.experimental.assert_cardinality(num_examples // batch_size)
+    return dataset.unbatch().batch(batch_size, drop_remainder=True).apply(steps).with_options(
+        options)
+
+
+def single_process_copy(model: keras.Model) -> keras.Model:
+    """A copy of ``model`` (architecture and weights) outside any ``tf.distribute`` strategy, e.g.
+    to evaluate on one worker after multi-worker training, when the others have finished."""
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def fit_two_stage(
     model: keras.Model,
     train,
@@ -286,7 +380,8 @@ def fit_two_stage(
             weights (``weights=None, encoder_trainable=True``: see
             :func:`segkeras.backbones.train_from_scratch`), else frozen.
         strategy: a ``tf.distribute`` strategy whose scope the model was built in
-            (:func:`make_strategy`); compilation then happens in that scope too.
+            (:func:`make_strategy`); compilation and training then happen in that scope too.
+            Prepare the datasets with :func:`distributable`.
         callbacks: Keras callbacks for both stages.
 
     Returns:
@@ -316,8 +411,10 @@ def fit_two_stage(
             compile_model(model, _learning_rate(rate, schedule, epochs, steps), loss, metrics,
                           jit_compile, loss_weights=loss_weights)
         done = len(result.epoch)
-        history = model.fit(train, validation_data=val, initial_epoch=done, epochs=done + epochs,
-                            callbacks=callbacks, verbose=verbose, shuffle=False)
+        with strategy.scope() if strategy is not None else contextlib.nullcontext():
+            history = model.fit(train, validation_data=val, initial_epoch=done,
+                                epochs=done + epochs, callbacks=callbacks, verbose=verbose,
+                                shuffle=False)
         result.extend(history)
 
     if head_epochs:

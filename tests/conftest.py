@@ -1,4 +1,5 @@
-"""Shared test setup: hermetic Keras home (no cached weights, no user keras.json), quiet logs."""
+"""Shared test setup: hermetic Keras home (no cached weights, no user keras.json), quiet logs, and
+the dtype policy of ``SEGKERAS_PRECISION`` when set (CI's mixed-precision pass)."""
 
 import os
 import tempfile
@@ -15,4 +16,11 @@ import pytest  # noqa: E402
 def _seed():
     keras.utils.set_random_seed(0)
     np.random.seed(0)
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _precision():
+    """Every test starts under the policy CI asked for (float32 unless SEGKERAS_PRECISION)."""
+    keras.config.set_dtype_policy(os.environ.get("SEGKERAS_PRECISION") or "float32")
     yield

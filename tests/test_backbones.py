@@ -45,6 +45,102 @@ def test_every_level_has_its_stride(name):
     keras.backend.clear_session()
 
 
+def _stage_outputs(model: keras.Model, size: int) -> tuple[dict, dict]:
+    """The stage outputs of ``model`` (input ``size`` x ``size``), from its graph alone.
+
+    A stage boundary is a tensor every path from the input to the final output goes through (a
+    "cut"; a residual block's inner tensors are bypassed by its shortcut and are not). Along the
+    cuts the resolution changes by either a learned strided block, which opens the next stage
+    (the stage output is the last cut before it), or a parameter-free pooling, which closes the
+    stage (its output is the stage output). Returns ``{stride: expected tensor or None}`` (None:
+    no tensor at that stride) and ``{stride: last cut at that stride}``.
+    """
+    producer, parents = {}, {}
+    for op in model.operations:
+        inputs = [] if isinstance(op, keras.layers.InputLayer) else keras.tree.flatten(op.input)
+        for tensor in keras.tree.flatten(op.output):
+            producer[id(tensor)] = (op, tensor)
+            parents[id(tensor)] = [id(parent) for parent in inputs]
+    order, seen, stack = [], set(), [(id(model.output["P5"]), False)]
+    while stack:  # depth-first post-order over the final output's ancestors: topological order
+        node, done = stack.pop()
+        if done:
+            order.append(node)
+        elif node not in seen:
+            seen.add(node)
+            stack += [(node, True)] + [(parent, False) for parent in parents[node]]
+    position = {node: i for i, node in enumerate(order)}
+    jumps = np.zeros(len(order) + 1, int)  # edge u -> v bypasses every tensor strictly between
+    for node in order:
+        for parent in parents[node]:
+            jumps[position[parent] + 1] += 1
+            jumps[position[node]] -= 1
+    cuts = [node for node, open_edges in zip(order, np.cumsum(jumps), strict=False)
+            if open_edges == 0]
+
+    def stride(node):
+        height, width = producer[node][1].shape[1:3]
+        return size // height if height == width and size % height == 0 else None  # not padded
+
+    strided = [(node, stride(node)) for node in cuts if stride(node)]
+    learned = {}  # stride -> whether the change of resolution into it has weights
+    for (before, old), (after, new) in zip(strided, strided[1:], strict=False):
+        if new != old:
+            between = order[position[before] + 1: position[after] + 1]
+            learned[new] = any(getattr(producer[node][0], "weights", None) for node in between)
+    expected, last = {}, {}
+    for s in sorted({s for _, s in strided}):
+        at = [node for node, s_node in strided if s_node == s]
+        last[s] = producer[at[-1]][1]
+        closed_by_pool = [at[0]] if s in learned and not learned[s] else []
+        next_stride = min((t for t in learned if t > s), default=None)
+        opened_by_block = [at[-1]] if next_stride and learned[next_stride] else []
+        expected[s] = producer[(closed_by_pool + opened_by_block or at)[-1]][1]
+    return {s: expected.get(s) for s in (2, 4, 8, 16)}, last
+
+
+def _producer_name(model, tensor):
+    return next(op.name for op in model.operations
+                if any(out is tensor for out in keras.tree.flatten(op.output)))
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.fast) if n in CROSS_BACKEND else n
+        for n in backbones.available()
+    ],
+)
+def test_every_level_is_the_output_of_its_stage(name):
+    size = 64
+    encoder = backbones.build_encoder(name, (size, size, 3), weights=None)
+    expected, last = _stage_outputs(encoder, size)
+    for level in backbones.LEVELS[:-1]:
+        stride, tap = backbones.STRIDES[level], encoder.output[level]
+        if expected[stride] is None:  # the backbone skips this stride: pool the finer stage
+            pool = next(op for op in encoder.operations if op.output is tap)
+            assert isinstance(pool, keras.layers.AveragePooling2D), (name, level, pool.name)
+            assert pool.input is last[stride // 2], (name, level)
+            continue
+        assert tap is expected[stride], (
+            f"{name} {level}: taps {_producer_name(encoder, tap)}, but the stage output at "
+            f"stride {stride} is {_producer_name(encoder, expected[stride])}")
+    keras.backend.clear_session()
+
+
+@pytest.mark.fast
+def test_stage_outputs_of_vgg16_and_resnet50_are_the_textbook_ones():
+    """The graph rule above, checked against the papers' own stage ends."""
+    for name, textbook in [
+        ("vgg16", ["block1_pool", "block2_pool", "block3_pool", "block4_pool"]),
+        ("resnet50", ["conv1_relu", "conv2_block3_out", "conv3_block4_out", "conv4_block6_out"]),
+    ]:
+        encoder = backbones.build_encoder(name, (64, 64, 3), weights=None)
+        expected, _ = _stage_outputs(encoder, 64)
+        assert [_producer_name(encoder, expected[s]) for s in (2, 4, 8, 16)] == textbook
+        keras.backend.clear_session()
+
+
 @pytest.mark.parametrize("name", backbones.available())
 def test_every_backbone_runs_on_raw_images(name):
     encoder = backbones.build_encoder(name, (64, 64, 3), weights=None)

@@ -10,6 +10,7 @@ import pytest
 from segkeras import backbones
 from segkeras.errors import SegkerasError
 from segkeras.layers import BilinearUpsampling
+from segkeras.models import common
 from segkeras.models.deconv import deconvnet
 from segkeras.models.fcn import fcn
 from segkeras.models.unet import unet
@@ -223,3 +224,49 @@ def test_keras_file_round_trip(build, tmp_path):
     expected = keras.ops.convert_to_numpy(model(images))
     assert np.abs(expected).max() > 0
     np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(images)), expected, atol=1e-5)
+
+
+def _batchnorm(model: keras.Model) -> list:
+    return [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+def test_a_frozen_encoder_runs_in_inference_mode_also_after_reloading(tmp_path):
+    """EfficientNet's stochastic depth (Dropout) must be off while the head trains on it, even
+    though Keras 3 lets fit's training=True override a recorded ``encoder(x, training=False)``."""
+    encoder = backbones.build_encoder("efficientnetb0", (SIZE, SIZE, 3), weights=None)
+    images = _batch()[0]
+    plain = keras.Model(encoder.input, encoder.output["P5"])  # the same layers, no mode rule
+    first, second = (keras.ops.convert_to_numpy(plain(images, training=True)) for _ in range(2))
+    assert np.abs(first - second).max() > 0.01 * np.abs(first).max(), "Dropout is on in training"
+    inference = keras.ops.convert_to_numpy(plain(images, training=False))
+    image, features = common.encode(encoder)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(keras.Model(image, features["P5"])(images, training=True)),
+        inference)
+    model = unet(NUM_CLASSES, encoder)
+    path = str(tmp_path / "unet.keras")
+    model.save(path)
+    for candidate in (model, keras.saving.load_model(path)):
+        first, second = (keras.ops.convert_to_numpy(candidate(images, training=True))
+                         for _ in range(2))
+        np.testing.assert_array_equal(first, second)
+    backbones.unfreeze(encoder)  # fine-tuning with BatchNorm frozen: still inference mode
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(encoder(images, training=True)["P5"]), inference)
+
+
+@pytest.mark.fast
+def test_an_encoder_trained_from_scratch_updates_its_batchnorm_statistics():
+    model = unet(NUM_CLASSES, "mobilenetv2", weights=None, encoder_trainable=True,
+                 input_shape=(SIZE, SIZE, 3))
+    encoder = backbones.find_encoder(model)
+    layer = _batchnorm(encoder)[0]
+    images = _batch()[0]
+    before = keras.ops.convert_to_numpy(layer.moving_mean).copy()
+    batch_mean = keras.ops.convert_to_numpy(
+        keras.Model(encoder.input, layer.input)(images)).mean(axis=(0, 1, 2))
+    model(images, training=True)
+    expected = layer.momentum * before + (1 - layer.momentum) * batch_mean
+    assert np.abs(expected - before).max() > 0
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.moving_mean), expected,
+                               rtol=1e-4, atol=1e-8)

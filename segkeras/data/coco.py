@@ -55,6 +55,11 @@ def load(
     images, masks, instances, file_names = [], [], [], []
     for image_id in image_ids:
         info = coco.loadImgs(image_id)[0]
+        missing = [key for key in ("file_name", "height", "width") if key not in info]
+        if missing:
+            raise SegkerasError(f"image {image_id} of {annotation_file} has no "
+                                f"{', '.join(missing)}; every image entry needs file_name, "
+                                "height and width")
         path = os.path.join(image_dir, info["file_name"])
         image = read_rgb(path)
         if image.shape[:2] != (info["height"], info["width"]):
@@ -88,12 +93,35 @@ def _read_annotations(annotation_file: str) -> COCO:
             f"{annotation_file} is not a COCO instances JSON ({error!r})") from error
 
 
+def _check_annotation(annotation: dict, path: str) -> None:
+    """SegkerasError for what pycocotools cannot decode: a missing ``category_id`` or
+    ``segmentation``, an empty segmentation, a polygon with fewer than 3 points."""
+    where = f"annotation {annotation.get('id', '(without id)')} of {path}"
+    missing = [key for key in ("category_id", "segmentation") if key not in annotation]
+    if missing:
+        raise SegkerasError(f"{where} has no {' or '.join(missing)}; give it one or remove it")
+    segmentation = annotation["segmentation"]
+    if isinstance(segmentation, dict):  # RLE
+        if not {"counts", "size"} <= set(segmentation):
+            raise SegkerasError(f"{where}: an RLE segmentation needs counts and size")
+        return
+    if not isinstance(segmentation, list) or not segmentation:
+        raise SegkerasError(f"{where} has an empty or unknown segmentation; give it polygons "
+                            "[[x1, y1, x2, y2, ...]] or an RLE, or remove it")
+    for polygon in segmentation:
+        if not isinstance(polygon, list) or len(polygon) < 6 or len(polygon) % 2:
+            points = len(polygon) / 2 if isinstance(polygon, list) else "no"
+            raise SegkerasError(f"{where} has a polygon with {points} points; a polygon needs "
+                                "at least 3 (x, y) points: fix or remove it")
+
+
 def _rasterize(coco: COCO, annotations: list, shape: tuple, class_of: dict, path: str):
     """(semantic mask, Instances) of one image's annotations."""
     semantic = np.zeros(shape, dtype=np.uint8)
     crowd = np.zeros(shape, dtype=bool)
     decoded = []
     for annotation in annotations:
+        _check_annotation(annotation, path)
         if annotation["category_id"] not in class_of:
             raise SegkerasError(f"annotation {annotation['id']} of {path} has category_id "
                                 f"{annotation['category_id']}, which is not in the categories")

@@ -2,11 +2,46 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from segkeras.errors import SegkerasError
+
 IGNORE_LABEL = 255
+
+
+def nearest_multiples(size: int, stride: int) -> list[int]:
+    """The valid sizes next to ``size``: the positive multiples of ``stride`` just below and just
+    above it, or, for a size below ``stride`` (negative included), the one nearest to its
+    magnitude."""
+    below = abs(size) // stride * stride
+    if abs(size) % stride == 0:
+        return [max(below, stride)]
+    return [valid for valid in (below, below + stride) if valid >= stride]
+
+
+def parse_size(image_size, multiple_of: int = 1) -> tuple[int, int]:
+    """``(H, W)`` from an int or an ``(H, W)`` pair: positive whole numbers, multiples of
+    ``multiple_of`` (e.g. 32, the encoder stride). Raises SegkerasError with valid sizes to use."""
+    pair = (image_size, image_size) if np.ndim(image_size) == 0 else image_size
+    try:
+        pair = tuple(pair)
+    except TypeError:
+        pair = ()
+    whole = [isinstance(side, numbers.Real) and not isinstance(side, bool)
+             and float(side).is_integer() for side in pair]
+    if len(pair) != 2 or not all(whole):
+        raise SegkerasError(
+            f"image_size must be an int or an (H, W) pair of ints, got {image_size!r}.")
+    for side in pair:
+        if side < 1 or side % multiple_of:
+            valid = " or ".join(map(str, nearest_multiples(int(side), multiple_of)))
+            kind = (f"a positive multiple of {multiple_of}" if multiple_of > 1
+                    else "a positive size")
+            raise SegkerasError(f"image size {side} is not {kind}; use {valid}.")
+    return int(pair[0]), int(pair[1])
 
 
 @dataclass
@@ -67,10 +102,27 @@ class SegmentationData:
 
     def split(self, validation_fraction: float = 0.2) -> tuple[SegmentationData, SegmentationData]:
         """(train, validation): the last ``validation_fraction`` of the images is held out."""
-        if not 0.0 < validation_fraction < 1.0:
-            raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}.")
-        n_val = max(1, int(round(len(self) * validation_fraction)))
-        return self.subset(slice(0, len(self) - n_val)), self.subset(slice(len(self) - n_val, None))
+        n_train, _ = split_counts(len(self), validation_fraction)
+        return self.subset(slice(0, n_train)), self.subset(slice(n_train, None))
+
+
+def split_counts(n: int, validation_fraction: float) -> tuple[int, int]:
+    """(training, validation) image counts of :meth:`SegmentationData.split` for ``n`` images:
+    ``round(n * validation_fraction)`` held out, at least 1. Raises SegkerasError for a fraction
+    outside (0, 1) or when no training image would be left."""
+    if not 0.0 < validation_fraction < 1.0:
+        raise SegkerasError(
+            f"the validation fraction must be in (0, 1), e.g. 0.2; got {validation_fraction}.")
+
+    def held_out(count: int) -> int:
+        return max(1, int(round(count * validation_fraction)))
+
+    if held_out(n) >= n:
+        needed = next(count for count in range(2, 10**6) if held_out(count) < count)
+        raise SegkerasError(
+            f"{n} image(s) cannot be split into training and validation images; use at least "
+            f"{needed} images or a smaller validation fraction.")
+    return n - held_out(n), held_out(n)
 
 
 def boxes_from_masks(masks: np.ndarray) -> np.ndarray:

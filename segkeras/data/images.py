@@ -40,11 +40,50 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
     return image[..., :3]
 
 
+_WIDE_GRAY_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+"""PIL modes of grayscale pixels wider than 8 bits (16-bit PNGs open as "I;16" or "I")."""
+
+
+def check_pixels(image: np.ndarray, what: str) -> np.ndarray:
+    """``image`` if its pixels are valid in the data contract (RGB in [0, 255]), else SegkerasError.
+
+    Refused: NaN or infinite pixels (they would silently become 0), values outside [0, 255], and
+    float images whose values all lie in [0, 1] (scaled for display, not raw pixels: a [0, 255]
+    model sees them as almost black)."""
+    image = np.asarray(image)
+    if image.dtype == np.uint8 or image.size == 0:
+        return image
+    if not np.issubdtype(image.dtype, np.number) or np.issubdtype(image.dtype, np.complexfloating):
+        raise SegkerasError(f"{what}: pixels must be numbers in [0, 255], got dtype {image.dtype}")
+    if not np.isfinite(image).all():
+        raise SegkerasError(f"{what} has NaN or infinite pixels; replace them (e.g. "
+                            "np.nan_to_num(image)) or drop the image")
+    low, high = image.min(), image.max()
+    if low < 0 or high > 255:
+        raise SegkerasError(f"{what}: pixel values must be in [0, 255], found {low}..{high}")
+    if np.issubdtype(image.dtype, np.floating) and 0 < high <= 1:
+        raise SegkerasError(
+            f"{what} has float pixels in [0, 1] but segkeras expects RGB in [0, 255]; pass "
+            "image * 255 (or uint8 pixels)")
+    return image
+
+
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
     """The file's pixels as HxWx3 uint8 RGB, whatever its real format (PNG behind a .jpg name,
-    grayscale, RGBA, CMYK, palette). Raises FileNotFoundError or SegkerasError naming the path."""
+    grayscale, RGBA, CMYK, palette, 16-bit grayscale scaled to 8 bits: 65535 -> 255).
+    Raises FileNotFoundError or SegkerasError naming the path."""
     with _open(path) as image:
+        if image.mode in _WIDE_GRAY_MODES:
+            return to_rgb(_to_8_bits(np.asarray(image), path))
         return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def _to_8_bits(gray: np.ndarray, path) -> np.ndarray:
+    """16-bit gray levels 0..65535 as 8-bit 0..255 (PIL's convert would clip them at 255)."""
+    if gray.min(initial=0) < 0 or gray.max(initial=0) > 65535:
+        raise SegkerasError(f"{path} has pixel values outside 0..65535; save it as an 8-bit "
+                            "or 16-bit image")
+    return np.round(gray.astype(np.float64) * (255 / 65535)).astype(np.uint8)
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
@@ -71,11 +110,22 @@ def write_png(path: str | os.PathLike, array: np.ndarray, palette: bool = False)
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """An RGB uint8 image resized bilinearly (anti-aliased when shrinking) to ``size`` (H, W)."""
-    if image.shape[:2] == tuple(size):
+    """An HxWxC image resized bilinearly (anti-aliased when shrinking, PIL) to ``size`` (H, W).
+
+    uint8 images stay uint8; any other dtype is resized in float32 and returned as float32."""
+    image = np.asarray(image)
+    height, width = size
+    if image.dtype == np.uint8:
+        if image.shape[:2] == (height, width):
+            return image
+        return np.asarray(Image.fromarray(image).resize((width, height),
+                                                        Image.Resampling.BILINEAR))
+    image = image.astype(np.float32)
+    if image.shape[:2] == (height, width):
         return image
-    resized = Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BILINEAR)
-    return np.asarray(resized)
+    channels = [Image.fromarray(np.ascontiguousarray(image[..., c])).resize(
+        (width, height), Image.Resampling.BILINEAR) for c in range(image.shape[-1])]
+    return np.stack([np.asarray(channel) for channel in channels], axis=-1)
 
 
 def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -19,13 +19,11 @@ TensorFlow is used here only (tf.data); it is imported when a dataset is made.
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 from skimage.transform import resize
 
-from segkeras.backbones import check_input_shape
-from segkeras.data.core import Instances, SegmentationData
+from segkeras.data.core import Instances, SegmentationData, parse_size
+from segkeras.data.images import check_pixels, resize_image
 from segkeras.errors import SegkerasError
 
 PADDING_TARGET = -1.0
@@ -36,24 +34,6 @@ MASK_SIZE = 28
 
 MIN_JITTER_IOU = 0.5
 """A jittered box keeps at least this IoU with its ground-truth box (Mask R-CNN's positives)."""
-
-
-def check_image_size(image_size: int | tuple[int, int]) -> tuple[int, int]:
-    """``(H, W)`` from an int or a pair; both multiples of the encoder stride 32."""
-    size = (image_size, image_size) if isinstance(image_size, numbers.Integral) else image_size
-    if len(tuple(size)) != 2 or not all(isinstance(s, numbers.Integral) for s in size):
-        raise SegkerasError(f"image_size must be an int or an (H, W) pair, got {image_size!r}.")
-    height, width = (int(s) for s in size)
-    check_input_shape((height, width, 3), 32)
-    return height, width
-
-
-def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """An RGB image resized bilinearly (anti-aliased when shrinking) to ``size``, float32."""
-    image = np.asarray(image)
-    if image.shape[:2] == tuple(size):
-        return image.astype(np.float32)
-    return resize(image.astype(np.float32), size, order=1, preserve_range=True).astype(np.float32)
 
 
 def resize_instances(instances: Instances, size: tuple[int, int]) -> Instances:
@@ -85,7 +65,9 @@ def check_class_ids(class_ids: np.ndarray, num_classes: int, where: str) -> np.n
 def clip_boxes(boxes: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """(boxes clipped to the image, whether each still has a positive area).
 
-    Raises SegkerasError for non-finite coordinates or an array that is not (N, 4).
+    Raises SegkerasError for non-finite coordinates, boxes with ``x2 < x1`` or ``y2 < y1`` (not
+    ``x1, y1, x2, y2``: convert ``x, y, w, h`` boxes with ``x2 = x + w``) or an array that is not
+    (N, 4).
     """
     boxes = np.asarray(boxes, dtype=np.float32)
     if boxes.size == 0:
@@ -94,6 +76,11 @@ def clip_boxes(boxes: np.ndarray, height: int, width: int) -> tuple[np.ndarray, 
         raise SegkerasError(f"boxes must be an (N, 4) array of x1, y1, x2, y2, got {boxes.shape}.")
     if not np.isfinite(boxes).all():
         raise SegkerasError("boxes contain NaN or infinite coordinates; pass finite pixel values.")
+    inverted = np.flatnonzero((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1]))
+    if inverted.size:
+        raise SegkerasError(
+            f"box {inverted[0]} is {boxes[inverted[0]].tolist()}, with x2 < x1 or y2 < y1; boxes "
+            "are x1, y1, x2, y2 in pixels (from x, y, w, h: x2 = x + w, y2 = y + h).")
     clipped = np.clip(boxes, 0.0, [width, height, width, height]).astype(np.float32)
     valid = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
     return clipped, valid
@@ -116,7 +103,7 @@ def pad_instances(
         )
     if int(max_instances) != max_instances or max_instances < 1:
         raise SegkerasError(f"max_instances must be a positive int, got {max_instances!r}.")
-    height, width = check_image_size(image_size)
+    height, width = parse_size(image_size, multiple_of=32)
     n = len(data)
     images = np.zeros((n, height, width, 3), dtype=np.float32)
     masks = np.zeros((n, max_instances, height, width), dtype=bool)
@@ -127,7 +114,7 @@ def pad_instances(
         objects = resize_instances(Instances(objects.masks, objects.boxes, ids), (height, width))
         clipped, valid = clip_boxes(objects.boxes, height, width)
         keep = np.flatnonzero(valid)[:max_instances]
-        images[i] = resize_image(image, (height, width))
+        images[i] = resize_image(check_pixels(image, f"Image {i}"), (height, width))
         masks[i, : len(keep)] = objects.masks[keep]
         boxes[i, : len(keep)] = clipped[keep]
         class_ids[i, : len(keep)] = ids[keep]

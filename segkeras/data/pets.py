@@ -16,13 +16,14 @@ name, a few unreadable): all are converted to RGB, unreadable ones skipped with 
 from __future__ import annotations
 
 import os
+import shutil
 import tarfile
 import warnings
 
 import keras
 import numpy as np
 
-from segkeras.data.core import IGNORE_LABEL, SegmentationData
+from segkeras.data.core import IGNORE_LABEL, SegmentationData, parse_size
 from segkeras.data.images import read_mask, read_rgb, resize_image, resize_mask
 from segkeras.errors import DataUnavailableError, SegkerasError
 
@@ -82,11 +83,17 @@ def load(
         raise SegkerasError(f"split must be one of {_SPLITS}, got {split!r}")
     if mode not in CLASS_NAMES:
         raise SegkerasError(f"mode must be one of {tuple(CLASS_NAMES)}, got {mode!r}")
-    size = _size(image_size)
+    size = None if image_size is None else parse_size(image_size)
     root = os.fspath(default_root() if root is None else root)
     _ensure_files(root, download)
-    names = _read_split(os.path.join(root, "annotations", f"{split}.txt"))
+    split_file = os.path.join(root, "annotations", f"{split}.txt")
+    names = _read_split(split_file)
+    if not names:
+        raise DataUnavailableError(f"{split_file} lists no images; delete {root} to download the "
+                                   "dataset again, or re-extract annotations.tar.gz there")
     if limit is not None:
+        if int(limit) < 1:
+            raise SegkerasError(f"limit must be at least 1 image, got {limit!r}")
         names = names[: int(limit)]
     lookup = np.full(256, IGNORE_LABEL, dtype=np.uint8)
     for value, class_id in _TRIMAP_TO_CLASS[mode].items():
@@ -114,20 +121,15 @@ def load(
     if unreadable:
         warnings.warn(f"Oxford-IIIT Pet: skipped {len(unreadable)} unreadable file(s): "
                       + "; ".join(unreadable.values()), stacklevel=2)
-    if size is not None and images:
+    if not images:
+        raise DataUnavailableError(f"Oxford-IIIT Pet: none of the {len(names)} images of {split} "
+                                   f"could be read ({next(iter(unreadable.values()))}); delete "
+                                   f"{root} to download the dataset again")
+    if size is not None:
         images, masks = np.stack(images), np.stack(masks)
     extra = {"names": kept, "skipped": list(unreadable), "split": split, "mode": mode,
              "root": root}
     return SegmentationData(images, masks, list(CLASS_NAMES[mode]), None, extra)
-
-
-def _size(image_size) -> tuple[int, int] | None:
-    if image_size is None:
-        return None
-    size = (image_size, image_size) if np.isscalar(image_size) else tuple(image_size)
-    if len(size) != 2 or any(int(s) != s or s < 1 for s in size):
-        raise SegkerasError(f"image_size must be an int or (height, width), got {image_size!r}")
-    return int(size[0]), int(size[1])
 
 
 def _missing_parts(root: str) -> list[str]:
@@ -148,23 +150,29 @@ def _ensure_files(root: str, download: bool) -> None:
     if not missing:
         return
     how = (f"download {' and '.join(missing)} from {MIRRORS[1]} and extract them into {root} "
-           "(giving images/ and annotations/ there), or pass root=")
+           "(giving images/ and annotations/ there), or pass root=FOLDER where they are")
     if not download:
         raise DataUnavailableError(f"Oxford-IIIT Pet not found in {root} (missing "
                                    f"{', '.join(missing)}) and download=False: {how}")
+    created = not os.path.exists(root)
     os.makedirs(root, exist_ok=True)
-    for fname in missing:
-        archive = _download(fname, root, how)
-        with tarfile.open(archive) as tar:
-            if hasattr(tarfile, "data_filter"):  # Python >= 3.12 and security backports
-                tar.extractall(root, filter="data")
-            else:
-                tar.extractall(root)
-        os.remove(archive)
-    still_missing = _missing_parts(root)
-    if still_missing:
-        raise DataUnavailableError(f"Oxford-IIIT Pet: {', '.join(still_missing)} did not give "
-                                   f"the expected files in {root}: {how}")
+    try:
+        for fname in missing:
+            archive = _download(fname, root, how)
+            with tarfile.open(archive) as tar:
+                if hasattr(tarfile, "data_filter"):  # Python >= 3.12 and security backports
+                    tar.extractall(root, filter="data")
+                else:
+                    tar.extractall(root)
+            os.remove(archive)
+        still_missing = _missing_parts(root)
+        if still_missing:
+            raise DataUnavailableError(f"Oxford-IIIT Pet: {', '.join(still_missing)} did not "
+                                       f"give the expected files in {root}: {how}")
+    except BaseException:
+        if created:  # leave no empty or half-extracted folder that looks like a dataset
+            shutil.rmtree(root, ignore_errors=True)
+        raise
 
 
 def _download(fname: str, root: str, how: str) -> str:

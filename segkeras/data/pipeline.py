@@ -13,7 +13,8 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from segkeras.data.core import IGNORE_LABEL, SegmentationData
+from segkeras.data.core import IGNORE_LABEL, SegmentationData, parse_size
+from segkeras.data.images import check_pixels
 from segkeras.errors import SegkerasError
 
 FLIP_PROBABILITY = 0.5
@@ -39,7 +40,9 @@ def make_dataset(
 
     Args:
         source: a :class:`SegmentationData`, or an ``(images, masks)`` pair of arrays or lists
-            (grayscale and RGBA images are converted to RGB).
+            (grayscale and RGBA images are converted to RGB). Pixels are RGB in [0, 255]: NaN
+            pixels and float images scaled to [0, 1] are refused (SegkerasError), as are masks
+            with labels that are not class ids (below).
         image_size: output size, an int or ``(height, width)``; other sizes are resized (image
             bilinear with antialiasing, mask nearest neighbour).
         batch_size: images per batch (the last batch may be smaller).
@@ -53,7 +56,7 @@ def make_dataset(
             (default: ``source.num_classes``; not checked for an ``(images, masks)`` pair).
     """
     images, masks = _checked_arrays(source, num_classes)
-    height, width = _size(image_size)
+    height, width = parse_size(image_size)
     if int(batch_size) != batch_size or batch_size < 1:
         raise SegkerasError(f"batch_size must be an int >= 1, got {batch_size!r}")
 
@@ -150,13 +153,6 @@ def _element_dataset(images, masks) -> tf.data.Dataset:
                           tf.TensorSpec((None, None), tf.uint8)))
 
 
-def _size(image_size) -> tuple[int, int]:
-    size = (image_size, image_size) if np.isscalar(image_size) else tuple(image_size)
-    if len(size) != 2 or any(int(s) != s or s < 1 for s in size):
-        raise SegkerasError(f"image_size must be an int or (height, width), got {image_size!r}")
-    return int(size[0]), int(size[1])
-
-
 def _checked_arrays(source, num_classes: int | None):
     """(images, masks) as uint8 RGB images and uint8 masks, validated against num_classes."""
     if isinstance(source, SegmentationData):
@@ -210,10 +206,7 @@ def _checked_pair(image, mask, what: str, batched: bool):
         raise SegkerasError(
             f"{what}: mask values must be 0..{IGNORE_LABEL}, found {mask.min()}..{mask.max()}")
     if image.dtype != np.uint8:
-        if image.size and (image.min() < 0 or image.max() > 255):
-            raise SegkerasError(f"{what}: pixel values must be in [0, 255], "
-                                f"found {image.min()}..{image.max()}")
-        image = np.round(image).astype(np.uint8)
+        image = np.round(check_pixels(image, what)).astype(np.uint8)
     return image, mask.astype(np.uint8, copy=False)
 
 

@@ -1,7 +1,9 @@
-"""One way to name a dataset, shared by the CLI (``--data``) and the labs (``DATA`` / ``SEGKERAS_DATA``).
+"""One way to name a dataset, shared by the CLI (``--data``) and the labs (``DATA`` /
+``SEGKERAS_DATA``).
 
 A source is ``"shapes"`` (built-in synthetic, no download), ``"pets"`` (Oxford-IIIT Pet, downloaded
-on first use), the path of a COCO-format folder holding ``annotations.json`` and ``images/``, or
+on first use) or ``"pets:FOLDER"`` (Pet files already extracted in FOLDER), the path of a
+COCO-format folder holding ``annotations.json`` and ``images/``, or
 ``"coco:ANNOTATIONS.json:IMAGE_DIR"`` for COCO files laid out otherwise (e.g. the official val2017).
 """
 
@@ -12,8 +14,9 @@ import os
 from segkeras.data.core import SegmentationData
 from segkeras.errors import DataUnavailableError, SegkerasError
 
-SOURCES_HELP = ("shapes (built-in synthetic), pets (Oxford-IIIT Pet), a COCO-format folder with "
-                "annotations.json and images/, or coco:ANNOTATIONS.json:IMAGE_DIR")
+SOURCES_HELP = ("shapes (built-in synthetic), pets (Oxford-IIIT Pet) or pets:FOLDER, a "
+                "COCO-format folder with annotations.json and images/, or "
+                "coco:ANNOTATIONS.json:IMAGE_DIR")
 
 
 def load(
@@ -31,10 +34,11 @@ def load(
         from segkeras.data import shapes
 
         return shapes.generate(n, image_size=image_size, seed=seed)
-    if source == "pets":
+    if source == "pets" or source.startswith("pets:"):
         from segkeras.data import pets
 
-        return pets.load(split="trainval" if split == "train" else "test",
+        return pets.load(root=source[len("pets:"):] or None,
+                         split="trainval" if split == "train" else "test",
                          image_size=image_size, limit=n)
     if source.startswith("coco:"):
         parts = source.split(":", 2)
@@ -53,4 +57,7 @@ def load(
         raise DataUnavailableError(
             f"{folder} has no annotations.json: a COCO-format folder needs annotations.json "
             f"and images/ (e.g. `python -m segkeras data shapes --out {folder}` writes one).")
+    if os.sep in folder or folder.startswith("."):
+        raise DataUnavailableError(f"no such folder: {folder}; name an existing COCO-format "
+                                   f"folder, or use {SOURCES_HELP}.")
     raise DataUnavailableError(f"no dataset {source!r}: use {SOURCES_HELP}.")

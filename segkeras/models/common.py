@@ -80,7 +80,8 @@ def resolve_encoder(
 
 def encode(encoder: keras.Model) -> tuple[keras.KerasTensor, dict]:
     """A raw-RGB image input and the encoder's ``{"P1".."P5"}`` features of it. The encoder stays
-    one nested layer named ``"<backbone>_encoder"``, which ``backbones.find_encoder`` finds."""
+    one nested layer named ``"<backbone>_encoder"``, which ``backbones.find_encoder`` finds, and
+    runs in inference mode unless it trains from scratch (:class:`segkeras.backbones.Encoder`)."""
     image = keras.Input(shape=encoder.input.shape[1:], name="image")
     return image, encoder(image)
 

@@ -21,12 +21,8 @@ import numpy as np
 from keras import ops
 
 from segkeras.backbones import STRIDES
-from segkeras.data.instances import (
-    MASK_SIZE,
-    check_class_ids,
-    clip_boxes,
-    resize_image,
-)
+from segkeras.data.images import check_pixels, resize_image, to_rgb
+from segkeras.data.instances import MASK_SIZE, check_class_ids, clip_boxes
 from segkeras.errors import SegkerasError
 from segkeras.layers import RoIAlign
 from segkeras.models.common import (
@@ -255,18 +251,23 @@ def predict_instances(
     the image gets an empty mask. With ``return_scores`` also returns, per image, the (N_i,)
     scores: the mean mask probability inside each predicted mask (0 for an empty mask).
 
-    Raises SegkerasError for class ids outside ``1..num_classes-1``, non-finite boxes or lists of
-    different lengths.
+    Images are RGB in [0, 255] (grayscale (H, W) and RGBA images are converted to RGB).
+    Raises SegkerasError for class ids outside ``1..num_classes-1``, non-finite boxes, boxes with
+    ``x2 < x1`` or ``y2 < y1``, NaN pixels, float images in [0, 1], or lists of different lengths.
     """
     if not len(images) == len(boxes) == len(class_ids):
         raise SegkerasError(
             f"Got {len(images)} images, {len(boxes)} box arrays and {len(class_ids)} class-id "
             "arrays; pass one box array and one class-id array per image."
         )
+    images = [check_pixels(to_rgb(image), f"Image {i}") for i, image in enumerate(images)]
     num_classes = model.get_layer("mask_predictor").filters
     clipped, valid, checked_ids = [], [], []
     for i, image in enumerate(images):
-        image_boxes, image_valid = clip_boxes(boxes[i], *np.shape(image)[:2])
+        try:
+            image_boxes, image_valid = clip_boxes(boxes[i], *np.shape(image)[:2])
+        except SegkerasError as error:
+            raise SegkerasError(f"Image {i}: {error}") from error
         ids = check_class_ids(np.asarray(class_ids[i]).reshape(-1), num_classes, f"Image {i}")
         if len(ids) != len(image_boxes):
             raise SegkerasError(f"Image {i} has {len(image_boxes)} boxes but {len(ids)} class ids.")
