@@ -43,7 +43,7 @@ RECIPE = {"n_images": 16000, "image_size": 64, "epochs": 4, "batch_size": 64,
 """How the shipped checkpoint was made. Its images come from a seed no lab uses (labs use 0-9)."""
 
 CHECKPOINT_NAME = "shapesnet_counting.weights.h5"
-SHIPPED_CHECKPOINT = Path(__file__).resolve().parent.parent / "data" / "pretrained" / CHECKPOINT_NAME
+SHIPPED_CHECKPOINT = Path(__file__).resolve().parents[1] / "data" / "pretrained" / CHECKPOINT_NAME
 
 
 def shapesnet_encoder(
@@ -143,7 +143,9 @@ def _cached_checkpoint() -> Path:
     return Path(home) / "segkeras" / CHECKPOINT_NAME
 
 
-def pretrained_encoder(input_shape: tuple = (None, None, 3), trainable: bool = False) -> keras.Model:
+def pretrained_encoder(
+    input_shape: tuple = (None, None, 3), trainable: bool = False
+) -> keras.Model:
     """:func:`shapesnet_encoder` with the counting-pretrained weights, frozen by default.
 
     Reads ``data/pretrained/shapesnet_counting.weights.h5`` (shipped with the repository); where

@@ -1,10 +1,10 @@
 """segkeras.pretrain: the shapesnet encoder's feature taps, the counting task's labels, the shipped
 checkpoint (frozen, fine-tunable) and the pretrain-once fallback when it is missing."""
 
+import keras
 import numpy as np
 import pytest
 
-import keras
 from segkeras import backbones, pretrain
 from segkeras.data import shapes
 from segkeras.data.core import Instances, SegmentationData
@@ -65,8 +65,8 @@ def test_count_labels_match_the_generated_masks():
     """Each generated object keeps >= 70 % of its pixels, so the instance masks (counted with
     numpy, per class) give the same counts."""
     data = shapes.generate(20, image_size=64, seed=3)
-    expected = [[sum(1 for mask, c in zip(objects.masks, objects.class_ids) if c == k and mask.any())
-                 for k in (1, 2, 3)] for objects in data.instances]
+    expected = [[sum(1 for mask, c in zip(objects.masks, objects.class_ids, strict=True)
+                     if c == k and mask.any()) for k in (1, 2, 3)] for objects in data.instances]
     np.testing.assert_array_equal(pretrain.count_labels(data),
                                   np.minimum(expected, pretrain.MAX_COUNT))
 
@@ -87,10 +87,12 @@ def test_the_shipped_checkpoint_loads_frozen_and_fine_tunable():
     np.testing.assert_allclose(keras.ops.convert_to_numpy(train_mode),
                                keras.ops.convert_to_numpy(frozen(images)["P5"]), atol=1e-5)
     random = pretrain.random_encoder((64, 64, 3))
-    assert any(not np.allclose(a, b) for a, b in zip(frozen.get_weights(), random.get_weights()))
+    assert any(not np.allclose(a, b) for a, b in zip(frozen.get_weights(), random.get_weights(),
+                                                       strict=True))
 
     tunable = pretrain.pretrained_encoder((64, 64, 3), trainable=True)
-    norms = [layer for layer in tunable.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    norms = [layer for layer in tunable.layers
+             if isinstance(layer, keras.layers.BatchNormalization)]
     convs = [layer for layer in tunable.layers if isinstance(layer, keras.layers.Conv2D)]
     assert all(layer.trainable for layer in convs) and not any(layer.trainable for layer in norms)
     for a, b in zip(frozen.get_weights(), tunable.get_weights(), strict=True):
@@ -106,7 +108,8 @@ def test_the_shipped_checkpoint_learned_to_count():
 
 def test_random_encoder_trains_its_batchnorm():
     encoder = pretrain.random_encoder((64, 64, 3))
-    norms = [layer for layer in encoder.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    norms = [layer for layer in encoder.layers
+             if isinstance(layer, keras.layers.BatchNormalization)]
     assert norms and all(layer.trainable for layer in norms)
 
 

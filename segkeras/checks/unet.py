@@ -216,7 +216,8 @@ def _prefers_the_true_class(loss) -> bool:
     """Whether ``loss`` is lower for logits that score each pixel's class than for logits that
     score another class."""
     masks = _masks(2, (2, 8, 8))
-    right, wrong = (np.eye(3, dtype="float32")[labels] * 8 - 4 for labels in (masks, (masks + 1) % 3))
+    one_hot = np.eye(3, dtype="float32")
+    right, wrong = one_hot[masks] * 8 - 4, one_hot[(masks + 1) % 3] * 8 - 4
     try:
         return float(loss(masks, right)) < float(loss(masks, wrong))
     except Exception:  # e.g. a regression loss: masks (2, 8, 8) against logits (2, 8, 8, 3)
