@@ -1,7 +1,9 @@
-"""Checks for lab 03, U-Net and transfer learning: the decoder block, freezing the encoder for
-transfer learning, unfreezing it for fine-tuning.
+"""Checks for lab 03, U-Net and transfer learning: the decoder block (upsample with a 2x2
+up-convolution, *concatenate* the skip, two 3x3 convolutions), freezing the encoder for transfer
+learning, unfreezing it for fine-tuning.
 
-Each check builds or runs the student's answer on a small model and tests what it must do."""
+Each check builds or runs the student's answer on a small model and tests what it must do; the
+lab trains the U-Net built from the student's block (:func:`use`)."""
 
 from __future__ import annotations
 
@@ -11,15 +13,39 @@ import keras
 import numpy as np
 
 from segkeras import backbones
-from segkeras.checks.core import exercise, in_float32, require
+from segkeras.checks.core import CheckFailed, Lab, forbid, in_float32, require
+from segkeras.models.unet import decoder_block as library_block
 from segkeras.models.unet import unet
+
+LAB = Lab("03_unet_transfer_learning",
+          {"decoder_block": 3, "freeze_encoder": 2, "prepare_finetuning": 2})
 
 # Odd channel counts, so that mixing up the widths shows in the output shape.
 _LOW_SHAPE, _SKIP_SHAPE, _FILTERS = (8, 8, 24), (16, 16, 12), 20
 _CENTRE = 8  # the skip pixel whose influence is traced
 _RECEPTIVE_FIELD = 5  # two 3x3 convolutions: one input pixel reaches a 5x5 output window
+# one pixel of x: a 2x2 up-convolution with stride 2 makes a 2x2 patch of it, the two 3x3
+# convolutions widen that by 4 (bilinear upsampling reaches 4x4, hence 8x8)
+_UPCONV_FIELD = 2 + _RECEPTIVE_FIELD - 1
+_RELATIVE_TOLERANCE = 1e-6  # a float32 learning rate of exactly learning_rate / 2 is a bit above
 
 
+def _library_decoder_block(x, skip, filters: int, name: str):
+    return library_block(x, skip, filters, name)
+
+
+def _library_freeze_encoder(model: keras.Model) -> keras.Model:
+    backbones.freeze(backbones.find_encoder(model))
+    return model
+
+
+def _library_prepare_finetuning(model: keras.Model, learning_rate: float) -> keras.Model:
+    from segkeras.losses import SparseCEDice
+
+    backbones.unfreeze(backbones.find_encoder(model), keep_batchnorm_frozen=True)
+    model.compile(keras.optimizers.Adam(learning_rate / 10),
+                  SparseCEDice(int(model.output.shape[-1])))
+    return model
 
 
 def _inputs(seed: int, shape: tuple) -> np.ndarray:
@@ -34,11 +60,28 @@ def _changed_window(difference: np.ndarray) -> tuple[int, int]:
     return int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
 
 
-@exercise("decoder_block", points=3)
+def _window_of_one_pixel(model, inputs: list, which: int) -> tuple[int, int]:
+    """The output window that changes when one pixel of input ``which`` changes."""
+    reference = keras.ops.convert_to_numpy(model(inputs, training=False))
+    poked = [array.copy() for array in inputs]
+    row = _CENTRE if which == 1 else _CENTRE // 2
+    poked[which][:, row, row, :] += 10.0
+    changed = keras.ops.convert_to_numpy(model(poked, training=False)) - reference
+    return _changed_window(np.abs(changed).max(axis=(0, 3)) > 1e-6)
+
+
+def _convolutions(model: keras.Model, kernel: tuple) -> list:
+    return [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)
+            and tuple(layer.kernel_size) == kernel]
+
+
+@LAB.check("decoder_block", fallback=_library_decoder_block)
+@forbid(library_block, unet)
 @in_float32
 def decoder_block(block: Callable) -> None:
-    """``block(x, skip, filters, name)``: upsample x by 2, concatenate ``skip``, then twice
-    conv 3x3 -> BatchNorm -> ReLU."""
+    """``block(x, skip, filters, name)``: a 2x2 up-convolution (stride 2) of x to ``filters``
+    channels, concatenated with ``skip``, then twice conv 3x3 -> BatchNorm -> ReLU; with
+    ``skip=None`` the same without the concatenation."""
     low, skip = keras.Input(_LOW_SHAPE, name="low"), keras.Input(_SKIP_SHAPE, name="skip")
     output = block(low, skip, _FILTERS, "check_block")
     require(output is not None, "decoder_block returns nothing: `return x` at the end.")
@@ -48,16 +91,27 @@ def decoder_block(block: Callable) -> None:
             f"should return (16, 16, 20): upsample x by 2 to the skip's size and end with a conv "
             f"of `filters` channels; got {tuple(output.shape)[1:]}.")
     model = keras.Model([low, skip], output)
+    require(any(isinstance(layer, keras.layers.Conv2DTranspose) for layer in model.layers),
+            "Upsample with the paper's learned 2x2 up-convolution, "
+            "layers.Conv2DTranspose(filters, 2, strides=2), not with fixed interpolation "
+            "(UpSampling2D, bilinear or nearest).")
     norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     require(len(norms) >= 2,
             f"Each of the two 3x3 convolutions is followed by BatchNormalization (then ReLU); "
             f"the block has {len(norms)} BatchNormalization layer(s).")
+    seen = [int(layer.kernel.shape[2]) for layer in _convolutions(model, (3, 3))]
+    wanted = _FILTERS + _SKIP_SHAPE[-1]
+    require(bool(seen) and seen[0] == wanted,
+            f"U-Net concatenates the skip with the upsampled x (layers.Concatenate), so the "
+            f"first 3x3 convolution reads {_FILTERS} + {_SKIP_SHAPE[-1]} = {wanted} channels "
+            f"(the up-convolution's `filters` plus all of the skip's); yours reads "
+            f"{seen[0] if seen else 'no 3x3 convolution'}. Adding a projected skip is FCN's "
+            "fusion, not U-Net's concatenation.")
 
     x, s = _inputs(0, _LOW_SHAPE), _inputs(1, _SKIP_SHAPE)
     reference = keras.ops.convert_to_numpy(model([x, s], training=False)).astype("float64")
     require(reference.min() >= 0.0,
             "The block's output has negative values: end with ReLU (conv -> BN -> ReLU, twice).")
-
     other_low = keras.ops.convert_to_numpy(model([_inputs(2, _LOW_SHAPE), s], training=False))
     require(not np.allclose(other_low, reference),
             "The output does not depend on x (the upsampled decoder input): use it.")
@@ -66,29 +120,50 @@ def decoder_block(block: Callable) -> None:
             "The output does not change when only the skip changes: concatenate the skip "
             "(the encoder features) with the upsampled x before the convolutions.")
 
-    poked = s.copy()
-    poked[:, _CENTRE, _CENTRE, :] += 10.0
-    changed = keras.ops.convert_to_numpy(model([x, poked], training=False)) - reference
-    window = _changed_window(np.abs(changed).max(axis=(0, 3)) > 1e-6)
+    window = _window_of_one_pixel(model, [x, s], which=1)
     require(window == (_RECEPTIVE_FIELD, _RECEPTIVE_FIELD),
             f"Changing one skip pixel should change a 5x5 window of the output (two 3x3 "
             f"convolutions with padding='same' after the concatenation); it changed "
             f"{window[0]}x{window[1]}. Check the kernel sizes and that there are exactly two.")
+    window = _window_of_one_pixel(model, [x, s], which=0)
+    require(window == (_UPCONV_FIELD, _UPCONV_FIELD),
+            f"Changing one pixel of x should change a {_UPCONV_FIELD}x{_UPCONV_FIELD} window: "
+            f"the 2x2 up-convolution with stride 2 turns it into a 2x2 patch, the two 3x3 "
+            f"convolutions widen that by 4. It changed {window[0]}x{window[1]}: upsample with "
+            "layers.Conv2DTranspose(filters, 2, strides=2) (kernel 2, stride 2, nothing else).")
+
+    last_block = ("The last block of the U-Net has no skip (skip is None): upsample and "
+                  "convolve without concatenating; for filters=8 it should return (32, 32, 8)")
+    try:
+        top = block(output, None, 8, "check_last")
+    except Exception as error:
+        raise CheckFailed(f"{last_block}; yours raised {type(error).__name__}.") from None
+    require(top is not None and tuple(top.shape) == (None, 32, 32, 8), f"{last_block}.")
+    try:  # two blocks in one model: their layer names must differ
+        keras.Model([low, skip], top)
+    except ValueError as error:
+        raise CheckFailed(f"Two blocks in one model clash ({error}): give every layer a name "
+                          "starting with `name`, e.g. f\"{name}_upconv\".") from None
 
 
 def _small_unet(encoder_trainable: bool) -> keras.Model:
-    """A 64x64 U-Net; ``encoder_trainable``: every encoder layer trainable, BatchNorm included."""
-    model = unet(3, "mobilenetv2", decoder_filters=(16, 16, 8, 8, 8), weights=None,
-                 input_shape=(64, 64, 3))
-    backbones.find_encoder(model).trainable = encoder_trainable
-    return model
+    """A 32x32 U-Net on a tiny shapesnet encoder (built without ``backbones.freeze``, which a
+    check forbids); ``encoder_trainable``: every encoder layer trainable, BatchNorm included."""
+    from segkeras.pretrain import shapesnet_encoder
+
+    encoder = shapesnet_encoder((32, 32, 3), widths=(4, 4, 8, 8, 8), name="checknet")
+    encoder.trainable = encoder_trainable
+    return unet(3, encoder, decoder_filters=(8, 8, 8, 8, 8))
+
+
+def _images(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
 
 
 def _encoder_runs_in_inference_mode(encoder: keras.Model) -> bool:
     """A non-trainable BatchNormalization uses its moving statistics even when training=True."""
-    images = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
-    training = encoder(images, training=True)
-    inference = encoder(images, training=False)
+    images = _images()
+    training, inference = encoder(images, training=True), encoder(images, training=False)
     return all(np.allclose(keras.ops.convert_to_numpy(training[level]),
                            keras.ops.convert_to_numpy(inference[level]), atol=1e-4)
                for level in backbones.LEVELS)
@@ -102,7 +177,8 @@ def _require_same_model(answer, model: keras.Model) -> None:
     require(answer is model, "Return the model you were given (changed in place): `return model`.")
 
 
-@exercise("freeze_encoder", points=2)
+@LAB.check("freeze_encoder", fallback=_library_freeze_encoder)
+@forbid(backbones.freeze)
 @in_float32
 def freeze_encoder(freeze: Callable) -> None:
     """``freeze(model)``: encoder frozen (BatchNorm in inference mode), decoder trainable."""
@@ -111,7 +187,8 @@ def freeze_encoder(freeze: Callable) -> None:
     encoder = backbones.find_encoder(model)
     require(not encoder.trainable_weights,
             f"{len(encoder.trainable_weights)} encoder weights are still trainable: freeze the "
-            "whole encoder (backbones.find_encoder(model), then `.trainable = False`).")
+            "whole encoder (backbones.find_encoder(model), then `.trainable = False`), "
+            "BatchNormalization included.")
     decoder = _decoder_layers(model, encoder)
     require(all(layer.trainable for layer in decoder) and model.trainable_weights,
             "The decoder must stay trainable (it is what transfer learning trains): freeze only "
@@ -122,13 +199,50 @@ def freeze_encoder(freeze: Callable) -> None:
             "puts its BatchNormalization layers in inference mode.")
 
 
-@exercise("prepare_finetuning", points=2)
+def _learning_rate(model: keras.Model) -> float:
+    return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+
+
+_LOSS_HINT = ("compile with a classification loss on logits (batch, H, W, classes) and integer "
+              "masks (batch, H, W), e.g. SparseCEDice(num_classes) or "
+              "keras.losses.SparseCategoricalCrossentropy(from_logits=True)")
+
+
+def _masks(seed: int, shape: tuple) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 3, shape).astype("int32")
+
+
+def _prefers_the_true_class(loss) -> bool:
+    """Whether ``loss`` is lower for logits that score each pixel's class than for logits that
+    score another class."""
+    masks = _masks(2, (2, 8, 8))
+    one_hot = np.eye(3, dtype="float32")
+    right, wrong = one_hot[masks] * 8 - 4, one_hot[(masks + 1) % 3] * 8 - 4
+    try:
+        return float(loss(masks, right)) < float(loss(masks, wrong))
+    except Exception:  # e.g. a regression loss: masks (2, 8, 8) against logits (2, 8, 8, 3)
+        return False
+
+
+def _train_one_step(model: keras.Model) -> float:
+    try:
+        loss = model.train_on_batch(_images(), _masks(1, (4, 32, 32)))
+    except Exception as error:  # a loss that does not fit segmentation masks
+        raise CheckFailed(f"One training step failed ({type(error).__name__}): "
+                          f"{_LOSS_HINT}.") from None
+    return float(np.ravel(loss)[0])
+
+
+@LAB.check("prepare_finetuning", fallback=_library_prepare_finetuning)
+@forbid(backbones.unfreeze, backbones.train_from_scratch)
 @in_float32
 def prepare_finetuning(prepare: Callable, learning_rate: float = 1e-3) -> None:
     """``prepare(model, learning_rate)``: encoder trainable except BatchNorm, recompiled with a
-    lower learning rate than ``learning_rate`` (the rate of the frozen-encoder stage)."""
+    segmentation loss and a learning rate at most half of ``learning_rate`` (the rate of the
+    frozen-encoder stage)."""
     model = _small_unet(encoder_trainable=False)
-    model.compile(keras.optimizers.Adam(learning_rate), keras.losses.MeanSquaredError())
+    # no loss here: Keras keeps the previous loss when a recompile names none
+    model.compile(keras.optimizers.Adam(learning_rate))
     first_optimizer = model.optimizer
     _require_same_model(prepare(model, learning_rate), model)
     encoder = backbones.find_encoder(model)
@@ -143,7 +257,7 @@ def prepare_finetuning(prepare: Callable, learning_rate: float = 1e-3) -> None:
     require(not any(layer.trainable for layer, norm in zip(encoder.layers, is_norm, strict=True)
                     if norm),
             "Keep the encoder's BatchNormalization layers frozen (layer.trainable = False for "
-            "each): small fine-tuning batches would overwrite the ImageNet statistics.")
+            "each): small fine-tuning batches would overwrite the pretrained statistics.")
     require(_encoder_runs_in_inference_mode(encoder),
             "The encoder's BatchNormalization layers must stay in inference mode (frozen).")
     require(all(layer.trainable for layer in _decoder_layers(model, encoder)),
@@ -151,7 +265,28 @@ def prepare_finetuning(prepare: Callable, learning_rate: float = 1e-3) -> None:
     require(model.optimizer is not None and model.optimizer is not first_optimizer,
             "Recompile the model after changing `trainable` (model.compile(...)), with a new "
             "optimizer at the lower learning rate.")
-    rate = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
-    require(0.0 < rate <= learning_rate / 2,
+    require(model.loss is not None,
+            f"Compile with a loss: without one, fit has nothing to minimise; {_LOSS_HINT}.")
+    loss = keras.losses.get(model.loss) if isinstance(model.loss, str) else model.loss
+    require(callable(loss) and _prefers_the_true_class(loss),
+            f"Your loss is not lower for logits that score each pixel's true class: {_LOSS_HINT}.")
+    rate = _learning_rate(model)
+    require(0.0 < rate <= learning_rate / 2 * (1 + _RELATIVE_TOLERANCE),
             f"Fine-tune with a learning rate well below the first stage's {learning_rate:g} "
             f"(e.g. learning_rate / 10); the optimizer has {rate:g}.")
+
+    moving = [keras.ops.convert_to_numpy(w).copy() for w in encoder.non_trainable_weights]
+    kernels = [keras.ops.convert_to_numpy(w).copy() for w in encoder.trainable_weights]
+    loss = _train_one_step(model)
+    require(np.isfinite(loss), f"One training step gave the loss {loss}: {_LOSS_HINT}.")
+    require(any(not np.allclose(before, keras.ops.convert_to_numpy(after))
+                for before, after in zip(kernels, encoder.trainable_weights, strict=True)),
+            "One training step left the encoder's convolutions unchanged: fine-tuning must "
+            "train them (encoder trainable, then recompile).")
+    require(all(np.array_equal(before, keras.ops.convert_to_numpy(after))
+                for before, after in zip(moving, encoder.non_trainable_weights, strict=True)),
+            "One training step changed the encoder's BatchNorm statistics: keep BatchNorm "
+            "frozen (inference mode) while fine-tuning.")
+
+
+start, use, guard, total = LAB.start, LAB.use, LAB.guard, LAB.total

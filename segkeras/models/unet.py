@@ -9,7 +9,8 @@ two 3x3 convolutions, here each followed by BatchNorm and ReLU.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 
 import keras
 
@@ -29,17 +30,25 @@ layers = keras.layers
 UPSAMPLING = ("transpose", "bilinear")
 
 
-def _upsample(x, filters: int, upsampling: str, name: str):
+def decoder_block(x, skip, filters: int, name: str, upsampling: str = "transpose"):
+    """One step up the expanding path: upsample ``x`` by 2, concatenate ``skip`` (None: no skip),
+    then twice conv 3x3 -> BatchNorm -> ReLU; every layer's name starts with ``name``.
+
+    ``upsampling``: ``"transpose"``, the paper's learned 2x2 "up-convolution" (stride 2), or
+    ``"bilinear"``, fixed interpolation (no weights, no checkerboard artefacts).
+    """
+    check_choice("upsampling", upsampling, UPSAMPLING)
     if upsampling == "transpose":
-        # The paper's "up-convolution": a 2x2 transposed convolution, stride 2.
-        return layers.Conv2DTranspose(filters, 2, strides=2, name=f"{name}_upconv")(x)
-    return layers.UpSampling2D(2, interpolation="bilinear", name=f"{name}_upsample")(x)
-
-
-def _conv_bn_relu(x, filters: int, name: str):
-    x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
-    return layers.ReLU(name=f"{name}_relu")(x)
+        x = layers.Conv2DTranspose(filters, 2, strides=2, name=f"{name}_upconv")(x)
+    else:
+        x = layers.UpSampling2D(2, interpolation="bilinear", name=f"{name}_upsample")(x)
+    if skip is not None:
+        x = layers.Concatenate(name=f"{name}_concat")([x, skip])
+    for part in ("a", "b"):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_{part}_conv")(x)
+        x = layers.BatchNormalization(name=f"{name}_{part}_bn")(x)
+        x = layers.ReLU(name=f"{name}_{part}_relu")(x)
+    return x
 
 
 def unet(
@@ -50,6 +59,7 @@ def unet(
     weights: str | None = "imagenet",
     encoder_trainable: bool = False,
     input_shape: tuple = ANY_SIZE,
+    block: Callable | None = None,
 ) -> keras.Model:
     """A U-Net (Ronneberger et al., MICCAI 2015) named e.g. ``"unet_mobilenetv2"``.
 
@@ -67,6 +77,8 @@ def unet(
         weights: encoder weights: ``"imagenet"``, ``None`` or a weights file.
         encoder_trainable: train the encoder too (fine-tuning) or keep it frozen.
         input_shape: ``(H, W, 3)``, H and W multiples of 32 or None.
+        block: the decoder block, ``block(x, skip, filters, name)`` with ``skip`` None for the
+            last one (e.g. a lab student's); default :func:`decoder_block` with ``upsampling``.
 
     Returns:
         A ``keras.Model`` from raw RGB in [0, 255] to logits ``(batch, H, W, num_classes)``.
@@ -77,15 +89,13 @@ def unet(
     encoder = resolve_encoder(backbone, input_shape, weights, encoder_trainable)
     image, features = encode(encoder)
 
+    if block is None:
+        block = functools.partial(decoder_block, upsampling=upsampling)
     x = features["P5"]
     stride = 32
     for filters, level in zip(decoder_filters, DECODER_LEVELS, strict=True):
         stride //= 2
-        block = f"up{stride}"
-        x = _upsample(x, filters, upsampling, block)
-        if level:
-            x = layers.Concatenate(name=f"{block}_concat_{level}")([x, features[level]])
-        x = _conv_bn_relu(x, filters, f"{block}_a")
-        x = _conv_bn_relu(x, filters, f"{block}_b")
+        skip = features[level] if level else None
+        x = block(x, skip, filters, f"up{stride}")
     x = layers.Conv2D(num_classes, 1, name="classifier")(x)
     return keras.Model(image, float32_logits(x), name=model_name("unet", encoder))
