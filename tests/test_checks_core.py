@@ -97,12 +97,10 @@ def test_score_is_out_of_the_full_total_skipped_checks_count_zero(capsys):
 
 
 def test_total_without_a_lab_counts_the_checks_that_ran(capsys):
-    @core.exercise("old_style", points=2)
-    def old_style(function):
-        require(function(), "return True")
-
-    assert old_style(lambda: True).points == 2
-    assert core.total() == (2, 2)
+    _, double, _ = make_lab()
+    core.reset()  # no lab started
+    assert double(lambda x: 2 * x).points == 3
+    assert core.total() == (3, 3)
 
 
 def test_grading_mode_raises_after_printing(monkeypatch, capsys):

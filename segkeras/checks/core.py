@@ -321,22 +321,6 @@ def reference() -> Iterator[None]:
 
 # --- the helpers every check uses ---------------------------------------------------------------
 
-def exercise(name: str, points: int) -> Callable:
-    """Old-style check outside a :class:`Lab` (kept while the labs migrate to ``Lab.check``)."""
-
-    def decorate(check: Callable) -> Callable:
-        @functools.wraps(check)
-        def run(*args, **kwargs) -> CheckResult:
-            result = _outcome(check, name, points, args, kwargs)
-            _RESULTS[(None, name)] = result
-            return _report(result)
-
-        run.points = points
-        return run
-
-    return decorate
-
-
 def in_float32(check: Callable) -> Callable:
     """Run ``check`` with the float32 dtype policy: the models it builds (the student's layers
     included) compute in float32 even after ``segkeras.train.configure_precision`` chose mixed
