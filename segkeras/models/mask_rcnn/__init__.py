@@ -6,7 +6,8 @@ full-resolution masks, no boxes needed.
 """
 
 from segkeras.models.mask_rcnn.dataset import mask_rcnn_dataset
-from segkeras.models.mask_rcnn.inference import predict_instances
+from segkeras.models.mask_rcnn.inference import predict_instances, predict_masks_in_boxes
 from segkeras.models.mask_rcnn.model import MaskRCNN, mask_rcnn
 
-__all__ = ["MaskRCNN", "mask_rcnn", "mask_rcnn_dataset", "predict_instances"]
+__all__ = ["MaskRCNN", "mask_rcnn", "mask_rcnn_dataset", "predict_instances",
+           "predict_masks_in_boxes"]

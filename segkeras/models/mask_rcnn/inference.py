@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import keras
 import numpy as np
 
 from segkeras.data.instances import resize_image
@@ -52,3 +53,30 @@ def predict_instances(model: MaskRCNN, images: np.ndarray | Sequence[np.ndarray]
             "masks": paste_masks(probabilities, boxes, height, width) >= 0.5,
         })
     return results
+
+
+def predict_masks_in_boxes(model: MaskRCNN, images: np.ndarray | Sequence[np.ndarray],
+                           boxes: Sequence[np.ndarray], class_ids: Sequence[np.ndarray]
+                           ) -> list[np.ndarray]:
+    """(N_i, H_i, W_i) bool masks of given boxes and classes (e.g. the ground truth), from the
+    detector's own mask head: the mask quality without the detection errors."""
+    if not len(images) == len(boxes) == len(class_ids):
+        raise SegkerasError(f"Got {len(images)} images, {len(boxes)} box arrays and "
+                            f"{len(class_ids)} class-id arrays; pass one of each per image.")
+    size = model.image_size
+    masks = []
+    for image, image_boxes, ids in zip(images, boxes, class_ids, strict=True):
+        height, width = np.shape(image)[:2]
+        image_boxes = np.asarray(image_boxes, np.float32).reshape(-1, 4)
+        ids = np.asarray(ids, np.int32).reshape(-1)
+        if len(ids) == 0:
+            masks.append(np.zeros((0, height, width), bool))
+            continue
+        scale = np.array([size[1] / width, size[0] / height] * 2, np.float32)
+        features = model.features(resize_image(image, size)[None], training=False)
+        pooled = model.mask_align(features, image_boxes * scale, np.zeros(len(ids), np.int32))
+        logits = np.asarray(keras.ops.convert_to_numpy(model.mask_head(pooled, training=False)))
+        own = np.moveaxis(logits, -1, 1)[np.arange(len(ids)), ids]
+        probabilities = 1.0 / (1.0 + np.exp(-own))
+        masks.append(paste_masks(probabilities, image_boxes, height, width) >= 0.5)
+    return masks

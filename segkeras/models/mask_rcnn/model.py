@@ -103,6 +103,10 @@ class MaskRCNN(keras.Model):
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.loss_trackers = [keras.metrics.Mean(name=name) for name in LOSS_NAMES]
 
+    def build(self, input_shape=None):
+        """Nothing to create: every weight lives in the sub-models built in ``__init__``."""
+        self.built = True
+
     def _pool(self, align, features, boxes):
         flat, image_indices = self.flatten_boxes(boxes)
         return align(features, flat, image_indices)
