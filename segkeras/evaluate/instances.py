@@ -42,6 +42,19 @@ def _as_masks(masks, shape: tuple, where: str) -> np.ndarray:
     return masks
 
 
+def _add_ground_truth(truths: list, categories: set, image_id: int, masks: np.ndarray,
+                      class_ids) -> None:
+    """Append an image's objects as COCO annotations (RLE masks, their tight boxes)."""
+    for mask, class_id in zip(masks, class_ids, strict=True):
+        rle = _rle(mask)
+        truths.append({
+            "id": len(truths) + 1, "image_id": image_id, "category_id": int(class_id),
+            "segmentation": rle, "area": float(mask_utils.area(rle)),
+            "bbox": list(mask_utils.toBbox(rle)), "iscrowd": 0,
+        })
+        categories.add(int(class_id))
+
+
 def mask_ap(
     ground_truth: SegmentationData | Sequence[Instances],
     predictions: Sequence[Instances | np.ndarray],
@@ -59,10 +72,7 @@ def mask_ap(
     Raises SegkerasError when the lists have different lengths, masks do not match the image
     size, or there is no ground-truth object at all (AP is undefined).
     """
-    if isinstance(ground_truth, SegmentationData):
-        if ground_truth.instances is None:
-            raise SegkerasError("The dataset has no instances; mask AP needs instance masks.")
-        ground_truth = ground_truth.instances
+    ground_truth = _ground_truth_list(ground_truth)
     if len(predictions) != len(ground_truth) or (scores is not None and
                                                   len(scores) != len(ground_truth)):
         raise SegkerasError(
@@ -82,15 +92,8 @@ def mask_ap(
         if len(shape) != 2:
             raise SegkerasError(f"Image {image_id - 1}: masks must be (N, H, W) arrays.")
         images.append({"id": image_id, "height": int(shape[0]), "width": int(shape[1])})
-        for mask, class_id in zip(_as_masks(truth_masks, shape, f"Image {image_id - 1}"),
-                                  truth.class_ids, strict=True):
-            rle = _rle(mask)
-            truths.append({
-                "id": len(truths) + 1, "image_id": image_id, "category_id": int(class_id),
-                "segmentation": rle, "area": float(mask_utils.area(rle)),
-                "bbox": list(mask_utils.toBbox(rle)), "iscrowd": 0,
-            })
-            categories.add(int(class_id))
+        _add_ground_truth(truths, categories, image_id,
+                          _as_masks(truth_masks, shape, f"Image {image_id - 1}"), truth.class_ids)
         masks = _as_masks(masks, shape, f"Predictions for image {image_id - 1}")
         if len(masks) != len(class_ids):
             raise SegkerasError(
@@ -128,7 +131,7 @@ def _coco_ap(images: list, truths: list, categories: set, results: list,
 def _ground_truth_list(ground_truth) -> list:
     if isinstance(ground_truth, SegmentationData):
         if ground_truth.instances is None:
-            raise SegkerasError("The dataset has no instances; AP needs instance masks.")
+            raise SegkerasError("The dataset has no instances; mask AP needs instance masks.")
         return list(ground_truth.instances)
     return list(ground_truth)
 
@@ -166,15 +169,8 @@ def detection_ap(
         if len(shape) != 2:
             raise SegkerasError(f"{where}: masks must be (N, H, W) arrays.")
         images.append({"id": image_id, "height": int(shape[0]), "width": int(shape[1])})
-        for mask, class_id in zip(_as_masks(truth_masks, shape, where), truth.class_ids,
-                                  strict=True):
-            rle = _rle(mask)
-            truths.append({
-                "id": len(truths) + 1, "image_id": image_id, "category_id": int(class_id),
-                "segmentation": rle, "area": float(mask_utils.area(rle)),
-                "bbox": list(mask_utils.toBbox(rle)), "iscrowd": 0,
-            })
-            categories.add(int(class_id))
+        _add_ground_truth(truths, categories, image_id, _as_masks(truth_masks, shape, where),
+                          truth.class_ids)
         masks = _as_masks(found["masks"], shape, f"Detections for image {image_id - 1}")
         boxes = np.asarray(found["boxes"], np.float64).reshape(-1, 4)
         class_ids, scores = np.asarray(found["class_ids"]), np.asarray(found["scores"])
