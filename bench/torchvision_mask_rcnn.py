@@ -2,6 +2,8 @@
 
     PYTHONPATH=. /work/venvs/mrcnn/bin/python bench/torchvision_mask_rcnn.py [--minutes 20]
 
+(with scikit-image and pycocotools in that venv too, for the data and the evaluation).
+
 Run with torch 2.14.1 + torchvision 0.29.1 in a separate venv (never a segkeras dependency).
 Configured like segkeras' bench model: ``torchvision.models.detection.MaskRCNN`` over a randomly
 initialised MobileNetV2 (``mobilenet_v2(weights=None).features`` split at strides 8, 16 and 32),
@@ -27,6 +29,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 import torchvision
+from mask_rcnn_report import print_report
 from torch import nn
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -160,17 +163,8 @@ def main() -> None:
     scores = _load_evaluation().detection_ap(held_out, detections)
     print(f"torch={torch.__version__} torchvision={torchvision.__version__} threads="
           f"{torch.get_num_threads()} params={sum(p.numel() for p in model.parameters()):,}")
-    print(f"trained {steps} steps ({steps * args.batch_size / len(train):.2f} epochs of "
-          f"{len(train)} images, batch {args.batch_size}) in {cpu_seconds / 60:.1f} CPU min "
-          f"({wall_seconds / 60:.1f} min wall); "
-          f"{steps * args.batch_size / cpu_seconds:.2f} img per CPU-s")
-    for kind in ("box", "mask"):
-        s = scores[kind]
-        print(f"held-out {kind} AP={s['AP']:.3f} AP50={s['AP50']:.3f} AP75={s['AP75']:.3f} "
-              f"({len(held_out)} images, predicted boxes)")
-    print(f"inference: {len(held_out) / inference_cpu:.2f} img per CPU-s "
-          f"({len(held_out) / inference_wall:.2f} img/s wall), 128x128, <= 100 detections")
-
+    print_report(steps, args.batch_size, len(train), cpu_seconds, wall_seconds, scores,
+                 len(held_out), inference_cpu, inference_wall)
 
 if __name__ == "__main__":
     main()

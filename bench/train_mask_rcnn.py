@@ -21,6 +21,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
+from mask_rcnn_report import print_report  # noqa: E402
 from train_mask_head import CPUBudget  # noqa: E402
 
 from segkeras.data import shapes  # noqa: E402
@@ -64,7 +65,6 @@ def main() -> None:
     model.compile(keras.optimizers.Adam(args.learning_rate, clipnorm=10.0), jit_compile=False)
     model.fit(dataset, epochs=1000, callbacks=[budget], verbose=2)  # the budget stops it
     cpu_seconds, wall_seconds = budget.spent(), time.perf_counter() - budget.started_wall
-    steps_per_epoch = -(-len(train) // args.batch_size)
     if args.save:
         model.save(args.save)
 
@@ -82,18 +82,10 @@ def main() -> None:
     print(f"backend={keras.backend.backend()} {model.name} params={model.count_params():,} "
           f"fpn={args.fpn_channels} box_units={args.box_head_units} "
           f"mask_channels={args.mask_head_channels} rois/img={args.rois_per_image}")
-    print(f"trained {budget.steps} steps ({budget.steps / steps_per_epoch:.2f} epochs of "
-          f"{len(train)} images, batch {args.batch_size}) in {cpu_seconds / 60:.1f} CPU min "
-          f"({wall_seconds / 60:.1f} min wall, {os.cpu_count()} cores); "
-          f"{budget.steps * args.batch_size / cpu_seconds:.2f} img per CPU-s")
-    for kind in ("box", "mask"):
-        s = scores[kind]
-        print(f"held-out {kind} AP={s['AP']:.3f} AP50={s['AP50']:.3f} AP75={s['AP75']:.3f} "
-              f"({len(held_out)} images, predicted boxes)")
+    print_report(budget.steps, args.batch_size, len(train), cpu_seconds, wall_seconds, scores,
+                 len(held_out), inference_cpu, inference_wall)
     print(f"held-out mask AP={gt_box_scores['AP']:.3f} AP50={gt_box_scores['AP50']:.3f} "
           f"AP75={gt_box_scores['AP75']:.3f} (ground-truth boxes, same mask head)")
-    print(f"inference: {len(held_out) / inference_cpu:.2f} img per CPU-s "
-          f"({len(held_out) / inference_wall:.2f} img/s wall), 128x128, <= 100 detections")
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ def test_clip_to_image():
 
 
 def _kept(indices, kept):
-    return [int(i) for i, k in zip(_np(indices)[0], _np(kept)[0]) if k]
+    return [int(i) for i, k in zip(_np(indices)[0], _np(kept)[0], strict=True) if k]
 
 
 @pytest.mark.parametrize("threshold", [0.3, 0.5, 0.7])
@@ -127,7 +127,7 @@ def test_nms_is_per_image():
     scores = rng.uniform(size=(2, 30))
     indices, kept = B.non_max_suppression(boxes, scores, 0.5, 30)
     for b in range(2):
-        got = [int(i) for i, k in zip(_np(indices)[b], _np(kept)[b]) if k]
+        got = [int(i) for i, k in zip(_np(indices)[b], _np(kept)[b], strict=True) if k]
         assert got == nms_reference(boxes[b], scores[b], 0.5)
 
 

@@ -37,7 +37,7 @@ def model():
 @pytest.mark.parametrize("bad", [
     dict(input_shape=(None, None, 3)), dict(input_shape=(60, 64, 3)), dict(num_classes=1),
     dict(foreground_fraction=0.0), dict(rois_per_images=8), dict(max_detections=0),
-    dict(anchor_sizes=()), dict(backbone=keras.Model),
+    dict(anchor_sizes=()), dict(backbone=keras.Model), dict(rois_per_image=64, rpn_post_nms_train=32),
 ])
 def test_builder_rejects_bad_arguments(bad):
     arguments = dict(num_classes=4, backbone="mobilenetv2", weights=None,
@@ -69,7 +69,7 @@ def test_predict_without_boxes_on_empty_and_odd_sized_images(model):
     images = [np.zeros((64, 64, 3), np.uint8), np.full((50, 90, 3), 128, np.uint8)]
     results = predict_instances(model, images)
     assert len(results) == 2
-    for result, image in zip(results, images):
+    for result, image in zip(results, images, strict=True):
         count = len(result["scores"])
         assert count <= 10
         assert result["boxes"].shape == (count, 4) and result["class_ids"].shape == (count,)

@@ -116,7 +116,7 @@ def test_box_head_losses_match_numpy():
     deltas = rng.normal(size=(1, 4, 3, 4)).astype("float32")
     class_loss, box_loss = (float(_np(v)) for v in box_head_losses(logits, deltas, sample, GT))
     log_softmax = logits[0] - np.log(np.exp(logits[0]).sum(-1, keepdims=True))
-    expected = -np.mean([log_softmax[i, c] for i, c in zip(range(3), [2, 1, 0])])
+    expected = -np.mean([log_softmax[i, c] for i, c in zip(range(3), [2, 1, 0], strict=True)])
     np.testing.assert_allclose(class_loss, expected, rtol=1e-5)
     targets = _np(encode_boxes(rois[0, :2], GT[0, [0, 0]], BOX_WEIGHTS))
     errors = smooth_l1(np.stack([deltas[0, 0, 2], deltas[0, 1, 1]]) - targets)

@@ -243,6 +243,10 @@ def mask_rcnn(num_classes: int, backbone: str = "resnet50", weights: str | None 
             _check_positive_int(name, options[name])
     fraction = options.get("foreground_fraction", 0.25)
     rois = options.get("rois_per_image", 256)
+    if rois > options.get("rpn_post_nms_train", 500):
+        raise SegkerasError(f"rois_per_image={rois} exceeds the proposals per training image "
+                            f"(rpn_post_nms_train={options.get('rpn_post_nms_train', 500)}); "
+                            "lower it or raise rpn_post_nms_train.")
     if not 0 < fraction <= 1 or int(rois * fraction) < 1:
         raise SegkerasError(f"foreground_fraction={fraction} leaves no foreground slot of "
                             f"rois_per_image={rois}; use a fraction in (0, 1].")

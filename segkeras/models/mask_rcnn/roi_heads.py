@@ -40,7 +40,8 @@ MAX_NMS_CANDIDATES = 1000
 
 
 def box_head(roi_shape: tuple, units: int, num_classes: int) -> keras.Model:
-    """(K, 7, 7, C) RoI features -> ``{"class_logits": (K, classes), "deltas": (K, classes, 4)}``."""
+    """(K, 7, 7, C) RoI features -> ``{"class_logits": (K, classes),
+    "deltas": (K, classes, 4)}``."""
     rois = keras.Input(roi_shape, name="box_rois")
     x = layers.Flatten(name="box_flatten")(rois)
     x = layers.Dense(units, activation="relu", name="box_fc1")(x)

@@ -28,7 +28,8 @@ def match_to_ground_truth(boxes, gt_boxes, gt_valid):
 def sample_subset(eligible, count, capacity: int, uniform):
     """A random subset of ``count`` (B,) eligible entries of each row of ``eligible`` (B, n).
 
-    ``capacity`` (static) bounds ``count`` (and is at most ``n``); ``uniform`` (B, n) holds the random keys in [0, 1).
+    ``capacity`` (static, at most ``n`` is used) bounds ``count``; ``uniform`` (B, n) holds the
+    random keys in [0, 1).
     Rows with fewer eligible entries than ``count`` keep all of them.
     """
     capacity = min(capacity, ops.shape(eligible)[1])
