@@ -37,7 +37,8 @@ def model():
 @pytest.mark.parametrize("bad", [
     dict(input_shape=(None, None, 3)), dict(input_shape=(60, 64, 3)), dict(num_classes=1),
     dict(foreground_fraction=0.0), dict(rois_per_images=8), dict(max_detections=0),
-    dict(anchor_sizes=()), dict(backbone=keras.Model), dict(rois_per_image=64, rpn_post_nms_train=32),
+    dict(anchor_sizes=()), dict(backbone=keras.Model),
+    dict(rois_per_image=64, rpn_post_nms_train=32),
 ])
 def test_builder_rejects_bad_arguments(bad):
     arguments = dict(num_classes=4, backbone="mobilenetv2", weights=None,
