@@ -27,6 +27,7 @@ def region_mask_targets(gt_masks, gt_boxes, rois, matched, foreground, align):
     """
     batch, objects, size = ops.shape(gt_masks)[0], ops.shape(gt_masks)[1], ops.shape(gt_masks)[2]
     regions = ops.shape(rois)[1]
+    rois = ops.cast(rois, "float32")
     masks = ops.clip(ops.cast(gt_masks, "float32"), 0.0, 1.0)
     # one pixel of zeros around each mask, so samples outside the object's box read 0
     masks = ops.pad(ops.reshape(masks, (-1, size, size, 1)), [[0, 0], [1, 1], [1, 1], [0, 0]])

@@ -62,7 +62,8 @@ def sample_rois(proposals, proposal_valid, gt_boxes, gt_class_ids, gt_valid, uni
     bool (slot used), bool, int32 target classes (0 = background) and int32 index of the matched
     ground-truth box. ``uniform`` (B, P + N) random keys.
     """
-    candidates = ops.concatenate([ops.stop_gradient(proposals), gt_boxes], axis=1)
+    candidates = ops.concatenate(
+        [ops.stop_gradient(ops.cast(proposals, "float32")), ops.cast(gt_boxes, "float32")], axis=1)
     valid = ops.concatenate([proposal_valid, gt_valid], axis=1)
     best, matched, _ = match_to_ground_truth(candidates, gt_boxes, gt_valid)
     foreground = valid & (best >= FOREGROUND_IOU)

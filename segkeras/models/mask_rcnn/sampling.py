@@ -32,6 +32,7 @@ def sample_subset(eligible, count, capacity: int, uniform):
     random keys in [0, 1).
     Rows with fewer eligible entries than ``count`` keep all of them.
     """
+    eligible = ops.cast(eligible, "bool")
     capacity = min(capacity, ops.shape(eligible)[1])
     keys = ops.where(eligible, uniform, -1.0)
     largest, _ = ops.top_k(keys, capacity)
