@@ -1,0 +1,13 @@
+"""Mask R-CNN end to end (He et al., ICCV 2017): region proposals, box head and mask head.
+
+``mask_rcnn(...)`` builds the model, ``mask_rcnn_dataset(...)`` feeds ``model.fit``, and
+``predict_instances(model, images)`` returns each image's boxes, class ids, scores and
+full-resolution masks, no boxes needed.
+"""
+
+from segkeras.models.mask_rcnn.dataset import mask_rcnn_dataset
+from segkeras.models.mask_rcnn.inference import predict_instances, predict_masks_in_boxes
+from segkeras.models.mask_rcnn.model import MaskRCNN, mask_rcnn
+
+__all__ = ["MaskRCNN", "mask_rcnn", "mask_rcnn_dataset", "predict_instances",
+           "predict_masks_in_boxes"]

@@ -1,0 +1,254 @@
+"""Mask R-CNN (He, Gkioxari, Dollár & Girshick, ICCV 2017): Faster R-CNN (Ren et al., NIPS 2015)
+with a third, mask head, over a ``keras.applications`` encoder and an FPN neck (Lin et al., 2017).
+
+    image -> encoder P3..P5 -> FPN (one level, stride 8) -> RPN -> proposals
+          -> RoIAlign 7x7 -> box head -> class scores + boxes -> per-class NMS -> detections
+          -> RoIAlign 14x14 -> mask head -> 28x28 mask of each detection's class
+
+:class:`MaskRCNN` is a ``keras.Model`` subclass: ``call`` runs the detector; with
+``training=True`` and ground truth in the inputs it also samples the training regions and computes
+the RPN and box-head losses, and :meth:`MaskRCNN.compute_loss` adds the mask loss, so plain
+``model.compile(optimizer)`` + ``model.fit(dataset)`` trains all three stages end to end (the
+"approximate joint training" of Faster R-CNN: no gradient flows through the proposals' coordinates).
+Data: :func:`segkeras.models.mask_rcnn.dataset.mask_rcnn_dataset`.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+
+import keras
+from keras import ops
+
+from segkeras import backbones
+from segkeras.boxes import box_area, clip_to_image
+from segkeras.errors import SegkerasError
+from segkeras.layers import RoIAlign
+from segkeras.models.common import check_num_classes
+from segkeras.models.mask_head import (
+    FlattenBoxes,
+    MaskedBinaryCrossentropy,
+    SelectClassMask,
+    _mask_head,
+)
+from segkeras.models.mask_rcnn.anchors import anchor_grid
+from segkeras.models.mask_rcnn.masks import region_mask_targets
+from segkeras.models.mask_rcnn.neck import feature_pyramid
+from segkeras.models.mask_rcnn.roi_heads import box_head, box_head_losses, detect, sample_rois
+from segkeras.models.mask_rcnn.rpn import propose, rpn_head, rpn_losses
+
+FEATURE_STRIDE = backbones.STRIDES["P3"]
+BOX_ROI_SIZE, MASK_ROI_SIZE, MASK_SIZE = 7, 14, 28
+LOSS_NAMES = ("rpn_objectness_loss", "rpn_box_loss", "class_loss", "box_loss", "mask_loss")
+
+
+@keras.saving.register_keras_serializable(package="segkeras")
+class MaskRCNN(keras.Model):
+    """Mask R-CNN; build it with :func:`mask_rcnn`, whose arguments it takes.
+
+    Inputs: images (B, H, W, 3) raw RGB, or a dict with ``"image"`` (and, to train, ``"boxes"``
+    (B, N, 4) and ``"class_ids"`` (B, N), 0 = padding). Outputs at inference: a dict of
+    ``"boxes"`` (B, D, 4) in input pixels, ``"scores"`` (B, D), ``"class_ids"`` (B, D),
+    ``"valid"`` (B, D) bool and ``"mask_logits"`` (B, D, 28, 28), D = ``max_detections``,
+    best first, padding rows not valid.
+    """
+
+    def __init__(self, num_classes: int, backbone: str = "resnet50",
+                 weights: str | None = "imagenet", input_shape: Sequence[int] = (256, 256, 3),
+                 encoder_trainable: bool = True,
+                 anchor_sizes: Sequence[float] = (16, 32, 64, 128),
+                 anchor_ratios: Sequence[float] = (0.5, 1.0, 2.0), fpn_channels: int = 256,
+                 box_head_units: int = 1024, mask_head_channels: int = 256,
+                 rpn_pre_nms: int = 1000, rpn_post_nms_train: int = 500,
+                 rpn_post_nms_test: int = 200, rpn_anchors_per_image: int = 256,
+                 rois_per_image: int = 256, foreground_fraction: float = 0.25,
+                 score_threshold: float = 0.05, nms_threshold: float = 0.5,
+                 max_detections: int = 100, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.config = dict(
+            num_classes=num_classes, backbone=backbone, input_shape=tuple(input_shape),
+            encoder_trainable=encoder_trainable, anchor_sizes=tuple(anchor_sizes),
+            anchor_ratios=tuple(anchor_ratios), fpn_channels=fpn_channels,
+            box_head_units=box_head_units, mask_head_channels=mask_head_channels,
+            rpn_pre_nms=rpn_pre_nms, rpn_post_nms_train=rpn_post_nms_train,
+            rpn_post_nms_test=rpn_post_nms_test, rpn_anchors_per_image=rpn_anchors_per_image,
+            rois_per_image=rois_per_image, foreground_fraction=foreground_fraction,
+            score_threshold=score_threshold, nms_threshold=nms_threshold,
+            max_detections=max_detections, seed=seed)
+        self.image_size = (int(input_shape[0]), int(input_shape[1]))
+        self.mask_slots = int(rois_per_image * foreground_fraction)
+        encoder = backbones.build_encoder(backbone, tuple(input_shape), weights,
+                                          encoder_trainable)
+        image = keras.Input(tuple(input_shape), name="image")
+        self.features = keras.Model(image, feature_pyramid(encoder(image), fpn_channels),
+                                    name="encoder_fpn")
+        grid = (self.image_size[0] // FEATURE_STRIDE, self.image_size[1] // FEATURE_STRIDE)
+        self.anchors = anchor_grid(grid, FEATURE_STRIDE, anchor_sizes, anchor_ratios)
+        per_location = len(anchor_sizes) * len(anchor_ratios)
+        self.rpn = rpn_head((*grid, fpn_channels), fpn_channels, per_location)
+        self.box_align = RoIAlign(BOX_ROI_SIZE, 2, 1.0 / FEATURE_STRIDE, name="box_roi_align")
+        self.mask_align = RoIAlign(MASK_ROI_SIZE, 2, 1.0 / FEATURE_STRIDE,
+                                   name="mask_roi_align")
+        self.target_align = RoIAlign(MASK_SIZE, 2, 1.0, name="mask_target_align")
+        self.box_head = box_head((BOX_ROI_SIZE, BOX_ROI_SIZE, fpn_channels), box_head_units,
+                                 num_classes)
+        rois = keras.Input((MASK_ROI_SIZE, MASK_ROI_SIZE, fpn_channels), name="mask_rois")
+        self.mask_head = keras.Model(rois, _mask_head(rois, num_classes, mask_head_channels),
+                                     name="mask_head")
+        self.flatten_boxes = FlattenBoxes(name="flatten_boxes")
+        self.select_training_masks = SelectClassMask(self.mask_slots, name="select_train_mask")
+        self.select_detection_masks = SelectClassMask(max_detections, name="select_mask")
+        self.mask_loss = MaskedBinaryCrossentropy()
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.loss_trackers = [keras.metrics.Mean(name=name) for name in LOSS_NAMES]
+
+    def build(self, input_shape=None):
+        """Nothing to create: every weight lives in the sub-models built in ``__init__``."""
+        self.built = True
+
+    def _pool(self, align, features, boxes):
+        flat, image_indices = self.flatten_boxes(boxes)
+        return align(features, flat, image_indices)
+
+    def _box_outputs(self, features, boxes):
+        rows = ops.shape(boxes)[1]
+        outputs = self.box_head(self._pool(self.box_align, features, boxes))
+        classes = ops.shape(outputs["class_logits"])[-1]
+        return (ops.reshape(outputs["class_logits"], (-1, rows, classes)),
+                ops.reshape(outputs["deltas"], (-1, rows, classes, 4)))
+
+    def _mask_logits(self, features, boxes, class_ids, select):
+        return select(self.mask_head(self._pool(self.mask_align, features, boxes)), class_ids)
+
+    def call(self, inputs, training=False):
+        image = inputs["image"] if isinstance(inputs, dict) else inputs
+        features = self.features(image, training=training)
+        rpn = self.rpn(features)
+        anchors = ops.convert_to_tensor(self.anchors)
+        cfg = self.config
+        post_nms = cfg["rpn_post_nms_train"] if training else cfg["rpn_post_nms_test"]
+        proposals, proposal_valid = propose(anchors, rpn["objectness"], rpn["deltas"],
+                                            self.image_size, cfg["rpn_pre_nms"], post_nms)
+        if training and isinstance(inputs, dict) and "boxes" in inputs:
+            return self._training_outputs(inputs, features, rpn, anchors, proposals,
+                                          proposal_valid)
+        class_logits, deltas = self._box_outputs(features, proposals)
+        detections = detect(proposals, proposal_valid, class_logits, deltas, self.image_size,
+                            cfg["score_threshold"], cfg["nms_threshold"], cfg["max_detections"])
+        detections["mask_logits"] = self._mask_logits(
+            features, detections["boxes"], detections["class_ids"], self.select_detection_masks)
+        return detections
+
+    def _training_outputs(self, inputs, features, rpn, anchors, proposals, proposal_valid):
+        cfg = self.config
+        gt_boxes = clip_to_image(inputs["boxes"], *self.image_size)
+        gt_class_ids = ops.cast(inputs["class_ids"], "int32")
+        gt_valid = (gt_class_ids > 0) & (box_area(gt_boxes) > 0)
+        anchor_keys = keras.random.uniform(ops.shape(rpn["objectness"]),
+                                           seed=self.seed_generator)
+        objectness_loss, rpn_box_loss = rpn_losses(
+            anchors, rpn["objectness"], rpn["deltas"], gt_boxes, gt_valid, anchor_keys,
+            cfg["rpn_anchors_per_image"])
+        region_keys = keras.random.uniform(
+            (ops.shape(proposals)[0], ops.shape(proposals)[1] + ops.shape(gt_boxes)[1]),
+            seed=self.seed_generator)
+        sample = sample_rois(proposals, proposal_valid, gt_boxes, gt_class_ids, gt_valid,
+                             region_keys, cfg["rois_per_image"], cfg["foreground_fraction"])
+        class_logits, deltas = self._box_outputs(features, sample["rois"])
+        class_loss, box_loss = box_head_losses(class_logits, deltas, sample, gt_boxes)
+        slots = slice(0, self.mask_slots)  # foreground regions come first
+        mask_rois = sample["rois"][:, slots]
+        return {
+            "rpn_objectness_loss": objectness_loss, "rpn_box_loss": rpn_box_loss,
+            "class_loss": class_loss, "box_loss": box_loss, "gt_boxes": gt_boxes,
+            "mask_logits": self._mask_logits(features, mask_rois, sample["class_ids"][:, slots],
+                                             self.select_training_masks),
+            "mask_rois": mask_rois, "mask_matched": sample["matched"][:, slots],
+            "mask_foreground": sample["foreground"][:, slots],
+        }
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """The sum of the five losses (each tracked as a metric); ``y``: the instance
+        pipeline's (B, N, 28, 28) mask targets of the ground-truth boxes."""
+        if "rpn_box_loss" not in y_pred or y is None:
+            raise SegkerasError(
+                "Mask R-CNN computes its losses in training only, from inputs with 'boxes' and "
+                "'class_ids' and mask targets (mask_rcnn_dataset); to score a model use "
+                "segkeras.evaluate.detection_ap on predict_instances' output.")
+        targets = region_mask_targets(y, y_pred["gt_boxes"], y_pred["mask_rois"],
+                                      y_pred["mask_matched"], y_pred["mask_foreground"],
+                                      self.target_align)
+        mask_loss = self.mask_loss.call(targets, y_pred["mask_logits"])
+        losses = [y_pred[name] for name in LOSS_NAMES[:-1]] + [mask_loss]
+        for tracker, value in zip(self.loss_trackers, losses, strict=True):
+            tracker.update_state(value)
+        return ops.sum(ops.stack(losses))
+
+    def get_config(self):
+        return {"name": self.name, "trainable": self.trainable, **self.config, "weights": None}
+
+
+def _check_positive_int(name: str, value) -> int:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+        raise SegkerasError(f"{name} must be a positive int, got {value!r}.")
+    return int(value)
+
+
+def mask_rcnn(num_classes: int, backbone: str = "resnet50", weights: str | None = "imagenet",
+              input_shape: Sequence[int] = (256, 256, 3), encoder_trainable: bool = True,
+              anchor_sizes: Sequence[float] = (16, 32, 64, 128), **options) -> MaskRCNN:
+    """Mask R-CNN (He et al., ICCV 2017) named e.g. ``"mask_rcnn_resnet50"``.
+
+    Args:
+        num_classes: classes including the background (``data.num_classes``), >= 2.
+        backbone: a name from ``segkeras.backbones.available()``.
+        weights: encoder weights, ``"imagenet"``, ``None`` (random) or a file.
+        input_shape: fixed ``(H, W, 3)``, multiples of 32 (the anchors are laid out for it);
+            :func:`~segkeras.models.mask_rcnn.inference.predict_instances` resizes images to it.
+        encoder_trainable: fine-tune the encoder with the heads (a random one trains its
+            BatchNorm too) or keep it frozen.
+        anchor_sizes: anchor sides in input pixels (each with ratios 1:2, 1:1, 2:1 by default),
+            to span the objects' sizes.
+        **options: further :class:`MaskRCNN` arguments: ``anchor_ratios``, ``fpn_channels``
+            (256), ``box_head_units`` (1024), ``mask_head_channels`` (256), ``rpn_pre_nms``
+            (1000), ``rpn_post_nms_train`` (500) / ``rpn_post_nms_test`` (200) proposals per
+            image, ``rpn_anchors_per_image`` (256), ``rois_per_image`` (256),
+            ``foreground_fraction`` (0.25), ``score_threshold`` (0.05), ``nms_threshold``
+            (0.5), ``max_detections`` (100), ``seed``.
+
+    Returns:
+        A :class:`MaskRCNN`; train it with ``model.compile(optimizer)`` and ``model.fit`` on
+        :func:`~segkeras.models.mask_rcnn.dataset.mask_rcnn_dataset`.
+    """
+    num_classes = check_num_classes(num_classes)
+    if not isinstance(backbone, str):
+        raise SegkerasError(f"backbone must be a name from segkeras.backbones.available(), "
+                            f"got {backbone!r}.")
+    shape = tuple(input_shape)
+    if len(shape) != 3 or None in shape:
+        raise SegkerasError(f"input_shape must be a fixed (H, W, 3), got {input_shape!r}: "
+                            "Mask R-CNN lays its anchors out for one size.")
+    backbones.check_input_shape(shape, 32)
+    if not anchor_sizes or min(anchor_sizes) <= 0:
+        raise SegkerasError(f"anchor_sizes must be positive pixel sizes, got {anchor_sizes!r}.")
+    known = set(MaskRCNN.__init__.__code__.co_varnames)
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise SegkerasError(f"Unknown mask_rcnn options {unknown}; see help(mask_rcnn).")
+    for name in ("fpn_channels", "box_head_units", "mask_head_channels", "rpn_pre_nms",
+                 "rpn_post_nms_train", "rpn_post_nms_test", "rpn_anchors_per_image",
+                 "rois_per_image", "max_detections"):
+        if name in options:
+            _check_positive_int(name, options[name])
+    fraction = options.get("foreground_fraction", 0.25)
+    rois = options.get("rois_per_image", 256)
+    if rois > options.get("rpn_post_nms_train", 500):
+        raise SegkerasError(f"rois_per_image={rois} exceeds the proposals per training image "
+                            f"(rpn_post_nms_train={options.get('rpn_post_nms_train', 500)}); "
+                            "lower it or raise rpn_post_nms_train.")
+    if not 0 < fraction <= 1 or int(rois * fraction) < 1:
+        raise SegkerasError(f"foreground_fraction={fraction} leaves no foreground slot of "
+                            f"rois_per_image={rois}; use a fraction in (0, 1].")
+    return MaskRCNN(num_classes, backbone, weights, shape, encoder_trainable, anchor_sizes,
+                    name=f"mask_rcnn_{backbone}", **options)

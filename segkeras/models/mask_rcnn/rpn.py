@@ -1,0 +1,101 @@
+"""Region proposal network (Ren, He, Girshick & Sun, "Faster R-CNN", NIPS 2015, Sec. 3.1).
+
+A 3x3 convolution slides over the feature map; at each position two sibling 1x1 convolutions
+predict, for each of the k anchors there, an objectness logit and box deltas (the coder of
+:mod:`segkeras.boxes`). Proposals: the top-scoring anchors, decoded, clipped to the image,
+reduced by NMS (IoU 0.7) to a fixed number per image.
+
+Training targets (Sec. 3.1.2): an anchor is positive with IoU >= 0.7 with a ground-truth box, and
+so is the best anchor of each ground-truth box; negative below 0.3 (every anchor of an image
+without objects); the rest is ignored. Each image contributes 256 sampled anchors, at most half
+positive. Losses: binary cross-entropy on the sampled anchors and smooth L1 on the positives'
+deltas, both divided by the number of sampled anchors in the batch.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+from segkeras.boxes import (
+    clip_to_image,
+    decode_boxes,
+    encode_boxes,
+    gather_rows,
+    non_max_suppression,
+)
+from segkeras.models.mask_rcnn.sampling import (
+    count_true,
+    match_to_ground_truth,
+    sample_subset,
+    smooth_l1,
+)
+
+RPN_BOX_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
+POSITIVE_IOU, NEGATIVE_IOU = 0.7, 0.3
+SMOOTH_L1_BETA = 1.0 / 9
+
+
+def rpn_head(feature_shape: tuple, channels: int, anchors_per_location: int) -> keras.Model:
+    """(B, h, w, C) features -> ``{"objectness": (B, h*w*k), "deltas": (B, h*w*k, 4)}``."""
+    small = keras.initializers.RandomNormal(stddev=0.01)
+    features = keras.Input(feature_shape, name="rpn_features")
+    x = layers.Conv2D(channels, 3, padding="same", activation="relu", kernel_initializer=small,
+                      name="rpn_conv")(features)
+    objectness = layers.Conv2D(anchors_per_location, 1, kernel_initializer=small,
+                               name="rpn_objectness")(x)
+    deltas = layers.Conv2D(4 * anchors_per_location, 1, kernel_initializer=small,
+                           name="rpn_deltas")(x)
+    outputs = {"objectness": layers.Reshape((-1,), name="rpn_objectness_flat")(objectness),
+               "deltas": layers.Reshape((-1, 4), name="rpn_deltas_flat")(deltas)}
+    return keras.Model(features, outputs, name="rpn")
+
+
+def propose(anchors, objectness, deltas, image_size: tuple[int, int], pre_nms: int,
+            post_nms: int, nms_threshold: float = 0.7, min_size: float = 1e-3):
+    """``(proposals (B, post_nms, 4), valid (B, post_nms))``, best first; no gradient flows.
+
+    The ``pre_nms`` best anchors of each image are decoded and clipped; boxes thinner than
+    ``min_size`` pixels are dropped; NMS keeps at most ``post_nms``.
+    """
+    objectness = ops.stop_gradient(ops.cast(objectness, "float32"))
+    deltas = ops.stop_gradient(ops.cast(deltas, "float32"))
+    scores, index = ops.top_k(objectness, min(pre_nms, ops.shape(objectness)[1]))
+    boxes = decode_boxes(ops.take(anchors, index, axis=0), gather_rows(deltas, index),
+                         RPN_BOX_WEIGHTS)
+    boxes = clip_to_image(boxes, *image_size)
+    large_enough = ops.all(boxes[..., 2:] - boxes[..., :2] >= min_size, axis=-1)
+    keep, kept = non_max_suppression(boxes, scores, nms_threshold, post_nms, large_enough)
+    return gather_rows(boxes, keep), kept
+
+
+def anchor_labels(anchors, gt_boxes, gt_valid):
+    """``(positive, negative, matched)``: (B, A) bool, bool and int32 ground-truth index."""
+    best, matched, iou = match_to_ground_truth(anchors, gt_boxes, gt_valid)
+    best_of_truth = ops.max(iou, axis=1, keepdims=True)  # (B, 1, N): each truth's best anchor
+    is_best = ops.any((iou == best_of_truth) & (best_of_truth > 0), axis=2)
+    positive = (best >= POSITIVE_IOU) | is_best
+    negative = (best < NEGATIVE_IOU) & ~positive
+    return positive, negative, matched
+
+
+def rpn_losses(anchors, objectness, deltas, gt_boxes, gt_valid, uniform,
+               anchors_per_image: int = 256, positive_fraction: float = 0.5):
+    """``(objectness_loss, box_loss)`` of a batch; ``uniform`` (B, A) random keys in [0, 1)."""
+    positive, negative, matched = anchor_labels(anchors, gt_boxes, gt_valid)
+    max_positive = int(anchors_per_image * positive_fraction)
+    positive = sample_subset(positive, ops.minimum(count_true(positive), max_positive),
+                             max_positive, uniform)
+    negative = sample_subset(negative, anchors_per_image - count_true(positive),
+                             anchors_per_image, uniform)
+    sampled = ops.cast(positive | negative, "float32")
+    total = ops.maximum(ops.sum(sampled), 1.0)
+    logits = ops.cast(objectness, "float32")
+    cross_entropy = ops.binary_crossentropy(ops.cast(positive, "float32"), logits,
+                                            from_logits=True)
+    objectness_loss = ops.sum(cross_entropy * sampled) / total
+    targets = encode_boxes(anchors, gather_rows(gt_boxes, matched), RPN_BOX_WEIGHTS)
+    targets = ops.where(positive[..., None], targets, 0.0)
+    errors = smooth_l1(ops.cast(deltas, "float32") - targets, SMOOTH_L1_BETA)
+    box_loss = ops.sum(errors * ops.cast(positive, "float32")[..., None]) / total
+    return objectness_loss, box_loss

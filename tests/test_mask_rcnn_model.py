@@ -1,0 +1,130 @@
+"""Mask R-CNN end to end: building, bad input, training, prediction without boxes, .keras files."""
+
+import warnings
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from segkeras.data import shapes
+from segkeras.errors import SegkerasError
+from segkeras.models.mask_rcnn import (
+    MaskRCNN,
+    mask_rcnn,
+    mask_rcnn_dataset,
+    predict_instances,
+    predict_masks_in_boxes,
+)
+from segkeras.models.mask_rcnn.model import LOSS_NAMES
+
+SMALL = dict(anchor_sizes=(16, 32), fpn_channels=16, box_head_units=32, mask_head_channels=16,
+             rpn_pre_nms=100, rpn_post_nms_train=40, rpn_post_nms_test=20, rois_per_image=16,
+             max_detections=10)
+
+
+def small_model(seed=0):
+    keras.utils.set_random_seed(seed)
+    return mask_rcnn(4, "mobilenetv2", weights=None, input_shape=(64, 64, 3), seed=seed, **SMALL)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return small_model()
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("bad", [
+    dict(input_shape=(None, None, 3)), dict(input_shape=(60, 64, 3)), dict(num_classes=1),
+    dict(foreground_fraction=0.0), dict(rois_per_images=8), dict(max_detections=0),
+    dict(anchor_sizes=()), dict(backbone=keras.Model),
+    dict(rois_per_image=64, rpn_post_nms_train=32),
+])
+def test_builder_rejects_bad_arguments(bad):
+    arguments = dict(num_classes=4, backbone="mobilenetv2", weights=None,
+                     input_shape=(64, 64, 3)) | bad
+    with pytest.raises(SegkerasError):
+        mask_rcnn(**arguments)
+
+
+@pytest.mark.fast
+def test_training_losses_stay_finite_on_awkward_ground_truth(model):
+    images = np.random.default_rng(0).uniform(0, 255, (3, 64, 64, 3)).astype("float32")
+    boxes = np.zeros((3, 3, 4), "float32")
+    class_ids = np.zeros((3, 3), "int32")  # image 0: no objects at all
+    boxes[1] = [[10, 10, 10, 30], [70, 70, 90, 90], [5, 5, 40, 40]]  # zero-area, outside, real
+    class_ids[1] = [1, 2, 3]
+    boxes[2, 0], class_ids[2, 0] = [-20, -20, 30, 30], 1  # partly outside: clipped
+    inputs = {"image": images, "boxes": boxes, "class_ids": class_ids}
+    targets = np.full((3, 3, 28, 28), -1.0, "float32")
+    targets[1, 2] = targets[2, 0] = 1.0
+    outputs = model(inputs, training=True)
+    total = model.compute_loss(inputs, targets, outputs)
+    for name in LOSS_NAMES[:-1]:
+        assert np.isfinite(float(ops.convert_to_numpy(outputs[name]))), name
+    assert np.isfinite(float(ops.convert_to_numpy(total)))
+
+
+@pytest.mark.fast
+def test_predict_without_boxes_on_empty_and_odd_sized_images(model):
+    images = [np.zeros((64, 64, 3), np.uint8), np.full((50, 90, 3), 128, np.uint8)]
+    results = predict_instances(model, images)
+    assert len(results) == 2
+    for result, image in zip(results, images, strict=True):
+        count = len(result["scores"])
+        assert count <= 10
+        assert result["boxes"].shape == (count, 4) and result["class_ids"].shape == (count,)
+        assert result["masks"].shape == (count, *image.shape[:2])
+        assert set(result["class_ids"].tolist()) <= {1, 2, 3}
+        assert np.all(np.diff(result["scores"]) <= 0)
+        assert (result["boxes"][:, 2:] <= [image.shape[1], image.shape[0]]).all()
+    assert predict_instances(model, []) == []
+    assert len(predict_instances(model, images, min_score=1.01)[1]["scores"]) == 0
+    with pytest.raises(SegkerasError):
+        predict_instances(keras.Sequential([keras.layers.Dense(1)]), images)
+    with pytest.raises(SegkerasError):
+        predict_instances(model, [np.zeros((64, 64))])
+
+
+@pytest.mark.fast
+def test_masks_in_given_boxes(model):
+    image = np.zeros((64, 64, 3), np.uint8)
+    masks = predict_masks_in_boxes(model, [image, image], [np.array([[4, 4, 30, 40.]]),
+                                                         np.zeros((0, 4))], [[2], []])
+    assert masks[0].shape == (1, 64, 64) and masks[1].shape == (0, 64, 64)
+    assert not masks[0][0, 45:].any() and not masks[0][0, :, 35:].any()  # nothing outside
+
+
+@pytest.mark.fast
+def test_dataset_warns_when_objects_are_truncated():
+    data = shapes.generate(6, 64, seed=0, min_objects=3, max_objects=3)
+    with pytest.warns(UserWarning, match="max_instances=2"):
+        mask_rcnn_dataset(data, 64, max_instances=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mask_rcnn_dataset(data, 64, max_instances=3)
+
+
+def test_fit_lowers_the_losses_and_keras_round_trip(tmp_path):
+    model = small_model(seed=1)
+    data = shapes.generate(8, 64, seed=3, max_objects=3)
+    dataset = mask_rcnn_dataset(data, 64, batch_size=4, max_instances=3, augment=False,
+                                shuffle=False)
+    model.compile(keras.optimizers.Adam(2e-3))
+    history = model.fit(dataset, epochs=15, verbose=0).history
+    for name in LOSS_NAMES:
+        assert np.isfinite(history[name]).all(), name
+    # Not the box loss: in a run this short it rises, because as the RPN learns, more of the
+    # sampled regions are foreground proposals with real offsets to regress (at first only the
+    # ground-truth boxes themselves, with zero offsets, are).
+    for name in ("rpn_objectness_loss", "rpn_box_loss", "class_loss", "mask_loss", "loss"):
+        assert history[name][-1] < history[name][0], (name, history[name])
+
+    path = str(tmp_path / "mask_rcnn.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)  # no custom_objects
+    assert isinstance(loaded, MaskRCNN) and loaded.name == model.name
+    images = data.images[:2].astype("float32")
+    expected, got = model.predict(images, verbose=0), loaded.predict(images, verbose=0)
+    for key in ("boxes", "scores", "class_ids", "valid", "mask_logits"):
+        np.testing.assert_allclose(got[key], expected[key], atol=1e-4, err_msg=key)
