@@ -5,7 +5,7 @@ All share ``num_classes, backbone, weights, encoder_trainable, input_shape`` and
 (``registry.build("fcn8s", 21)``) for the command line, the benchmarks and the tests.
 """
 
-from segkeras.models import registry
+from segkeras.models import mask_rcnn, registry
 from segkeras.models.deconv import deconvnet
 from segkeras.models.fcn import fcn
 from segkeras.models.hourglass import final_stack_model, hourglass
@@ -13,6 +13,6 @@ from segkeras.models.mask_head import instance_segmenter, predict_instances
 from segkeras.models.unet import unet
 
 __all__ = [
-    "deconvnet", "fcn", "final_stack_model", "hourglass", "instance_segmenter",
+    "deconvnet", "fcn", "final_stack_model", "hourglass", "instance_segmenter", "mask_rcnn",
     "predict_instances", "registry", "unet",
 ]

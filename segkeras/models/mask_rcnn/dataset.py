@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import warnings
 
-from segkeras.data.core import SegmentationData
-from segkeras.data.instances import check_image_size, make_instance_dataset
+from segkeras.data.core import SegmentationData, parse_size
+from segkeras.data.instances import make_instance_dataset
 from segkeras.errors import SegkerasError
 
 
@@ -35,5 +35,5 @@ def mask_rcnn_dataset(data: SegmentationData, image_size: int | tuple[int, int] 
                       f"{max_instances} objects (up to {most}); only the first {max_instances} "
                       f"are trained on. Pass max_instances={most} to keep them all.",
                       stacklevel=2)
-    return make_instance_dataset(data, check_image_size(image_size), batch_size, max_instances,
+    return make_instance_dataset(data, parse_size(image_size), batch_size, max_instances,
                                  jitter=0.0, augment=augment, shuffle=shuffle, seed=seed)

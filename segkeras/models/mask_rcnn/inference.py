@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
-from segkeras.data.instances import resize_image
+from segkeras.data.images import resize_image
 from segkeras.errors import SegkerasError
 from segkeras.models.mask_head import paste_masks
 from segkeras.models.mask_rcnn.model import MaskRCNN
