@@ -192,15 +192,6 @@ def _table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def _read_table(text: str) -> list[dict]:
-    """The rows of the first markdown table in ``text`` as ``{header: cell}`` dicts."""
-    lines = [line for line in text.splitlines() if line.startswith("|")]
-    if len(lines) < 2:
-        return []
-    cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
-    return [dict(zip(cells[0], row, strict=True)) for row in cells[2:]]
-
-
 def _machine() -> str:
     import keras
     import numpy
@@ -222,51 +213,65 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def measured(title: str, command: str, calibration, body) -> tuple[str, object]:
-    """Run ``body()`` -> ``(text, value)``; the section ``## title`` with its provenance line."""
+def _results_file(name: str) -> str:
+    return os.path.join(RESULTS, f"{name}.json")
+
+
+def measure(name: str, command: str, calibration, body) -> dict:
+    """Run ``body()`` (the section's data) and store it in ``results/<name>.json`` with its
+    provenance: when, by which command, load average, wall and CPU seconds, calibration."""
     load, cpu, wall = os.getloadavg()[0], _children_cpu(), time.perf_counter()
-    text, value = body()
-    line = (f"_Measured {datetime.datetime.now():%Y-%m-%d %H:%M} by `{command}`: worker wall "
-            f"{time.perf_counter() - wall:.0f} s, CPU (user+sys) {_children_cpu() - cpu:.0f} s; "
-            f"load average {load:.1f} before, {os.getloadavg()[0]:.1f} after "
-            f"({os.cpu_count()} cores); {calibration}._")
-    return f"## {title}\n\n{line}\n\n{text}", value
+    data = body()
+    stored = {"provenance": {
+        "measured": f"{datetime.datetime.now():%Y-%m-%d %H:%M}", "command": command,
+        "wall_s": round(time.perf_counter() - wall), "cpu_s": round(_children_cpu() - cpu),
+        "load_before": round(load, 1), "load_after": round(os.getloadavg()[0], 1),
+        "cpus": os.cpu_count(), "calibration": str(calibration)}, "data": data}
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(_results_file(name), "w", encoding="utf-8") as file:
+        json.dump(stored, file, indent=1)
+    return stored
 
 
-def section_throughput(full: bool) -> tuple[str, dict]:
+def load_results(name: str) -> dict | None:
+    if not os.path.exists(_results_file(name)):
+        return None
+    with open(_results_file(name), encoding="utf-8") as file:
+        return json.load(file)
+
+
+def provenance_line(p: dict) -> str:
+    if "note" in p:
+        return f"_Measured {p['measured']} by `{p['command']}`; {p['note']}._"
+    return (f"_Measured {p['measured']} by `{p['command']}`: worker wall {p['wall_s']} s, CPU "
+            f"(user+sys) {p['cpu_s']} s; load average {p['load_before']} before, "
+            f"{p['load_after']} after ({p['cpus']} cores); {p['calibration']}._")
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+def measure_throughput(full: bool) -> list[dict]:
     backbones = ("mobilenetv2", "resnet50")
     plan = [(a, b, s, n) for a in architectures() for b in backbones
             for s in (128, 256) for n in (8, 16)]
     if not full:
         plan = [(a, b, 128, 8) for a in architectures() for b in backbones]
-    results = {}
-    for arch, backbone, size, batch in plan:
-        results[(arch, backbone, size, batch)] = run_worker(
-            "throughput", arch=arch, backbone=backbone, size=size, batch=batch,
-            steps=10 if full else 5)
-    return render_throughput(results), results
+    return [{"arch": arch, "backbone": backbone, "size": size, "batch": batch,
+             **run_worker("throughput", arch=arch, backbone=backbone, size=size, batch=batch,
+                          steps=10 if full else 5)}
+            for arch, backbone, size, batch in plan]
 
 
-def render_throughput(results: dict) -> str:
-    rows = [[arch, backbone, f"{size}²", batch, f"{r['params'] / 1e6:.1f}M", f"{r['train']:.1f}",
-             f"{r['infer']:.1f}", f"{r['rss']:.0f}"]
-            for (arch, backbone, size, batch), r in results.items()]
+def render_throughput(rows: list[dict]) -> str:
     return ("Encoder frozen (the transfer-learning stage); deconvnet with skips; hourglass: 2 "
             "stacks on the backbone's P2; mask head: 8 boxes per image. Training FLOPs and the "
             "GFLOP/s these rates achieve: section 6.\n\n"
             + _table(["model", "backbone", "size", "batch", "params", "train img/s",
-                      "inference img/s", "peak RSS MiB"], rows))
-
-
-def throughput_from_table(text: str) -> dict:
-    """Section 1's results read back from its table (a section kept from an earlier run)."""
-    results = {}
-    for row in _read_table(text):
-        key = (row["model"], row["backbone"], int(row["size"].rstrip("²")), int(row["batch"]))
-        results[key] = {"params": float(row["params"].rstrip("M")) * 1e6,
-                        "train": float(row["train img/s"]), "infer": float(row["inference img/s"]),
-                        "rss": float(row["peak RSS MiB"])}
-    return results
+                      "inference img/s", "peak RSS MiB"],
+                     [[r["arch"], r["backbone"], f"{r['size']}²", r["batch"],
+                       f"{r['params'] / 1e6:.1f}M", f"{r['train']:.1f}", f"{r['infer']:.1f}",
+                       f"{r['rss']:.0f}"] for r in rows]))
 
 
 def _mean_sd(values: list[float]) -> str:
@@ -274,171 +279,209 @@ def _mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {sd:.3f}"
 
 
-def section_versus() -> tuple[str, None]:
-    """Section 2 from bench/versus.py: quality records (measured beforehand, any load) and a
-    short speed run per model now."""
-    import versus
+VERSUS_QUALITY = os.path.join(RESULTS, "versus_quality.json")
 
-    quality_file = os.path.join(RESULTS, "versus_quality.json")
+
+def measure_versus() -> dict:
+    """A short speed run per model now; the quality records come from ``VERSUS_QUALITY``
+    (``python bench/versus.py quality --out ...``: long, and valid on a busy machine)."""
     speed_file = os.path.join(RESULTS, "versus_speed.json")
-    if not os.path.exists(quality_file):
-        subprocess.run([sys.executable, "versus.py", "quality", "--out", quality_file],
-                       check=True, cwd=BENCH_DIR)
     if os.path.exists(speed_file):
         os.remove(speed_file)
     subprocess.run([sys.executable, "versus.py", "speed", "--out", speed_file], check=True,
                    cwd=BENCH_DIR)
-    with open(quality_file, encoding="utf-8") as file:
-        quality = json.load(file)
     with open(speed_file, encoding="utf-8") as file:
-        speed = {r["model"]: r for r in json.load(file)["records"]}
-    by_model = {}
+        return json.load(file)
+
+
+def render_versus(speed: dict) -> str:
+    import versus
+
+    with open(VERSUS_QUALITY, encoding="utf-8") as file:
+        quality = json.load(file)
+    by_model, fast = {}, {r["model"]: r for r in speed["records"]}
     for record in quality["records"]:
         by_model.setdefault(record["model"], []).append(record)
-    recipe = quality["recipe"]
-    rows, mean = [], {}
+    recipe, rows, mean = quality["recipe"], [], {}
     for kind in versus.MODELS:
-        runs, fast = by_model.get(kind, []), speed.get(kind)
-        if not runs or fast is None:
+        runs, timed = by_model.get(kind, []), fast.get(kind, {})
+        if not runs and not timed:
             continue
         mious = [r["miou"] for r in runs]
-        mean[kind] = statistics.mean(mious)
+        mean[kind] = statistics.mean(mious) if mious else None
         batch_stats = [r["miou_batch_statistics"] for r in runs if "miou_batch_statistics" in r]
-        rows.append([kind, f"{fast['params'] / 1e6:.2f}M", f"{fast['size']}²",
-                     f"{fast['img_per_s']:.1f}", f"{fast['cpu_ms_per_img']:.1f}",
-                     _mean_sd(mious), f"{min(mious):.3f}–{max(mious):.3f}", len(runs),
-                     _mean_sd(batch_stats) if batch_stats else "",
-                     f"{sum(r['wall_s'] for r in runs) / 60:.0f} / "
-                     f"{sum(r['cpu_s'] for r in runs) / 60:.0f}",
-                     f"{min(r['load_before'] for r in runs):.0f}–"
-                     f"{max(r['load_after'] for r in runs):.0f}"])
+        rows.append([
+            kind, f"{timed['params'] / 1e6:.2f}M" if timed else "",
+            f"{versus.TUTORIAL_SIZE if kind == 'reference_tutorial' else recipe['size']}²",
+            f"{timed['img_per_s']:.1f}" if timed else "not measured",
+            f"{timed['cpu_ms_per_img']:.1f}" if timed else "",
+            _mean_sd(mious) if mious else "not measured",
+            f"{min(mious):.3f}–{max(mious):.3f}" if mious else "", len(runs),
+            _mean_sd(batch_stats) if batch_stats else "",
+            f"{sum(r['cpu_s'] for r in runs) / 60:.0f}" if runs else "",
+            f"{min(r['load_before'] for r in runs):.0f}–{max(r['load_after'] for r in runs):.0f}"
+            if runs else ""])
     text = (f"Built-in shapes ({recipe['n_train']} training / {recipe['n_val']} held-out images "
             f"at {recipe['size']}²; the tutorial's recipe resizes them to "
-            f"{quality['tutorial_size']}²), batch {recipe['batch']}, {recipe['steps']} steps, "
-            f"Adam {recipe['learning_rate']}, sparse cross-entropy, random initialisation; seeds "
-            "change the initial weights and the shuffle. Models: see `bench/versus.py` "
-            "(`segkeras`: light decoder, BatchNorm trained with momentum 0.99; "
-            "`reference_bn099`: the tutorial's U-Net with the same BatchNorm treatment; "
-            "`reference_bn0999`: keras.applications' momentum 0.999; `reference_tutorial`: frozen "
-            "encoder at 128², random because offline — the tutorial's is ImageNet-pretrained). "
-            f"mIoU: `{quality['command']}` (the score depends on the steps, not the load); speed: "
-            "`python bench/versus.py speed`, 30 timed steps, at the load given above.\n\n"
+            f"{versus.TUTORIAL_SIZE}²), batch {recipe['batch']}, {recipe['steps']} steps, "
+            f"Adam {recipe['learning_rate']}, sparse cross-entropy, random initialisation; a seed "
+            "sets the initial weights and the shuffle. Models (`bench/versus.py`): `segkeras`, "
+            "the light decoder, BatchNorm trained with momentum 0.99; `reference_bn099`, the "
+            "tutorial's U-Net with the same BatchNorm treatment (like for like); "
+            "`reference_bn0999`, with keras.applications' momentum 0.999 (what this section "
+            "compared before); `reference_tutorial`, as the tutorial runs it: frozen encoder at "
+            "128², random because offline (the tutorial's is ImageNet-pretrained). mIoU: "
+            f"`{quality['command']}`, one process per run (a score after a fixed number of "
+            "steps does not depend on the load); img/s: this section's command (30 timed "
+            "steps).\n\n"
             + _table(["model", "params", "size", "train img/s", "CPU ms/img",
                       "held-out mIoU (mean ± sd)", "min–max", "seeds",
-                      "mIoU, BatchNorm on batch statistics", "quality runs wall / CPU min",
+                      "mIoU on batch statistics", "quality runs CPU min",
                       "load during quality runs"], rows))
     notes = []
-    if "segkeras" in mean and "reference_bn099" in mean:
+    if mean.get("segkeras") is not None and mean.get("reference_bn099") is not None:
+        ratio = (f", {fast['segkeras']['img_per_s'] / fast['reference_bn099']['img_per_s']:.2f}x "
+                 "the reference's img/s" if "segkeras" in fast and "reference_bn099" in fast
+                 else "")
         notes.append("Like for like (both BatchNorm momentum 0.99): segkeras "
-                     f"{mean['segkeras'] - mean['reference_bn099']:+.3f} mIoU, "
-                     f"{speed['segkeras']['img_per_s'] / speed['reference_bn099']['img_per_s']:.2f}"
-                     "x the reference's img/s.")
-    runs = by_model.get("reference_bn0999", [])
-    if runs and "miou_batch_statistics" in runs[0]:
-        moving = statistics.mean(r["miou"] for r in runs)
-        batch = statistics.mean(r["miou_batch_statistics"] for r in runs)
-        notes.append(f"The reference with momentum 0.999 scores {moving:.3f} with its moving "
-                     f"BatchNorm statistics and {batch:.3f} with the same weights on batch "
-                     "statistics: the difference is what its moving statistics, still near their "
-                     f"initial values after {recipe['steps']} steps, cost.")
-    return text + ("\n\n" + " ".join(notes) if notes else ""), None
+                     f"{mean['segkeras'] - mean['reference_bn099']:+.3f} mIoU{ratio}.")
+    runs = [r for r in by_model.get("reference_bn0999", []) if "miou_batch_statistics" in r]
+    if runs:
+        notes.append(
+            "With momentum 0.999 the reference scores "
+            f"{statistics.mean(r['miou'] for r in runs):.3f} on its moving BatchNorm statistics "
+            "and "
+            f"{statistics.mean(r['miou_batch_statistics'] for r in runs):.3f} with the same "
+            "weights on batch statistics: the gap is what moving statistics that are still near "
+            f"their initial values after {recipe['steps']} steps cost.")
+    return text + ("\n\n" + " ".join(notes) if notes else "")
 
 
-def section_pipeline(model_rate: float, rate_source: str) -> tuple[str, None]:
+def measure_pipeline(unet_rate: float, rate_source: str) -> dict:
     r = run_worker("pipeline", size=128, batch=16, count=1024)
+    return {"pipeline": r["pipeline"], "model_rate": unet_rate, "model_rate_source": rate_source}
+
+
+def render_pipeline(d: dict) -> str:
     return (_table(["what", "img/s"], [
                 ["make_dataset(128², batch 16, augment=True, shuffle=True)",
-                 f"{r['pipeline']:.0f}"],
-                [f"segkeras U-Net (mobilenetv2) training at 128², batch 8 ({rate_source})",
-                 f"{model_rate:.1f}"],
-            ])
-            + f"\n\nThe pipeline delivers **{r['pipeline'] / model_rate:.0f}x** what training "
-            "consumes (target: at least 5x)."), None
+                 f"{d['pipeline']:.0f}"],
+                ["segkeras U-Net (mobilenetv2) training at 128², batch 8 "
+                 f"({d['model_rate_source']})", f"{d['model_rate']:.1f}"]])
+            + f"\n\nThe pipeline delivers {d['pipeline'] / d['model_rate']:.0f}x what training "
+            "consumes (target: at least 5x).")
 
 
-def section_scaling(full: bool) -> tuple[str, None]:
+def measure_scaling(full: bool) -> list[dict]:
     sizes = (64, 128, 256, 512) if full else (64, 128, 256)
     batches = (1, 4, 8, 16, 32) if full else (4, 8, 16)
-    rows, step_ms = [], {}
+    rows = []
     for size, batch in [(s, 8) for s in sizes] + [(128, b) for b in batches if b != 8]:
         r = run_worker("throughput", arch="unet", backbone="mobilenetv2", size=size, batch=batch,
                        steps=5 if size <= 256 else 3)
-        step_ms[(size, batch)] = 1000 * batch / r["train"]
-        rows.append([f"{size}²", batch, f"{step_ms[(size, batch)]:.0f}",
-                     f"{1000 * batch / r['infer']:.0f}", f"{r['train']:.1f}", f"{r['rss']:.0f}"])
-    doubling = ", ".join(f"{a}²→{b}²: {step_ms[(b, 8)] / step_ms[(a, 8)]:.1f}x"
-                         for a, b in zip(sizes, sizes[1:]))
-    batch_growth = ", ".join(f"{a}→{b}: {step_ms[(128, b)] / step_ms[(128, a)]:.1f}x"
-                             for a, b in zip(sorted({*batches, 8}), sorted({*batches, 8})[1:]))
+        rows.append({"size": size, "batch": batch, "train_ms": 1000 * batch / r["train"],
+                     "infer_ms": 1000 * batch / r["infer"], "train": r["train"], "rss": r["rss"]})
+    return rows
+
+
+def render_scaling(rows: list[dict]) -> str:
+    ms = {(r["size"], r["batch"]): r["train_ms"] for r in rows}
+    sizes = sorted(size for size, batch in ms if batch == 8)
+    batches = sorted(batch for size, batch in ms if size == 128)
+    doubling = ", ".join(f"{a}²→{b}²: {ms[(b, 8)] / ms[(a, 8)]:.1f}x"
+                         for a, b in zip(sizes, sizes[1:], strict=False))
+    growth = ", ".join(f"{a}→{b}: {ms[(128, b)] / ms[(128, a)]:.1f}x"
+                       for a, b in zip(batches, batches[1:], strict=False))
     return (_table(["size", "batch", "train ms/step", "inference ms/step", "train img/s",
-                    "peak RSS MiB"], rows)
-            + f"\n\nTraining step time per doubling of the side (4x the pixels), batch 8: "
-              f"{doubling}. Per doubling of the batch at 128²: {batch_growth}."), None
+                    "peak RSS MiB"],
+                   [[f"{r['size']}²", r["batch"], f"{r['train_ms']:.0f}", f"{r['infer_ms']:.0f}",
+                     f"{r['train']:.1f}", f"{r['rss']:.0f}"] for r in rows])
+            + f"\n\nTraining step time, batch 8, per doubling of the side (4x the pixels): "
+              f"{doubling}. At 128², from one batch size to the next: {growth}.")
 
 
-def section_roi_align(full: bool) -> tuple[str, None]:
+def measure_roi_align(full: bool) -> list[dict]:
     counts = (16, 64, 128, 256, 512, 1024) if full else (16, 128, 512, 1024)
-    rows, forward = [], {}
-    for batch, height in ((1, 32), (2, 64)):
-        for boxes in counts:
-            r = run_worker("roi_align", boxes=boxes, batch=batch, height=height, channels=256)
-            forward[(height, boxes)] = r["forward_ms"]
-            rows.append([f"({batch}, {height}, {height}, 256)", boxes, f"{r['forward_ms']:.2f}",
-                         f"{r['backward_ms']:.2f}", f"{boxes / r['forward_ms'] * 1000:.0f}"])
+    return [{"batch": batch, "height": height, "boxes": boxes,
+             **run_worker("roi_align", boxes=boxes, batch=batch, height=height, channels=256)}
+            for batch, height in ((1, 32), (2, 64)) for boxes in counts]
+
+
+def render_roi_align(rows: list[dict]) -> str:
+    forward = {(r["height"], r["boxes"]): r["forward_ms"] for r in rows}
+    counts = sorted({r["boxes"] for r in rows})
     low, high = counts[0], counts[-1]
-    return (_table(["features", "boxes", "forward ms", "forward+grad ms", "boxes/s"], rows)
-            + f"\n\nForward time from {low} to {high} boxes ({high // low}x): "
+    return (_table(["features", "boxes", "forward ms", "forward+grad ms", "boxes/s"],
+                   [[f"({r['batch']}, {r['height']}, {r['height']}, 256)", r["boxes"],
+                     f"{r['forward_ms']:.2f}", f"{r['backward_ms']:.2f}",
+                     f"{r['boxes'] / r['forward_ms'] * 1000:.0f}"] for r in rows])
+            + f"\n\nForward time from {low} to {high} boxes ({high // low}x as many): "
               f"{forward[(32, high)] / forward[(32, low)]:.0f}x on (1, 32, 32, 256); at {high} "
-              f"boxes the (2, 64, 64, 256) map takes {forward[(64, high)] / forward[(32, high)]:.2f}"
-              "x the time of the (1, 32, 32, 256) one."), None
+              f"boxes the (2, 64, 64, 256) map takes "
+              f"{forward[(64, high)] / forward[(32, high)]:.2f}x the time of (1, 32, 32, 256).")
 
 
-def section_flops(rates: dict, rate_source: str, calibration) -> tuple[str, None]:
-    plan = sorted({(arch, backbone, size) for arch, backbone, size, _ in rates})
+def measure_flops(throughput: dict, calibration, same_run: bool) -> dict:
+    rows = throughput["data"]
+    plan = sorted({(r["arch"], r["backbone"], r["size"]) for r in rows})
     counts = run_worker("flops", plan=[list(key) for key in plan])
-    rows, fractions = [], []
-    for (arch, backbone, size, batch), r in rates.items():
-        count = counts[f"{arch}|{backbone}|{size}"]
+    return {"counts": counts, "peak_gflops": calibration.gflops,
+            "peak": str(calibration), "same_run": same_run}
+
+
+def render_flops(d: dict, throughput: dict) -> str:
+    table, fractions = [], []
+    for r in throughput["data"]:
+        count = d["counts"][f"{r['arch']}|{r['backbone']}|{r['size']}"]
         achieved = count["train"] * r["train"]
-        fractions.append(achieved / calibration.gflops)
-        rows.append([arch, backbone, f"{size}²", f"{count['forward']:.2f}",
-                     f"{count['train']:.2f}", f"{r['train']:.1f}", f"{achieved:.0f}",
-                     f"{100 * achieved / calibration.gflops:.0f}%",
-                     f"{T4_FP32_FLOPS / 1e9 / count['train']:.0f}",
-                     f"{T4_MIXED_FLOPS / 1e9 / count['train']:.0f}"])
+        fractions.append(achieved / d["peak_gflops"])
+        table.append([r["arch"], r["backbone"], f"{r['size']}²", f"{count['forward']:.2f}",
+                      f"{count['train']:.2f}", f"{r['train']:.1f}", f"{achieved:.0f}",
+                      f"{100 * achieved / d['peak_gflops']:.0f}%",
+                      f"{T4_FP32_FLOPS / 1e9 / count['train']:.0f}",
+                      f"{T4_MIXED_FLOPS / 1e9 / count['train']:.0f}"])
+    when = throughput["provenance"]["measured"] + (
+        "" if d["same_run"] else ", not in the same run as the calibration")
     verdict = ("every model stays below it" if max(fractions) < 1 else
-               "**some exceed it: their img/s and the calibration were not measured under the "
-               "same load, or a FLOP count is wrong**")
-    return ("Training GFLOPs per image with the encoder frozen (`bench/flops.py`: convolutions "
-            "and dense layers; a frozen layer costs its forward pass, a trained one 3x). "
-            f"Achieved GFLOP/s = training GFLOPs x train img/s ({rate_source}); the matmul peak "
-            f"of the calibration above is {calibration.gflops:.0f} GFLOP/s and {verdict} "
-            f"(highest: {100 * max(fractions):.0f}%). No GPU was lent to the session that wrote "
-            f"this file: the GPU columns are estimates, a T4 sustaining "
-            f"{T4_FP32_FLOPS / 1e12:.1f} TFLOP/s in float32 and {T4_MIXED_FLOPS / 1e12:.0f} "
-            "TFLOP/s with mixed precision (assumptions, not measurements; ±50%).\n\n"
+               "**some exceed it: the calibration and the img/s were not measured under the same "
+               "load, or a FLOP count is wrong**")
+    return ("Training GFLOPs per image, encoder frozen (`bench/flops.py`: convolutions and dense "
+            "layers; a frozen layer costs its forward pass, a trained one 3x). Achieved GFLOP/s = "
+            "training GFLOPs x train img/s of section 1 (measured "
+            f"{when}); the matmul peak "
+            f"({d['peak']}) is {d['peak_gflops']:.0f} GFLOP/s and {verdict} (highest: "
+            f"{100 * max(fractions):.0f}%). No GPU was lent to the session that wrote this file: "
+            f"the GPU columns assume a T4 sustaining {T4_FP32_FLOPS / 1e12:.1f} TFLOP/s in float32 "
+            f"and {T4_MIXED_FLOPS / 1e12:.0f} TFLOP/s with mixed precision (assumptions, ±50%).\n\n"
             + _table(["model", "backbone", "size", "forward GFLOPs/img", "train GFLOPs/img",
                       "train img/s", "achieved GFLOP/s", "of matmul peak", "est. T4 fp32 img/s",
-                      "est. T4 mixed img/s"], rows)), None
+                      "est. T4 mixed img/s"], table))
 
 
-def section_demo() -> tuple[str, None]:
+def measure_demo() -> dict:
     import tempfile
 
     with tempfile.TemporaryDirectory() as out:
         metrics = worker_demo(out)
-    timing, recipe = metrics["timing"], metrics["recipe"]
-    per_class = ", ".join(f"{name} {iou:.3f}" for name, iou in metrics["iou"].items())
-    return (f"`python -m segkeras demo`: U-Net (MobileNetV2, {recipe['weights']} weights) on "
-            f"{recipe['train_images']} built-in shapes at {recipe['image_size']}², batch "
-            f"{recipe['batch_size']}, {recipe['epochs']} epochs.\n\n"
-            + _table(["wall (whole command)", "CPU user+sys", "of which training", "held-out mIoU",
-                      "per class", "demo's own calibration"],
-                     [[f"{timing['wall_s'] // 60:.0f} min {timing['wall_s'] % 60:02.0f} s",
-                       f"{timing['cpu_s']:.0f} s", f"{timing['train_s']:.0f} s wall",
-                       f"{metrics['mean_iou']:.3f}", per_class,
-                       f"{timing['calibration_gflops']:.0f} GFLOP/s (load "
-                       f"{timing['load_average']:.1f})"]])), None
+    return {key: metrics[key] for key in ("mean_iou", "pixel_accuracy", "iou", "recipe", "timing")}
+
+
+def render_demo(d: dict) -> str:
+    timing, recipe = d["timing"], d["recipe"]
+    per_class = ", ".join(f"{name} {iou:.3f}" for name, iou in d["iou"].items())
+    wall = timing["wall_s"]
+    return (f"`python -m segkeras demo` (what `make demo` runs after installing): U-Net "
+            f"(MobileNetV2, {recipe['weights']} initialisation, decoder "
+            f"{recipe['decoder_filters']}) on {recipe['train_images']} built-in shapes at "
+            f"{recipe['image_size']}², batch "
+            f"{recipe['batch_size']}, {recipe['epochs']} epochs; scored on "
+            f"{recipe['test_images']} held-out images.\n\n"
+            + _table(["wall, whole command", "CPU user+sys", "training (wall)", "held-out mIoU",
+                      "IoU per class", "the demo's calibration"],
+                     [[f"{int(wall // 60)} min {wall % 60:02.0f} s", f"{timing['cpu_s']:.0f} s",
+                       f"{timing['train_s']:.0f} s", f"{d['mean_iou']:.3f}", per_class,
+                       f"{timing['calibration_gflops']:.0f} GFLOP/s (load average "
+                       f"{timing['load_average']:.1f} at the end)"]]))
 
 
 TITLES = {
@@ -452,51 +495,19 @@ TITLES = {
 }
 
 
-def old_sections() -> tuple[dict, str, str]:
-    """The previous file's sections by number, its date and its hand-written notes."""
+def read_notes() -> str:
     if not os.path.exists(REPORT):
-        return {}, "", "\n"
+        return "\n"
     with open(REPORT, encoding="utf-8") as old:
-        text = old.read()
-    body, _, notes = text.partition(NOTES_MARKER)
-    date = body.split("Date: ", 1)[1].split(";", 1)[0] if "Date: " in body else "an earlier run"
-    sections = {}
-    for chunk in body.split("\n## ")[1:]:
-        number = chunk.split(".", 1)[0]
-        sections[number] = "## " + chunk.strip()
-    return sections, date, notes or "\n"
-
-
-def provenance(text: str | None, date: str) -> str:
-    """The ``_Measured ..._`` line of an old section, or one for the file's date."""
-    for line in (text or "").splitlines():
-        if line.startswith("_Measured") or line.startswith("_(kept"):
-            return line
-    return (f"_Measured {date} by `python bench/run.py` on a quiet machine (before load and "
-            "calibration were recorded)._")
-
-
-def kept(number: str, sections: dict, date: str) -> str:
-    """An old section, marked as not re-measured by this run, with its provenance line."""
-    text = sections.get(number, f"## {number}. (not measured yet)")
-    title, _, rest = text.partition("\n\n")
-    line = provenance(rest, date)
-    if line.startswith("_(kept"):
-        return text
-    body = rest.replace(line + "\n\n", "", 1)
-    return f"{title}\n\n_(kept from an earlier run, not re-measured)_ {line}\n\n{body}"
-
-
-def write_report(sections: list[str], header: str, notes: str) -> None:
-    with open(REPORT, "w", encoding="utf-8") as report:
-        report.write("\n\n".join([header, *sections]) + f"\n\n{NOTES_MARKER}{notes}")
+        return old.read().partition(NOTES_MARKER)[2] or "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="every configuration, longer budgets")
     parser.add_argument("--sections", nargs="*", choices=tuple(TITLES), default=list(TITLES),
-                        help="sections to measure (default: all); the others are kept")
+                        help="sections to measure (default: all); the others are rendered from "
+                             "their stored results in bench/results/")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -508,44 +519,56 @@ def main() -> None:
 
     start = time.perf_counter()
     command = "python bench/run.py" + (" --full" if args.full else "") + (
-        "" if set(args.sections) == set(TITLES) else " --sections " + " ".join(args.sections))
+        "" if set(args.sections) == set(TITLES) else
+        " --sections " + (" ".join(args.sections) or "(none)"))
     calibration = matmul_gflops()
     print(calibration, flush=True)
-    old, old_date, notes = old_sections()
-    out, values = {}, {}
-    bodies = {
-        "throughput": lambda: section_throughput(args.full),
-        "versus": section_versus,
-        "scaling": lambda: section_scaling(args.full),
-        "roi_align": lambda: section_roi_align(args.full),
-        "demo": section_demo,
+    measurers = {
+        "throughput": lambda: measure_throughput(args.full),
+        "versus": measure_versus,
+        "scaling": lambda: measure_scaling(args.full),
+        "roi_align": lambda: measure_roi_align(args.full),
+        "demo": measure_demo,
     }
-    for name in ("throughput", "versus", "scaling", "roi_align", "demo"):
-        if name in args.sections:
-            print(TITLES[name], flush=True)
-            out[name], values[name] = measured(TITLES[name], command, calibration, bodies[name])
-    number = {name: title.split(".", 1)[0] for name, title in TITLES.items()}
-    if "throughput" in values:
-        rates, source = values["throughput"], "section 1, this run"
-    else:
-        rates = throughput_from_table(old.get(number["throughput"], ""))
-        source = f"section 1, measured {old_date}"
-    if "pipeline" in args.sections:
-        out["pipeline"], _ = measured(TITLES["pipeline"], command, calibration, lambda: (
-            section_pipeline(rates[("unet", "mobilenetv2", 128, 8)]["train"], source)))
-    if "flops" in args.sections:
-        out["flops"], _ = measured(TITLES["flops"], command, calibration,
-                                   lambda: section_flops(rates, source, calibration))
-    if "throughput" not in out and rates:  # re-rendered: the old table's FLOP column was wrong
-        out["throughput"] = kept(number["throughput"], {number["throughput"]: (
-            f"## {TITLES['throughput']}\n\n{provenance(old.get(number['throughput']), old_date)}"
-            f"\n\n{render_throughput(rates)}")}, old_date)
-    sections = [out.get(name) or kept(number[name], old, old_date) for name in TITLES]
+    for name in ("demo", "throughput", "versus", "scaling", "roi_align", "pipeline", "flops"):
+        if name not in args.sections:
+            continue
+        print(TITLES[name], flush=True)
+        if name == "pipeline":
+            throughput = load_results("throughput")
+            unet = next(r for r in throughput["data"] if (
+                r["arch"], r["backbone"], r["size"], r["batch"]) == ("unet", "mobilenetv2", 128, 8))
+            source = f"section 1, measured {throughput['provenance']['measured']}"
+            measure(name, command, calibration,
+                    lambda rate=unet["train"], source=source: measure_pipeline(rate, source))
+        elif name == "flops":
+            measure(name, command, calibration,
+                    lambda: measure_flops(load_results("throughput"), calibration,
+                                          "throughput" in args.sections))
+        else:
+            measure(name, command, calibration, measurers[name])
+    renderers = {
+        "throughput": render_throughput, "versus": render_versus, "pipeline": render_pipeline,
+        "scaling": render_scaling, "roi_align": render_roi_align, "demo": render_demo,
+        "flops": lambda d: render_flops(d, load_results("throughput")),
+    }
+    sections = []
+    for name, title in TITLES.items():
+        stored = load_results(name)
+        if stored is None:
+            sections.append(f"## {title}\n\nNot measured yet: `python bench/run.py --sections "
+                            f"{name}`.")
+            continue
+        fresh = "" if name in args.sections else "_(not re-measured by the last run)_ "
+        sections.append(f"## {title}\n\n{fresh}{provenance_line(stored['provenance'])}\n\n"
+                        f"{renderers[name](stored['data'])}")
     header = (f"# Benchmarks\n\nMachine: {_machine()}\n\nLast run: {datetime.date.today()}, "
               f"`{command}` ({(time.perf_counter() - start) / 60:.1f} min); {calibration} at its "
-              "start. Each section says when it was measured. Regenerate with `make bench` "
+              "start. Every table is rendered by `bench/run.py` from `bench/results/*.json`, and "
+              "each section says when and how it was measured. Regenerate with `make bench` "
               "(quick) or `python bench/run.py --full`.\n")
-    write_report(sections, header, notes)
+    with open(REPORT, "w", encoding="utf-8") as report:
+        report.write("\n\n".join([header, *sections]) + f"\n\n{NOTES_MARKER}{read_notes()}")
     print(f"wrote {os.path.normpath(REPORT)} in {(time.perf_counter() - start) / 60:.1f} min")
 
 

@@ -40,7 +40,7 @@ RECIPE = {"size": 64, "batch": 16, "steps": 500, "n_train": 2048, "n_val": 256,
 TUTORIAL_SIZE = 128
 
 
-def reference_unet(size: int, encoder_trainable: bool = True) -> "keras.Model":  # noqa: F821
+def reference_unet(size: int, encoder_trainable: bool = True):
     """The TensorFlow segmentation tutorial's model: MobileNetV2 skips, pix2pix upsampling."""
     import keras
 
@@ -52,7 +52,8 @@ def reference_unet(size: int, encoder_trainable: bool = True) -> "keras.Model": 
     encoder = keras.Model(base.input, [base.get_layer(name).output for name in names],
                           name="tutorial_encoder")
     encoder.trainable = encoder_trainable
-    skips = encoder(keras.layers.Rescaling(1 / 255.0)(image), training=None if encoder_trainable else False)
+    frozen = {} if encoder_trainable else {"training": False}  # a frozen encoder: inference mode
+    skips = encoder(keras.layers.Rescaling(1 / 255.0)(image), **frozen)
     x = skips[-1]
     for filters, skip in zip((512, 256, 128, 64), reversed(skips[:-1]), strict=True):
         x = keras.layers.Conv2DTranspose(
@@ -64,7 +65,7 @@ def reference_unet(size: int, encoder_trainable: bool = True) -> "keras.Model": 
     return keras.Model(image, logits, name="tutorial_unet")
 
 
-def build(kind: str, size: int) -> "keras.Model":  # noqa: F821
+def build(kind: str, size: int):
     """The model ``kind`` (one of :data:`MODELS`) at ``size`` x ``size``."""
     from segkeras.backbones import train_from_scratch
     from segkeras.models.unet import unet
@@ -113,8 +114,8 @@ def quality(kind: str, seed: int, steps: int = RECIPE["steps"]) -> dict:
     train, val, class_names = _datasets(_size(kind))
     model = _compiled(kind)
     model.fit(train, steps_per_epoch=steps, epochs=1, verbose=0)
-    result = {"model": kind, "seed": seed, "steps": steps, "miou": evaluate_semantic(model, val, class_names)[
-        "mean_iou"]}
+    miou = evaluate_semantic(model, val, class_names)["mean_iou"]
+    result = {"model": kind, "seed": seed, "steps": steps, "miou": miou}
     if kind == "reference_bn0999":  # the same weights, BatchNorm on batch statistics
         batch_stats = keras.Model(model.input, model(model.input, training=True))
         result["miou_batch_statistics"] = evaluate_semantic(batch_stats, val, class_names)[
