@@ -3,6 +3,7 @@
     python bench/run.py                          # quick (make bench), every section
     python bench/run.py --sections demo flops    # re-measure some sections, keep the others
     python bench/run.py --full                   # every architecture x backbone x size x batch
+    python bench/versus.py quality --out bench/results/versus_quality.json   # section 2's mIoU
 
 Writes BENCHMARKS.md. Every section starts with the line saying when and by which command it was
 measured, the load average around it, the wall and CPU (user+sys) seconds of its worker processes
