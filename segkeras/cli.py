@@ -189,17 +189,17 @@ def _elapsed() -> str:
 
 
 DEMO_RECIPE = {
-    "image_size": 64, "train_images": 3000, "test_images": 200, "batch_size": 16, "epochs": 4,
-    "learning_rate": 7e-3, "dice_weight": 1.0, "decoder_filters": (64, 48, 32, 16, 16),
+    "image_size": 64, "train_images": 3000, "test_images": 200, "batch_size": 8, "epochs": 4,
+    "learning_rate": 5e-3, "dice_weight": 1.0, "decoder_filters": (64, 48, 32, 16, 16),
     "seed": 0,
 }
 """U-Net on MobileNetV2 over the built-in shapes, tuned to reach mean IoU >= 0.9 on held-out
-images in about 3 minutes on a 2-core CPU from a random initialisation: small images, a narrow
-decoder, many fresh images seen few times (synthetic data is free; 1000 images seen 24 times
-overfit at 0.70), Adam with cosine decay, cross-entropy + Dice. Batch 16 keeps both cores busy
-(batch 8 left one idle a third of the time), with the learning rate scaled by about sqrt(2) from
-batch 8's 5e-3; Keras' default ``jit_compile="auto"`` (no XLA on a
-TensorFlow CPU; forcing it cost 3.8x the CPU time per image: ``bench/demo_speed.py``)."""
+images on a 2-core CPU from a random initialisation: small images, a narrow decoder, many fresh
+images seen few times (synthetic data is free; 1000 images seen 24 times overfit at 0.70), batch 8
+for many updates, Adam with cosine decay, cross-entropy + Dice. Batch 16 with the learning rate
+scaled to 7e-3 scored 0.877 at about the same CPU time (BENCHMARKS.md, notes). Keras' default
+``jit_compile="auto"`` means no XLA on a TensorFlow CPU; forcing it cost 3.8x the CPU time per
+image (``bench/demo_speed.py``)."""
 QUICK_RECIPE = {**DEMO_RECIPE, "train_images": 16, "test_images": 8, "epochs": 1}
 
 
