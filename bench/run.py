@@ -578,8 +578,9 @@ def main() -> None:
               "start. Every table is rendered by `bench/run.py` from `bench/results/*.json`, and "
               "each section says when and how it was measured. Regenerate with `make bench` "
               "(quick) or `python bench/run.py --full`.\n")
+    notes = read_notes()  # before opening the report for writing empties it
     with open(REPORT, "w", encoding="utf-8") as report:
-        report.write("\n\n".join([header, *sections]) + f"\n\n{NOTES_MARKER}{read_notes()}")
+        report.write("\n\n".join([header, *sections]) + f"\n\n{NOTES_MARKER}{notes}")
     print(f"wrote {os.path.normpath(REPORT)} in {(time.perf_counter() - start) / 60:.1f} min")
 
 
