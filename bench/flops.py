@@ -1,7 +1,10 @@
-"""Multiply-add counts of a Keras model built at a fixed input size (convolutions and dense layers).
+"""FLOP counts of a Keras model built at a fixed input size (convolutions and dense layers).
 
-Used to turn measured CPU throughput into GPU estimates: training costs about three forward passes
-(forward, gradient w.r.t. activations, gradient w.r.t. weights).
+Used to turn measured CPU throughput into achieved GFLOP/s and GPU estimates. A trained layer costs
+about three forward passes per training step (forward, gradient w.r.t. its input, gradient w.r.t.
+its weights); a frozen layer (no trainable weights, e.g. the encoder in the transfer-learning stage)
+costs one: it sits before every trained layer in an encoder-decoder, so no gradient passes through
+it. (A frozen layer *behind* a trained one would cost two; no segkeras model has one.)
 """
 
 from __future__ import annotations
@@ -51,10 +54,9 @@ def layer_flops(layer) -> int:
     return 0
 
 
-def training_flops_per_image(model: keras.Model) -> float:
-    """Approximate training FLOPs per image: 3 x the forward convolution/dense FLOPs."""
+def _per_image(model: keras.Model):
+    """``(layer, forward FLOPs per image)`` for every counted layer of ``model``."""
     boxes_per_image = int(model.input["boxes"].shape[1]) if isinstance(model.input, dict) else 1
-    total = 0
     for layer in _layers(model):
         try:
             flops = layer_flops(layer)
@@ -62,5 +64,16 @@ def training_flops_per_image(model: keras.Model) -> float:
             continue
         # The mask head runs once per box: its layers have no fixed batch rows per image.
         per_box = boxes_per_image > 1 and layer.name.startswith("mask_")
-        total += flops * (boxes_per_image if per_box else 1)
-    return 3.0 * total
+        yield layer, flops * (boxes_per_image if per_box else 1)
+
+
+def forward_flops_per_image(model: keras.Model) -> float:
+    """Forward (inference) FLOPs per image of the convolution and dense layers."""
+    return float(sum(flops for _, flops in _per_image(model)))
+
+
+def training_flops_per_image(model: keras.Model) -> float:
+    """Training FLOPs per image: forward only for frozen layers (no trainable weights), 3 x forward
+    for trained ones."""
+    return float(sum(flops * (3 if layer.trainable_weights else 1)
+                     for layer, flops in _per_image(model)))

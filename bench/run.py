@@ -1,11 +1,16 @@
 """segkeras benchmarks: speed, quality against a reference recipe, scaling and memory.
 
-    python bench/run.py           # quick (make bench, about 15 minutes on 2 CPU cores)
-    python bench/run.py --full    # every architecture x backbone x size x batch, longer budgets
+    python bench/run.py                          # quick (make bench), every section
+    python bench/run.py --sections demo flops    # re-measure some sections, keep the others
+    python bench/run.py --full                   # every architecture x backbone x size x batch
+    python bench/versus.py quality --out bench/results/versus_quality.json   # section 2's mIoU
 
-Writes BENCHMARKS.md (tables, machine, versions, date, command). Every measurement runs in its own
-subprocess so that peak RSS belongs to that configuration alone. Random weights throughout (the
-speed of a network does not depend on its weights; no download needed).
+Writes BENCHMARKS.md. Every section starts with the line saying when and by which command it was
+measured, the load average around it, the wall and CPU (user+sys) seconds of its worker processes
+and this machine's matmul calibration (:mod:`segkeras.calibration`), so a number taken on a busy
+machine is recognisable as such. Sections not re-measured are kept from the previous file with
+their own line. Every measurement runs in its own subprocess so that peak RSS belongs to that
+configuration alone. Random weights throughout (no download needed).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -23,6 +29,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPORT = os.path.join(BENCH_DIR, os.pardir, "BENCHMARKS.md")
+RESULTS = os.path.join(BENCH_DIR, "results")
 NOTES_MARKER = "<!-- hand-written notes below are kept by bench/run.py -->"
 NUM_CLASSES = 4  # background + the three shapes every lab uses by default
 # Assumed sustained training throughput of a Colab T4 (peak 8.1 TFLOP/s fp32, 65 fp16 tensor core);
@@ -38,26 +45,26 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _build(arch: str, backbone: str, size: int, trainable: bool = False):
-    from segkeras.models.deconv import deconvnet
-    from segkeras.models.fcn import fcn
-    from segkeras.models.hourglass import hourglass
-    from segkeras.models.mask_head import instance_segmenter
-    from segkeras.models.unet import unet
+MASK_HEAD = "mask_head"  # the instance head: not a semantic builder, so not in the registry
+ARCH_OPTIONS = {"hourglass": {"num_stacks": 2}, "deconvnet": {"skips": True}}
 
-    shape = (size, size, 3)
-    common = dict(weights=None, encoder_trainable=trainable, input_shape=shape)
-    if arch.startswith("fcn"):
-        return fcn(NUM_CLASSES, backbone, variant=arch[3:], **common)
-    if arch == "deconvnet":
-        return deconvnet(NUM_CLASSES, backbone, skips=True, **common)
-    if arch == "unet":
-        return unet(NUM_CLASSES, backbone, **common)
-    if arch == "hourglass":
-        return hourglass(NUM_CLASSES, num_stacks=2, backbone=backbone, **common)
-    if arch == "mask_head":
+
+def architectures() -> list[str]:
+    """The registry's builders, then the mask head."""
+    from segkeras.models import registry
+
+    return [*registry.names(), MASK_HEAD]
+
+
+def _build(arch: str, backbone: str, size: int, trainable: bool = False):
+    from segkeras.models import registry
+    from segkeras.models.mask_head import instance_segmenter
+
+    common = dict(weights=None, encoder_trainable=trainable, input_shape=(size, size, 3))
+    if arch == MASK_HEAD:
         return instance_segmenter(NUM_CLASSES, backbone, **common)
-    raise ValueError(f"unknown architecture {arch}")
+    return registry.build(arch, NUM_CLASSES, backbone=backbone, **common,
+                          **ARCH_OPTIONS.get(arch, {}))
 
 
 def _batch_for(model, arch: str, batch: int, size: int):
@@ -94,75 +101,31 @@ def _rate(step, batch: int, steps: int, warmup: int = 2) -> float:
 
 
 def worker_throughput(arch: str, backbone: str, size: int, batch: int, steps: int) -> dict:
-    """Train and inference img/s, parameters, training GFLOPs/img and peak RSS of one config."""
+    """Train and inference img/s, parameters and peak RSS of one config (encoder frozen)."""
     import keras
-    from flops import training_flops_per_image
 
     model = _build(arch, backbone, size)
     inputs, targets, loss = _batch_for(model, arch, batch, size)
     model.compile(keras.optimizers.Adam(1e-3), loss)
     train = _rate(lambda: model.train_on_batch(inputs, targets), batch, steps)
     infer = _rate(lambda: model.predict_on_batch(inputs), batch, steps)
-    return {
-        "params": model.count_params(), "train": train, "infer": infer,
-        "gflops": training_flops_per_image(model) / 1e9, "rss": _peak_rss_mib(),
-    }
+    return {"params": model.count_params(), "train": train, "infer": infer,
+            "rss": _peak_rss_mib()}
 
 
-def _reference_unet(size: int):
-    """The TensorFlow segmentation tutorial's model: MobileNetV2 skips, pix2pix upsampling."""
+def worker_flops(plan: list[list]) -> dict:
+    """Forward and training GFLOPs/img (encoder frozen) of every ``(arch, backbone, size)``."""
     import keras
+    from flops import forward_flops_per_image, training_flops_per_image
 
-    image = keras.Input((size, size, 3))
-    base = keras.applications.MobileNetV2(
-        input_tensor=keras.layers.Rescaling(1 / 255.0)(image), include_top=False, weights=None)
-    names = ["block_1_expand_relu", "block_3_expand_relu", "block_6_expand_relu",
-             "block_13_expand_relu", "block_16_project"]
-    skips = [base.get_layer(name).output for name in names]
-    x = skips[-1]
-    for filters, skip in zip((512, 256, 128, 64), reversed(skips[:-1]), strict=True):
-        x = keras.layers.Conv2DTranspose(
-            filters, 3, strides=2, padding="same", use_bias=False,
-            kernel_initializer=keras.initializers.RandomNormal(0.0, 0.02))(x)
-        x = keras.layers.ReLU()(keras.layers.BatchNormalization()(x))
-        x = keras.layers.Concatenate()([x, skip])
-    logits = keras.layers.Conv2DTranspose(NUM_CLASSES, 3, strides=2, padding="same")(x)
-    return keras.Model(image, logits, name="tutorial_unet")
-
-
-def worker_versus(model_kind: str, size: int, batch: int, steps: int, n_train: int,
-                  decoder_filters: list[int] | None = None) -> dict:
-    """Train one U-Net for ``steps`` steps on built-in shapes; img/s and held-out mIoU."""
-    import keras
-
-    from segkeras.data import pipeline, shapes
-    from segkeras.evaluate.semantic import evaluate_semantic
-
-    keras.utils.set_random_seed(0)
-    data = shapes.generate(n_train + 256, image_size=size, seed=1)
-    train, val = data.split(256 / len(data))
-    train_ds = pipeline.make_dataset(train, size, batch, shuffle=True).repeat()
-    val_ds = pipeline.make_dataset(val, size, batch)
-    if model_kind == "segkeras":
-        from segkeras.models.unet import unet
-
-        extra = {"decoder_filters": tuple(decoder_filters)} if decoder_filters else {}
-        model = unet(NUM_CLASSES, "mobilenetv2", weights=None, encoder_trainable=True,
-                     input_shape=(size, size, 3), **extra)
-    else:
-        model = _reference_unet(size)
-    model.compile(keras.optimizers.Adam(1e-3),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255))
-    model.fit(train_ds, steps_per_epoch=5, epochs=1, verbose=0)  # compile / warm up
-    start = time.perf_counter()
-    model.fit(train_ds, steps_per_epoch=steps, epochs=1, verbose=0)
-    seconds = time.perf_counter() - start
-    result = evaluate_semantic(model, val_ds, data.class_names)
-    from flops import training_flops_per_image
-
-    return {"train": batch * steps / seconds, "miou": result["mean_iou"],
-            "params": model.count_params(), "rss": _peak_rss_mib(), "seconds": seconds,
-            "gflops": training_flops_per_image(model) / 1e9}
+    counts = {}
+    for arch, backbone, size in plan:
+        model = _build(arch, backbone, size)
+        counts[f"{arch}|{backbone}|{size}"] = {
+            "forward": forward_flops_per_image(model) / 1e9,
+            "train": training_flops_per_image(model) / 1e9}
+        keras.backend.clear_session()
+    return counts
 
 
 def worker_pipeline(size: int, batch: int, count: int) -> dict:
@@ -197,8 +160,21 @@ def worker_roi_align(boxes: int, batch: int, height: int, channels: int) -> dict
     return {"forward_ms": forward * 1000, "backward_ms": backward * 1000}
 
 
-WORKERS = {"throughput": worker_throughput, "versus": worker_versus,
-           "pipeline": worker_pipeline, "roi_align": worker_roi_align}
+def worker_demo(out: str) -> dict:
+    """``python -m segkeras demo`` in a subprocess; its metrics.json (scores, the demo's own
+    timings) and the whole command's wall and CPU seconds, interpreter start included."""
+    cpu, wall = _children_cpu(), time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "segkeras", "demo", "--out", out],
+                          capture_output=True, text=True, cwd=os.path.join(BENCH_DIR, os.pardir))
+    if done.returncode != 0:
+        raise RuntimeError(f"demo failed:\n{done.stderr[-3000:]}")
+    with open(os.path.join(out, "metrics.json"), encoding="utf-8") as metrics:
+        return {**json.load(metrics), "command_wall_s": time.perf_counter() - wall,
+                "command_cpu_s": _children_cpu() - cpu}
+
+
+WORKERS = {"throughput": worker_throughput, "flops": worker_flops, "pipeline": worker_pipeline,
+           "roi_align": worker_roi_align}
 
 
 def run_worker(task: str, **kwargs) -> dict:
@@ -236,158 +212,375 @@ def _machine() -> str:
             f"(backend {keras.backend.backend()}), NumPy {numpy.__version__}")
 
 
-def section_throughput(full: bool) -> tuple[str, dict]:
-    archs = ["fcn32s", "fcn16s", "fcn8s", "deconvnet", "unet", "hourglass", "mask_head"]
-    plan = [(a, b, s, n) for a in archs for b in ("mobilenetv2", "resnet50")
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _results_file(name: str) -> str:
+    return os.path.join(RESULTS, f"{name}.json")
+
+
+def measure(name: str, command: str, calibration, body) -> dict:
+    """Run ``body()`` (the section's data) and store it in ``results/<name>.json`` with its
+    provenance: when, by which command, load average, wall and CPU seconds, calibration."""
+    load, cpu, wall = os.getloadavg()[0], _children_cpu(), time.perf_counter()
+    data = body()
+    stored = {"provenance": {
+        "measured": f"{datetime.datetime.now():%Y-%m-%d %H:%M}", "command": command,
+        "wall_s": round(time.perf_counter() - wall), "cpu_s": round(_children_cpu() - cpu),
+        "load_before": round(load, 1), "load_after": round(os.getloadavg()[0], 1),
+        "cpus": os.cpu_count(), "calibration": str(calibration)}, "data": data}
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(_results_file(name), "w", encoding="utf-8") as file:
+        json.dump(stored, file, indent=1)
+    return stored
+
+
+def load_results(name: str) -> dict | None:
+    if not os.path.exists(_results_file(name)):
+        return None
+    with open(_results_file(name), encoding="utf-8") as file:
+        return json.load(file)
+
+
+def provenance_line(p: dict) -> str:
+    if "note" in p:
+        return f"_Measured {p['measured']} by `{p['command']}`; {p['note']}._"
+    return (f"_Measured {p['measured']} by `{p['command']}`: worker wall {p['wall_s']} s, CPU "
+            f"(user+sys) {p['cpu_s']} s; load average {p['load_before']} before, "
+            f"{p['load_after']} after ({p['cpus']} cores); {p['calibration']}._")
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+def measure_throughput(full: bool) -> list[dict]:
+    backbones = ("mobilenetv2", "resnet50")
+    plan = [(a, b, s, n) for a in architectures() for b in backbones
             for s in (128, 256) for n in (8, 16)]
     if not full:
-        plan = [(a, b, 128, 8) for a in archs for b in ("mobilenetv2", "resnet50")]
-    rows, results = [], {}
-    for arch, backbone, size, batch in plan:
-        r = run_worker("throughput", arch=arch, backbone=backbone, size=size, batch=batch,
-                       steps=10 if full else 5)
-        results[(arch, backbone, size, batch)] = r
-        rows.append([arch, backbone, f"{size}²", batch, f"{r['params'] / 1e6:.1f}M",
-                     f"{r['gflops']:.2f}", f"{r['train']:.1f}", f"{r['infer']:.1f}",
-                     f"{r['rss']:.0f}"])
-    text = ("## 1. Throughput and memory per architecture\n\nEncoder frozen (the transfer-learning "
-            "stage); hourglass: 2 stacks on the backbone's P2; mask head: 8 boxes per image. "
-            "GFLOPs: training FLOPs per image (3 x forward, convolutions and dense layers).\n\n"
-            + _table(["model", "backbone", "size", "batch", "params", "train GFLOPs/img",
-                      "train img/s", "inference img/s", "peak RSS MiB"], rows))
-    return text, results
+        plan = [(a, b, 128, 8) for a in architectures() for b in backbones]
+    return [{"arch": arch, "backbone": backbone, "size": size, "batch": batch,
+             **run_worker("throughput", arch=arch, backbone=backbone, size=size, batch=batch,
+                          steps=10 if full else 5)}
+            for arch, backbone, size, batch in plan]
 
 
-LIGHT_DECODER = (64, 48, 32, 16, 16)  # the demo's and the labs' decoder widths
+def render_throughput(rows: list[dict]) -> str:
+    return ("Encoder frozen (the transfer-learning stage); deconvnet with skips; hourglass: 2 "
+            "stacks on the backbone's P2; mask head: 8 boxes per image. Training FLOPs and the "
+            "GFLOP/s these rates achieve: section 6.\n\n"
+            + _table(["model", "backbone", "size", "batch", "params", "train img/s",
+                      "inference img/s", "peak RSS MiB"],
+                     [[r["arch"], r["backbone"], f"{r['size']}²", r["batch"],
+                       f"{r['params'] / 1e6:.1f}M", f"{r['train']:.1f}", f"{r['infer']:.1f}",
+                       f"{r['rss']:.0f}"] for r in rows]))
 
 
-def section_versus(full: bool) -> str:
-    size, batch = (128, 16) if full else (64, 16)
-    steps, n_train = (1500, 4096) if full else (500, 2048)
-    runs = {
-        "segkeras unet(mobilenetv2), default decoder": {"model_kind": "segkeras"},
-        f"segkeras unet(mobilenetv2, decoder_filters={LIGHT_DECODER})": {
-            "model_kind": "segkeras", "decoder_filters": list(LIGHT_DECODER)},
-        "TF tutorial U-Net (reference)": {"model_kind": "reference"},
-    }
-    results = {name: run_worker("versus", size=size, batch=batch, steps=steps, n_train=n_train,
-                                **spec) for name, spec in runs.items()}
-    reference = results["TF tutorial U-Net (reference)"]
-    rows = [[name, f"{r['params'] / 1e6:.2f}M", f"{r['gflops']:.2f}", f"{r['train']:.1f}",
-             f"{r['train'] / reference['train']:.2f}x", f"{r['miou']:.3f}",
-             f"{r['miou'] - reference['miou']:+.3f}", f"{r['rss']:.0f}"]
-            for name, r in results.items()]
-    text = ("## 2. segkeras U-Net vs the TensorFlow tutorial's U-Net\n\n"
-            f"Same data (built-in shapes, {n_train} training / 256 held-out images, {size}²), "
-            f"batch {batch}, {steps} steps each, random initialisation, everything trainable "
-            "(segkeras: BatchNorm momentum 0.99 from scratch), Adam 1e-3, sparse cross-entropy.\n\n"
-            + _table(["model", "params", "train GFLOPs/img", "train img/s", "speed vs reference",
-                      f"held-out mIoU after {steps} steps", "mIoU vs reference", "peak RSS MiB"],
-                     rows))
-    return text
+def _mean_sd(values: list[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else float("nan")
+    return f"{statistics.mean(values):.3f} ± {sd:.3f}"
 
 
-def section_pipeline(model_rate: float) -> str:
+VERSUS_QUALITY = os.path.join(RESULTS, "versus_quality.json")
+
+
+def measure_versus() -> dict:
+    """A short speed run per model now; the quality records come from ``VERSUS_QUALITY``
+    (``python bench/versus.py quality --out ...``: long, and valid on a busy machine)."""
+    speed_file = os.path.join(RESULTS, "versus_speed.json")
+    if os.path.exists(speed_file):
+        os.remove(speed_file)
+    subprocess.run([sys.executable, "versus.py", "speed", "--out", speed_file], check=True,
+                   cwd=BENCH_DIR)
+    with open(speed_file, encoding="utf-8") as file:
+        return json.load(file)
+
+
+def render_versus(speed: dict) -> str:
+    import versus
+
+    quality = {"recipe": versus.RECIPE, "records": [],
+               "command": "python bench/versus.py quality --out bench/results/versus_quality.json"}
+    if os.path.exists(VERSUS_QUALITY):
+        with open(VERSUS_QUALITY, encoding="utf-8") as file:
+            quality = json.load(file)
+    by_model, fast = {}, {r["model"]: r for r in speed["records"]}
+    for record in quality["records"]:
+        by_model.setdefault(record["model"], []).append(record)
+    recipe, rows, mean = quality["recipe"], [], {}
+    for kind in versus.MODELS:
+        runs, timed = by_model.get(kind, []), fast.get(kind, {})
+        if not runs and not timed:
+            continue
+        mious = [r["miou"] for r in runs]
+        mean[kind] = statistics.mean(mious) if mious else None
+        batch_stats = [r["miou_batch_statistics"] for r in runs if "miou_batch_statistics" in r]
+        rows.append([
+            kind, f"{timed['params'] / 1e6:.2f}M" if timed else "",
+            f"{versus.TUTORIAL_SIZE if kind == 'reference_tutorial' else recipe['size']}²",
+            f"{timed['img_per_s']:.1f}" if timed else "not measured",
+            f"{timed['cpu_ms_per_img']:.1f}" if timed else "",
+            _mean_sd(mious) if mious else "not measured",
+            f"{min(mious):.3f}–{max(mious):.3f}" if mious else "", len(runs),
+            _mean_sd(batch_stats) if batch_stats else "",
+            f"{sum(r['cpu_s'] for r in runs) / 60:.0f}" if runs else "",
+            f"{min(r['load_before'] for r in runs):.0f}–{max(r['load_after'] for r in runs):.0f}"
+            if runs else ""])
+    text = (f"Built-in shapes ({recipe['n_train']} training / {recipe['n_val']} held-out images "
+            f"at {recipe['size']}²; the tutorial's recipe resizes them to "
+            f"{versus.TUTORIAL_SIZE}²), batch {recipe['batch']}, {recipe['steps']} steps, "
+            f"Adam {recipe['learning_rate']}, sparse cross-entropy, random initialisation; a seed "
+            "sets the initial weights and the shuffle. Models (`bench/versus.py`): `segkeras`, "
+            "the light decoder, BatchNorm trained with momentum 0.99; `reference_bn099`, the "
+            "tutorial's U-Net with the same BatchNorm treatment (like for like); "
+            "`reference_bn0999`, with keras.applications' momentum 0.999 (what this section "
+            "compared before); `reference_tutorial`, as the tutorial runs it: frozen encoder at "
+            "128², random because offline (the tutorial's is ImageNet-pretrained). mIoU: "
+            f"`{quality['command']}`, one process per run (a score after a fixed number of "
+            "steps does not depend on the load)"
+            + ("" if quality["records"] else
+               " — **not measured yet**: the runs did not fit the shared CPU of the session "
+               "that wrote this file")
+            + "; img/s: this section's command (30 timed steps).\n\n"
+            + _table(["model", "params", "size", "train img/s", "CPU ms/img",
+                      "held-out mIoU (mean ± sd)", "min–max", "seeds",
+                      "mIoU on batch statistics", "quality runs CPU min",
+                      "load during quality runs"], rows))
+    notes = []
+    if mean.get("segkeras") is not None and mean.get("reference_bn099") is not None:
+        ratio = (f", {fast['segkeras']['img_per_s'] / fast['reference_bn099']['img_per_s']:.2f}x "
+                 "the reference's img/s" if "segkeras" in fast and "reference_bn099" in fast
+                 else "")
+        notes.append("Like for like (both BatchNorm momentum 0.99): segkeras "
+                     f"{mean['segkeras'] - mean['reference_bn099']:+.3f} mIoU{ratio}.")
+    runs = [r for r in by_model.get("reference_bn0999", []) if "miou_batch_statistics" in r]
+    if runs:
+        notes.append(
+            "With momentum 0.999 the reference scores "
+            f"{statistics.mean(r['miou'] for r in runs):.3f} on its moving BatchNorm statistics "
+            "and "
+            f"{statistics.mean(r['miou_batch_statistics'] for r in runs):.3f} with the same "
+            "weights on batch statistics: the gap is what moving statistics that are still near "
+            f"their initial values after {recipe['steps']} steps cost.")
+    return text + ("\n\n" + " ".join(notes) if notes else "")
+
+
+def measure_pipeline(unet_rate: float, rate_source: str) -> dict:
     r = run_worker("pipeline", size=128, batch=16, count=1024)
-    return ("## 3. Input pipeline vs model\n\n"
-            + _table(["what", "img/s"], [
+    return {"pipeline": r["pipeline"], "model_rate": unet_rate, "model_rate_source": rate_source}
+
+
+def render_pipeline(d: dict) -> str:
+    return (_table(["what", "img/s"], [
                 ["make_dataset(128², batch 16, augment=True, shuffle=True)",
-                 f"{r['pipeline']:.0f}"],
-                ["segkeras U-Net (mobilenetv2) training at 128², batch 8, section 1",
-                 f"{model_rate:.1f}"],
-            ])
-            + f"\n\nThe pipeline is **{r['pipeline'] / model_rate:.0f}x** faster than training "
-            "consumes it (target: at least 5x), so it is never the bottleneck.")
+                 f"{d['pipeline']:.0f}"],
+                ["segkeras U-Net (mobilenetv2) training at 128², batch 8 "
+                 f"({d['model_rate_source']})", f"{d['model_rate']:.1f}"]])
+            + f"\n\nThe pipeline delivers {d['pipeline'] / d['model_rate']:.0f}x what training "
+            "consumes (target: at least 5x).")
 
 
-def section_scaling(full: bool) -> str:
+def measure_scaling(full: bool) -> list[dict]:
     sizes = (64, 128, 256, 512) if full else (64, 128, 256)
     batches = (1, 4, 8, 16, 32) if full else (4, 8, 16)
     rows = []
     for size, batch in [(s, 8) for s in sizes] + [(128, b) for b in batches if b != 8]:
         r = run_worker("throughput", arch="unet", backbone="mobilenetv2", size=size, batch=batch,
                        steps=5 if size <= 256 else 3)
-        rows.append([f"{size}²", batch, f"{1000 * batch / r['train']:.0f}",
-                     f"{1000 * batch / r['infer']:.0f}", f"{r['train']:.1f}", f"{r['rss']:.0f}"])
-    return ("## 4. Scaling (U-Net, mobilenetv2, encoder frozen)\n\n"
-            + _table(["size", "batch", "train ms/step", "inference ms/step", "train img/s",
-                      "peak RSS MiB"], rows)
-            + "\n\nTime per step grows linearly with the number of pixels (4x per doubling of the "
-              "side) and with the batch size once the batch fills both cores; memory grows with "
-              "pixels x batch on top of a fixed cost of about 1 GiB for TensorFlow and the model.")
+        rows.append({"size": size, "batch": batch, "train_ms": 1000 * batch / r["train"],
+                     "infer_ms": 1000 * batch / r["infer"], "train": r["train"], "rss": r["rss"]})
+    return rows
 
 
-def section_roi_align(full: bool) -> str:
+def render_scaling(rows: list[dict]) -> str:
+    ms = {(r["size"], r["batch"]): r["train_ms"] for r in rows}
+    sizes = sorted(size for size, batch in ms if batch == 8)
+    batches = sorted(batch for size, batch in ms if size == 128)
+    doubling = ", ".join(f"{a}²→{b}²: {ms[(b, 8)] / ms[(a, 8)]:.1f}x"
+                         for a, b in zip(sizes, sizes[1:], strict=False))
+    growth = ", ".join(f"{a}→{b}: {ms[(128, b)] / ms[(128, a)]:.1f}x"
+                       for a, b in zip(batches, batches[1:], strict=False))
+    return (_table(["size", "batch", "train ms/step", "inference ms/step", "train img/s",
+                    "peak RSS MiB"],
+                   [[f"{r['size']}²", r["batch"], f"{r['train_ms']:.0f}", f"{r['infer_ms']:.0f}",
+                     f"{r['train']:.1f}", f"{r['rss']:.0f}"] for r in rows])
+            + f"\n\nTraining step time, batch 8, per doubling of the side (4x the pixels): "
+              f"{doubling}. At 128², from one batch size to the next: {growth}.")
+
+
+def measure_roi_align(full: bool) -> list[dict]:
     counts = (16, 64, 128, 256, 512, 1024) if full else (16, 128, 512, 1024)
-    rows = []
-    for batch, height in ((1, 32), (2, 64)):
-        for boxes in counts:
-            r = run_worker("roi_align", boxes=boxes, batch=batch, height=height, channels=256)
-            rows.append([f"({batch}, {height}, {height}, 256)", boxes, f"{r['forward_ms']:.2f}",
-                         f"{r['backward_ms']:.2f}",
-                         f"{boxes / r['forward_ms'] * 1000:.0f}"])
-    return ("## 5. RoIAlign (14x14, sampling ratio 2, compiled)\n\n"
-            + _table(["features", "boxes", "forward ms", "forward+grad ms", "boxes/s"], rows)
-            + "\n\nCost is linear in the number of boxes (K x 14 x 14 x 4 samples x 4 gathers) and "
-              "almost independent of the feature-map size.")
+    return [{"batch": batch, "height": height, "boxes": boxes,
+             **run_worker("roi_align", boxes=boxes, batch=batch, height=height, channels=256)}
+            for batch, height in ((1, 32), (2, 64)) for boxes in counts]
 
 
-def section_gpu(throughput: dict) -> str:
-    rows = []
-    for (arch, backbone, size, batch), r in throughput.items():
-        if size != 128 or batch != 8:
-            continue
-        cpu_flops = r["gflops"] * r["train"]
-        rows.append([arch, backbone, f"{r['gflops']:.2f}", f"{cpu_flops:.0f}",
-                     f"{T4_FP32_FLOPS / 1e9 / r['gflops']:.0f}",
-                     f"{T4_MIXED_FLOPS / 1e9 / r['gflops']:.0f}"])
-    return ("## 6. GPU\n\nNo GPU was lent to the session that produced this file, "
-            "so GPU numbers are estimates from measured FLOPs: a T4 sustaining "
-            f"{T4_FP32_FLOPS / 1e12:.1f} TFLOP/s in float32 and "
-            f"{T4_MIXED_FLOPS / 1e12:.0f} TFLOP/s "
-            "with mixed precision (XLA on). Treat them as +-50%.\n\n"
-            + _table(["model", "backbone", "train GFLOPs/img (128²)", "this CPU GFLOP/s achieved",
-                      "est. T4 fp32 img/s", "est. T4 mixed img/s"], rows))
+def render_roi_align(rows: list[dict]) -> str:
+    forward = {(r["height"], r["boxes"]): r["forward_ms"] for r in rows}
+    counts = sorted({r["boxes"] for r in rows})
+    low, high = counts[0], counts[-1]
+    return (_table(["features", "boxes", "forward ms", "forward+grad ms", "boxes/s"],
+                   [[f"({r['batch']}, {r['height']}, {r['height']}, 256)", r["boxes"],
+                     f"{r['forward_ms']:.2f}", f"{r['backward_ms']:.2f}",
+                     f"{r['boxes'] / r['forward_ms'] * 1000:.0f}"] for r in rows])
+            + f"\n\nForward time from {low} to {high} boxes ({high // low}x as many): "
+              f"{forward[(32, high)] / forward[(32, low)]:.0f}x on (1, 32, 32, 256); at {high} "
+              f"boxes the (2, 64, 64, 256) map takes "
+              f"{forward[(64, high)] / forward[(32, high)]:.2f}x the time of (1, 32, 32, 256).")
 
 
-def write_report(sections: list[str], command: str, seconds: float) -> None:
-    notes = ""
-    if os.path.exists(REPORT):
-        with open(REPORT, encoding="utf-8") as old:
-            text = old.read()
-        if NOTES_MARKER in text:
-            notes = text.split(NOTES_MARKER, 1)[1]
-    header = (f"# Benchmarks\n\nMachine: {_machine()}\n\nDate: {datetime.date.today()}; command: "
-              f"`{command}` ({seconds / 60:.1f} min). Regenerate with `make bench` (quick) or "
-              "`python bench/run.py --full`.\n")
-    with open(REPORT, "w", encoding="utf-8") as report:
-        report.write("\n\n".join([header, *sections]) + f"\n\n{NOTES_MARKER}{notes or chr(10)}")
+def measure_flops(throughput: dict, calibration, same_run: bool) -> dict:
+    rows = throughput["data"]
+    plan = sorted({(r["arch"], r["backbone"], r["size"]) for r in rows})
+    counts = run_worker("flops", plan=[list(key) for key in plan])
+    return {"counts": counts, "peak_gflops": calibration.gflops,
+            "peak": str(calibration), "same_run": same_run}
+
+
+def render_flops(d: dict, throughput: dict) -> str:
+    table, fractions = [], []
+    for r in throughput["data"]:
+        count = d["counts"][f"{r['arch']}|{r['backbone']}|{r['size']}"]
+        achieved = count["train"] * r["train"]
+        fractions.append(achieved / d["peak_gflops"])
+        table.append([r["arch"], r["backbone"], f"{r['size']}²", f"{count['forward']:.2f}",
+                      f"{count['train']:.2f}", f"{r['train']:.1f}", f"{achieved:.0f}",
+                      f"{100 * achieved / d['peak_gflops']:.0f}%",
+                      f"{T4_FP32_FLOPS / 1e9 / count['train']:.0f}",
+                      f"{T4_MIXED_FLOPS / 1e9 / count['train']:.0f}"])
+    when = throughput["provenance"]["measured"] + (
+        "" if d["same_run"] else ", not in the same run as the calibration")
+    verdict = ("every model stays below it" if max(fractions) < 1 else
+               "**some exceed it: the calibration and the img/s were not measured under the same "
+               "load, or a FLOP count is wrong**")
+    return ("Training GFLOPs per image, encoder frozen (`bench/flops.py`: convolutions and dense "
+            "layers; a frozen layer costs its forward pass, a trained one 3x). Achieved GFLOP/s = "
+            "training GFLOPs x train img/s of section 1 (measured "
+            f"{when}); the matmul peak "
+            f"({d['peak']}) is {d['peak_gflops']:.0f} GFLOP/s and {verdict} (highest: "
+            f"{100 * max(fractions):.0f}%). No GPU was lent to the session that wrote this file: "
+            f"the GPU columns assume a T4 sustaining {T4_FP32_FLOPS / 1e12:.1f} TFLOP/s in float32 "
+            f"and {T4_MIXED_FLOPS / 1e12:.0f} TFLOP/s with mixed precision (assumptions, ±50%).\n\n"
+            + _table(["model", "backbone", "size", "forward GFLOPs/img", "train GFLOPs/img",
+                      "train img/s", "achieved GFLOP/s", "of matmul peak", "est. T4 fp32 img/s",
+                      "est. T4 mixed img/s"], table))
+
+
+def measure_demo() -> dict:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as out:
+        metrics = worker_demo(out)
+    return {key: metrics[key] for key in ("mean_iou", "pixel_accuracy", "iou", "recipe", "timing",
+                                          "command_wall_s", "command_cpu_s")}
+
+
+def render_demo(d: dict) -> str:
+    timing, recipe = d["timing"], d["recipe"]
+    per_class = ", ".join(f"{name} {iou:.3f}" for name, iou in d["iou"].items())
+    wall = d["command_wall_s"]
+    return (f"`python -m segkeras demo` (what `make demo` runs after installing): U-Net "
+            f"(MobileNetV2, {recipe['weights']} initialisation, decoder "
+            f"{recipe['decoder_filters']}) on {recipe['train_images']} built-in shapes at "
+            f"{recipe['image_size']}², batch "
+            f"{recipe['batch_size']}, {recipe['epochs']} epochs; scored on "
+            f"{recipe['test_images']} held-out images.\n\n"
+            + _table(["wall, whole command", "CPU user+sys", "training (wall)", "held-out mIoU",
+                      "IoU per class", "the demo's calibration"],
+                     [[f"{int(wall // 60)} min {wall % 60:02.0f} s", f"{d['command_cpu_s']:.0f} s",
+                       f"{timing['train_s']:.0f} s", f"{d['mean_iou']:.3f}", per_class,
+                       f"{timing['calibration_gflops']:.0f} GFLOP/s (load average "
+                       f"{timing['load_average']:.1f} at the end)"]]))
+
+
+TITLES = {
+    "throughput": "1. Throughput and memory per architecture",
+    "versus": "2. segkeras U-Net vs the TensorFlow tutorial's U-Net",
+    "pipeline": "3. Input pipeline vs model",
+    "scaling": "4. Scaling (U-Net, mobilenetv2, encoder frozen)",
+    "roi_align": "5. RoIAlign (14x14, sampling ratio 2, compiled)",
+    "flops": "6. FLOPs, achieved GFLOP/s and GPU estimates",
+    "demo": "7. The demo (`make demo`)",
+}
+
+
+def read_notes() -> str:
+    if not os.path.exists(REPORT):
+        return "\n"
+    with open(REPORT, encoding="utf-8") as old:
+        return old.read().partition(NOTES_MARKER)[2] or "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="every configuration, longer budgets")
+    parser.add_argument("--sections", nargs="*", choices=tuple(TITLES), default=list(TITLES),
+                        help="sections to measure (default: all); the others are rendered from "
+                             "their stored results in bench/results/")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         spec = json.loads(args.worker)
         print(json.dumps(WORKERS[spec.pop("task")](**spec)))
         return
+    sys.path.insert(0, BENCH_DIR)
+    from segkeras.calibration import matmul_gflops
+
     start = time.perf_counter()
-    print("1. throughput")
-    throughput_text, throughput = section_throughput(args.full)
-    print("2. segkeras vs reference")
-    versus_text = section_versus(args.full)
-    print("3. pipeline")
-    pipeline_text = section_pipeline(throughput[("unet", "mobilenetv2", 128, 8)]["train"])
-    print("4. scaling")
-    scaling_text = section_scaling(args.full)
-    print("5. RoIAlign")
-    roi_text = section_roi_align(args.full)
-    sections = [throughput_text, versus_text, pipeline_text, scaling_text, roi_text,
-                section_gpu(throughput)]
-    command = "python bench/run.py" + (" --full" if args.full else "")
-    write_report(sections, command, time.perf_counter() - start)
+    command = "python bench/run.py" + (" --full" if args.full else "") + (
+        "" if set(args.sections) == set(TITLES) else
+        " --sections " + (" ".join(args.sections) or "(none)"))
+    calibration = matmul_gflops()
+    print(calibration, flush=True)
+    measurers = {
+        "throughput": lambda: measure_throughput(args.full),
+        "versus": measure_versus,
+        "scaling": lambda: measure_scaling(args.full),
+        "roi_align": lambda: measure_roi_align(args.full),
+        "demo": measure_demo,
+    }
+    for name in ("demo", "throughput", "versus", "scaling", "roi_align", "pipeline", "flops"):
+        if name not in args.sections:
+            continue
+        print(TITLES[name], flush=True)
+        if name == "pipeline":
+            throughput = load_results("throughput")
+            unet = next(r for r in throughput["data"] if (
+                r["arch"], r["backbone"], r["size"], r["batch"]) == ("unet", "mobilenetv2", 128, 8))
+            source = f"section 1, measured {throughput['provenance']['measured']}"
+            measure(name, command, calibration,
+                    lambda rate=unet["train"], source=source: measure_pipeline(rate, source))
+        elif name == "flops":
+            measure(name, command, calibration,
+                    lambda: measure_flops(load_results("throughput"), calibration,
+                                          "throughput" in args.sections))
+        else:
+            measure(name, command, calibration, measurers[name])
+    renderers = {
+        "throughput": render_throughput, "versus": render_versus, "pipeline": render_pipeline,
+        "scaling": render_scaling, "roi_align": render_roi_align, "demo": render_demo,
+        "flops": lambda d: render_flops(d, load_results("throughput")),
+    }
+    sections = []
+    for name, title in TITLES.items():
+        stored = load_results(name)
+        if stored is None:
+            sections.append(f"## {title}\n\nNot measured yet: `python bench/run.py --sections "
+                            f"{name}`.")
+            continue
+        fresh = "" if name in args.sections else "_(not re-measured by the last run)_ "
+        sections.append(f"## {title}\n\n{fresh}{provenance_line(stored['provenance'])}\n\n"
+                        f"{renderers[name](stored['data'])}")
+    header = (f"# Benchmarks\n\nMachine: {_machine()}\n\nLast run: {datetime.date.today()}, "
+              f"`{command}` ({(time.perf_counter() - start) / 60:.1f} min); {calibration} at its "
+              "start. Every table is rendered by `bench/run.py` from `bench/results/*.json`, and "
+              "each section says when and how it was measured. Regenerate with `make bench` "
+              "(quick) or `python bench/run.py --full`.\n")
+    notes = read_notes()  # before opening the report for writing empties it
+    with open(REPORT, "w", encoding="utf-8") as report:
+        report.write("\n\n".join([header, *sections]) + f"\n\n{NOTES_MARKER}{notes}")
     print(f"wrote {os.path.normpath(REPORT)} in {(time.perf_counter() - start) / 60:.1f} min")
 
 

@@ -193,22 +193,30 @@ DEMO_RECIPE = {
     "learning_rate": 5e-3, "dice_weight": 1.0, "decoder_filters": (64, 48, 32, 16, 16),
     "seed": 0,
 }
-"""U-Net on MobileNetV2 over the built-in shapes, tuned to reach mean IoU >= 0.8 on held-out
-images in under 5 minutes on a 2-core CPU from a random initialisation: small images, a narrow
-decoder, many fresh images seen few times (synthetic data is free; 1000 images seen 24 times
-overfit at 0.70), batch 8 for many updates, Adam with cosine decay, cross-entropy + Dice."""
+"""U-Net on MobileNetV2 over the built-in shapes, tuned to reach mean IoU >= 0.9 on held-out
+images on a 2-core CPU from a random initialisation: small images, a narrow decoder, many fresh
+images seen few times (synthetic data is free; 1000 images seen 24 times overfit at 0.70), batch 8
+for many updates, Adam with cosine decay, cross-entropy + Dice. Batch 16 with the learning rate
+scaled to 7e-3 scored 0.877 at about the same CPU time (BENCHMARKS.md, notes). Keras' default
+``jit_compile="auto"`` means no XLA on a TensorFlow CPU; forcing it cost 3.8x the CPU time per
+image (``bench/demo_speed.py``)."""
 QUICK_RECIPE = {**DEMO_RECIPE, "train_images": 16, "test_images": 8, "epochs": 1}
 
 
 def run_demo(out: str, epochs: int | None = None, quick: bool = False) -> dict:
     """The demo: train, print per-class IoU on held-out shapes, write the model and pictures.
 
-    Writes ``out/model.keras``, ``metrics.json``, ``predictions.png`` and ``history.png``;
-    returns the scores (:func:`segkeras.evaluate.semantic.evaluate_semantic`) plus the recipe.
+    Prints this machine's matmul calibration first (:mod:`segkeras.calibration`) so that the
+    time can be compared across machines. Writes ``out/model.keras``, ``metrics.json`` (scores,
+    recipe, and ``timing``: wall and CPU seconds, training seconds, calibration, load average),
+    ``predictions.png`` and ``history.png``; returns what ``metrics.json`` holds.
     """
+    import resource
+
     import keras
 
     from segkeras import train, viz
+    from segkeras.calibration import matmul_gflops
     from segkeras.data import shapes
     from segkeras.data.pipeline import make_dataset
     from segkeras.errors import WeightsUnavailableError
@@ -216,6 +224,8 @@ def run_demo(out: str, epochs: int | None = None, quick: bool = False) -> dict:
     from segkeras.losses import SparseCEDice
     from segkeras.models.unet import unet
 
+    calibration = matmul_gflops(repeats=2 if quick else 5)
+    print(f"This machine: {calibration}.")
     recipe = dict(QUICK_RECIPE if quick else DEMO_RECIPE)
     recipe["epochs"] = epochs or recipe["epochs"]
     size, classes = recipe["image_size"], len(shapes.CLASS_NAMES)
@@ -238,27 +248,35 @@ def run_demo(out: str, epochs: int | None = None, quick: bool = False) -> dict:
             "seed": recipe["seed"]}
     test_set = make_dataset(held_out, **make)
     head_epochs = recipe["epochs"] // 3 if pretrained else 0
+    train_start = time.perf_counter()
     history = train.fit_two_stage(
         model, make_dataset(training, shuffle=True, **make), test_set,
         head_epochs=head_epochs, finetune_epochs=recipe["epochs"] - head_epochs,
         learning_rate=recipe["learning_rate"], schedule="cosine", verbose=1,
         loss=SparseCEDice(classes, dice_weight=recipe["dice_weight"]),
     )
+    train_seconds = time.perf_counter() - train_start
     result = semantic.evaluate_semantic(model, test_set, shapes.CLASS_NAMES)
     result["recipe"] = recipe
     print(semantic.format_table(result))
 
     os.makedirs(out, exist_ok=True)
     model.save(os.path.join(out, "model.keras"))
-    semantic.save_json(result, os.path.join(out, "metrics.json"))
     sample = held_out.subset(range(6))
     logits = model.predict(sample.images.astype("float32"), verbose=0)
     viz.prediction_grid(sample.images, sample.masks, logits, shapes.CLASS_NAMES).savefig(
         os.path.join(out, "predictions.png"), dpi=100)
     _history_figure(history).savefig(os.path.join(out, "history.png"), dpi=100)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    result["timing"] = {
+        "wall_s": time.perf_counter() - _START, "cpu_s": usage.ru_utime + usage.ru_stime,
+        "train_s": train_seconds, "calibration_gflops": calibration.gflops,
+        "load_average": os.getloadavg()[0], "cpus": os.cpu_count()}
+    semantic.save_json(result, os.path.join(out, "metrics.json"))
     print(f"Mean IoU on {len(held_out)} held-out images: {result['mean_iou']:.3f}. Wrote "
           f"model.keras, metrics.json, predictions.png, history.png to {out}/. "
-          f"Elapsed: {_elapsed()}.")
+          f"Elapsed: {_elapsed()} (CPU {result['timing']['cpu_s']:.0f} s, training "
+          f"{train_seconds:.0f} s; {calibration}).")
     return result
 
 
