@@ -38,6 +38,7 @@ from typing import Literal
 
 import keras
 
+from segkeras.data.core import nearest_multiples
 from segkeras.errors import SegkerasError, WeightsUnavailableError
 from segkeras.layers import Preprocess
 
@@ -225,10 +226,10 @@ def check_input_shape(input_shape: tuple, stride: int = 32) -> tuple:
         if size is None:
             continue
         if size <= 0 or size % stride:
-            below = size // stride * stride
-            nearest = [valid for valid in (below, below + stride) if valid >= stride]
+            nearest = nearest_multiples(size, stride)
             raise SegkerasError(
-                f"{axis}={size} is not a multiple of the encoder stride {stride}; "
+                f"{axis}={size} is not a {'' if size > 0 else 'positive '}multiple of the "
+                f"encoder stride {stride}; "
                 f"use {' or '.join(map(str, nearest))} (or None for any size)."
             )
     return tuple(input_shape)
