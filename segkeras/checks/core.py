@@ -321,6 +321,21 @@ def reference() -> Iterator[None]:
 
 # --- the helpers every check uses ---------------------------------------------------------------
 
+def answer_model(inputs, output) -> keras.Model:
+    """``keras.Model(inputs, output)`` around a student's answer, also when the answer ignores
+    one of ``inputs``: Keras 3.10 (Colab) refuses inputs not connected to the output, which would
+    hide the hint that says so. Each input then joins the output times zero: same values, and the
+    check can test which inputs the answer reads."""
+    try:
+        return keras.Model(inputs, output)
+    except ValueError as error:
+        if "not connected" not in str(error):
+            raise
+    for tensor in keras.tree.flatten(inputs):
+        output = keras.ops.add(output, keras.ops.multiply(keras.ops.mean(tensor), 0.0))
+    return keras.Model(inputs, output)
+
+
 def in_float32(check: Callable) -> Callable:
     """Run ``check`` with the float32 dtype policy: the models it builds (the student's layers
     included) compute in float32 even after ``segkeras.train.configure_precision`` chose mixed

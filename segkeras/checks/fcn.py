@@ -13,7 +13,15 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from segkeras.checks.core import Lab, forbid, in_float32, reference, require, require_close
+from segkeras.checks.core import (
+    Lab,
+    answer_model,
+    forbid,
+    in_float32,
+    reference,
+    require,
+    require_close,
+)
 from segkeras.errors import SegkerasError
 from segkeras.fcn_stages import initialize_from
 from segkeras.models.fcn import convolutionize as library_convolutionize
@@ -119,7 +127,7 @@ def convolutionize(function) -> None:
 def _fusion_model(function, channels: int = 5) -> keras.Model:
     scores = keras.Input((4, 4, _NUM_CLASSES), name="coarse_scores")
     skip = keras.Input((8, 8, channels), name="skip_features")
-    return keras.Model([scores, skip], function(scores, skip, "P4"))
+    return answer_model([scores, skip], function(scores, skip, "P4"))
 
 
 def _learned_x2(model: keras.Model) -> int:
@@ -203,7 +211,7 @@ class _RecordingFuse:
 def _head_model(function, variant: str, fuse: _RecordingFuse) -> tuple[keras.Model, dict]:
     features = {level: keras.Input(shape, name=level) for level, shape in _FEATURES.items()}
     logits = function(features, _NUM_CLASSES, variant, fuse=fuse)
-    return keras.Model(features, logits), features
+    return answer_model(features, logits), features
 
 
 def _spatial(tensor) -> int | None:

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 
 from segkeras import backbones
-from segkeras.checks.core import CheckFailed, Lab, forbid, in_float32, require
+from segkeras.checks.core import CheckFailed, Lab, answer_model, forbid, in_float32, require
 from segkeras.models.unet import decoder_block as library_block
 from segkeras.models.unet import unet
 
@@ -90,7 +90,7 @@ def decoder_block(block: Callable) -> None:
             f"For x of shape (8, 8, 24), a skip of shape (16, 16, 12) and filters=20 the block "
             f"should return (16, 16, 20): upsample x by 2 to the skip's size and end with a conv "
             f"of `filters` channels; got {tuple(output.shape)[1:]}.")
-    model = keras.Model([low, skip], output)
+    model = answer_model([low, skip], output)
     require(any(isinstance(layer, keras.layers.Conv2DTranspose) for layer in model.layers),
             "Upsample with the paper's learned 2x2 up-convolution, "
             "layers.Conv2DTranspose(filters, 2, strides=2), not with fixed interpolation "
