@@ -1,24 +1,29 @@
-"""Make data/pretrained/shapesnet_counting.weights.h5: the offline stand-in for ImageNet weights.
+"""Make data/pretrained/<architecture>_counting.weights.h5: offline stand-ins for ImageNet weights.
 
-A small VGG-style encoder (segkeras.pretrain.shapesnet_encoder) learns to count the circles,
-rectangles and triangles in 16,000 generated 64x64 shapes images (segkeras.pretrain.RECIPE; seed
-1000, which no lab uses). Lab 3 transfers it to segmentation on a small labelled set.
+A small encoder (segkeras.pretrain.ENCODERS: the VGG-style shapesnet, its half-width variant, its
+residual variant) learns to count the circles, rectangles and triangles in 16,000 generated 64x64
+shapes images (segkeras.pretrain.RECIPE; seed 1000, which no lab uses). Lab 3 transfers them to
+segmentation on a small labelled set and compares them.
 
-    PYTHONPATH=. python data/make_pretrained_encoder.py      # about 15 min on a 2-core CPU
+    PYTHONPATH=. python data/make_pretrained_encoder.py shapesnet   # 5-20 min each on a 2-core CPU
 
-Writes the weights and a JSON report (recipe, held-out counting accuracy, training time).
+Writes the weights and a JSON report (recipe, held-out counting accuracy, training time, parameters).
 """
 
+import argparse
 import json
 
 from segkeras import pretrain
 
 if __name__ == "__main__":
-    encoder, report = pretrain.pretrain(**pretrain.RECIPE)
-    out = pretrain.SHIPPED_CHECKPOINT
-    out.parent.mkdir(parents=True, exist_ok=True)
-    encoder.save_weights(out)
-    report = {"recipe": pretrain.RECIPE, **report, "parameters": encoder.count_params()}
-    out.with_name(pretrain.CHECKPOINT_NAME.replace(".weights.h5", ".json")).write_text(
-        json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("architectures", nargs="+", choices=sorted(pretrain.ENCODERS))
+    for architecture in parser.parse_args().architectures:
+        encoder, report = pretrain.pretrain(architecture, **pretrain.RECIPE)
+        out = pretrain.SHIPPED_DIR / pretrain.checkpoint_name(architecture)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        encoder.save_weights(out)
+        report = {"recipe": pretrain.RECIPE, **report, "parameters": encoder.count_params()}
+        out.with_name(out.name.replace(".weights.h5", ".json")).write_text(
+            json.dumps(report, indent=2) + "\n")
+        print(architecture, json.dumps(report, indent=2), flush=True)

@@ -40,9 +40,34 @@ def test_the_encoder_preprocesses_raw_rgb_and_builds_a_unet():
     assert tuple(model.output.shape) == (None, 64, 64, 4)
 
 
-def test_bad_widths_are_refused():
+@pytest.mark.fast
+def test_a_residual_block_adds_its_input_to_its_convolutions():
+    """With the second BatchNorm of block 2 zeroed (gamma = beta = 0) only the shortcut is left:
+    block 2 (same width as block 1: identity shortcut) returns relu(its input) = its input, the
+    non-negative pooled output of block 1. The plain encoder would return relu(0) = 0 there."""
+    images = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    for residual in (True, False):
+        encoder = pretrain.shapesnet_encoder((64, 64, 3), widths=(4, 4, 8, 8, 8),
+                                             residual=residual)
+        norm = encoder.get_layer("block2_bn2")
+        norm.gamma.assign(np.zeros(4, "float32"))
+        norm.beta.assign(np.zeros(4, "float32"))
+        probe = keras.Model(encoder.input, [encoder.output["P1"],
+                                            encoder.get_layer("block1_pool").output])
+        block2, block1_pooled = (keras.ops.convert_to_numpy(t) for t in probe(images))
+        expected = block1_pooled if residual else np.zeros_like(block2)
+        np.testing.assert_allclose(block2, expected, atol=1e-5)
+        assert block1_pooled.max() > 0
+    projected = pretrain.shapesnet_encoder((64, 64, 3), widths=(4, 4, 8, 8, 8), residual=True)
+    assert {layer.name for layer in projected.layers if layer.name.endswith("_project")} == {
+        "block1_project", "block3_project"}, "a 1x1 projection where the width changes"
+
+
+def test_bad_widths_and_architectures_are_refused():
     with pytest.raises(SegkerasError, match="5 positive ints"):
         pretrain.shapesnet_encoder(widths=(8, 16))
+    with pytest.raises(SegkerasError, match="shapesnet_residual"):
+        pretrain.build("resnet")
 
 
 def test_count_labels_count_each_class_and_cap_at_max_count():
@@ -79,7 +104,8 @@ def test_counting_model_gives_one_softmax_per_shape_class():
 
 
 def test_the_shipped_checkpoint_loads_frozen_and_fine_tunable():
-    assert pretrain.SHIPPED_CHECKPOINT.is_file(), "run data/make_pretrained_encoder.py"
+    assert (pretrain.SHIPPED_DIR / pretrain.checkpoint_name()).is_file(), (
+        "run data/make_pretrained_encoder.py shapesnet")
     frozen = pretrain.pretrained_encoder((64, 64, 3))
     assert not frozen.trainable_weights
     images = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
@@ -99,11 +125,18 @@ def test_the_shipped_checkpoint_loads_frozen_and_fine_tunable():
         np.testing.assert_array_equal(a, b)
 
 
-def test_the_shipped_checkpoint_learned_to_count():
-    report = pretrain.checkpoint_report()
+@pytest.mark.parametrize("architecture", list(pretrain.ENCODERS))
+def test_each_shipped_checkpoint_learned_to_count_and_loads(architecture):
+    report = pretrain.checkpoint_report(architecture)
     assert report["recipe"] == pretrain.RECIPE
     chance = 1 / (pretrain.MAX_COUNT + 1)
     assert report["count_accuracy"] > 2 * chance
+    encoder = pretrain.pretrained_encoder((64, 64, 3), architecture=architecture)
+    assert encoder.name == f"{architecture}_encoder"
+    assert encoder.count_params() == report["parameters"]
+    random = pretrain.random_encoder((64, 64, 3), architecture=architecture)
+    assert any(not np.allclose(a, b) for a, b in zip(encoder.get_weights(), random.get_weights(),
+                                                       strict=True))
 
 
 def test_random_encoder_trains_its_batchnorm():
@@ -116,19 +149,19 @@ def test_random_encoder_trains_its_batchnorm():
 def test_a_missing_checkpoint_is_pretrained_once_and_cached(tmp_path, monkeypatch):
     calls, real_pretrain = [], pretrain.pretrain
 
-    def tiny_pretrain(**kwargs):
-        calls.append(kwargs)
-        encoder, report = real_pretrain(n_images=32, image_size=32, epochs=1, batch_size=16,
+    def tiny_pretrain(architecture, **kwargs):
+        calls.append(architecture)
+        encoder, report = real_pretrain(architecture, n_images=32, image_size=32, epochs=1, batch_size=16,
                                             verbose=0)
         assert set(report) == {"count_accuracy", "all_counts_right", "seconds"}
         return encoder, report
 
-    monkeypatch.setattr(pretrain, "SHIPPED_CHECKPOINT", tmp_path / "missing.weights.h5")
+    monkeypatch.setattr(pretrain, "SHIPPED_DIR", tmp_path / "missing")
     monkeypatch.setattr(pretrain, "pretrain", tiny_pretrain)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "home"))
     first = pretrain.pretrained_encoder((32, 32, 3))
     second = pretrain.pretrained_encoder((32, 32, 3))
     assert len(calls) == 1
-    assert (tmp_path / "home" / "segkeras" / pretrain.CHECKPOINT_NAME).is_file()
+    assert (tmp_path / "home" / "segkeras" / pretrain.checkpoint_name()).is_file()
     for a, b in zip(first.get_weights(), second.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
