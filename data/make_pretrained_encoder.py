@@ -5,9 +5,10 @@ residual variant) learns to count the circles, rectangles and triangles in 16,00
 shapes images (segkeras.pretrain.RECIPE; seed 1000, which no lab uses). Lab 3 transfers them to
 segmentation on a small labelled set and compares them.
 
-    PYTHONPATH=. python data/make_pretrained_encoder.py shapesnet   # 5-20 min each on a 2-core CPU
+    PYTHONPATH=. python data/make_pretrained_encoder.py [shapesnet ...]  # 5-20 min each, 2 CPUs
 
-Writes the weights and a JSON report (recipe, held-out counting accuracy, training time, parameters).
+Without names, makes all three. Writes the weights and a JSON report each (recipe, held-out
+counting accuracy, training time, parameters).
 """
 
 import argparse
@@ -17,8 +18,8 @@ from segkeras import pretrain
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("architectures", nargs="+", choices=sorted(pretrain.ENCODERS))
-    for architecture in parser.parse_args().architectures:
+    parser.add_argument("architectures", nargs="*", choices=sorted(pretrain.ENCODERS))
+    for architecture in parser.parse_args().architectures or list(pretrain.ENCODERS):
         encoder, report = pretrain.pretrain(architecture, **pretrain.RECIPE)
         out = pretrain.SHIPPED_DIR / pretrain.checkpoint_name(architecture)
         out.parent.mkdir(parents=True, exist_ok=True)

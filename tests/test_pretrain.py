@@ -151,8 +151,8 @@ def test_a_missing_checkpoint_is_pretrained_once_and_cached(tmp_path, monkeypatc
 
     def tiny_pretrain(architecture, **kwargs):
         calls.append(architecture)
-        encoder, report = real_pretrain(architecture, n_images=32, image_size=32, epochs=1, batch_size=16,
-                                            verbose=0)
+        encoder, report = real_pretrain(architecture, n_images=32, image_size=32, epochs=1,
+                                        batch_size=16, verbose=0)
         assert set(report) == {"count_accuracy", "all_counts_right", "seconds"}
         return encoder, report
 
