@@ -502,8 +502,10 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     for path in args.images:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no such image: {path}")
-    if args.out:
-        _check_output_folder(args.out, "--out")
+    folders = [args.out] if args.out else sorted(
+        {os.path.dirname(os.path.abspath(path)) for path in args.images})
+    for folder in folders:  # where the pictures (and the default --json) go
+        _check_output_folder(folder, "--out" if args.out else "--out (default: beside the images)")
     if args.json:
         _check_output_file(args.json, "--json")
     model, task = _load_task_model(args.model)

@@ -224,3 +224,32 @@ def test_evaluate_refuses_data_with_other_classes(trained, monkeypatch, capsys):
     monkeypatch.setattr(sources, "load", two_classes)
     assert main(["evaluate", "--model", str(trained / "model.keras")]) == 2
     assert "the model predicts 4 classes but --data shapes has 2" in error_line(capsys)
+
+
+@pytest.mark.fast
+def test_the_overlay_draws_only_detections_above_the_threshold_with_labels_inside():
+    masks = np.zeros((3, 40, 60), bool)
+    masks[0, 0:10, 0:20] = masks[1, 20:35, 30:50] = masks[2, 5:15, 40:55] = True
+    detections = {"masks": masks, "boxes": np.array([[0, 0, 20, 10], [30, 20, 50, 35],
+                                                     [40, 5, 55, 15]], np.float32),
+                  "class_ids": np.array([1, 2, 3]), "scores": np.array([0.9, 0.6, 0.3])}
+    figure = cli_instances.overlay(np.zeros((40, 60, 3), np.uint8), detections, 0.5,
+                                   shapes.CLASS_NAMES)
+    texts = figure.axes[0].texts
+    assert [text.get_text() for text in texts] == ["circle 0.90", "rectangle 0.60"]
+    assert texts[0].get_position()[1] >= -0.5  # at the top edge: drawn inside, not cut off
+    shown = np.asarray(figure.axes[0].images[0].get_array())
+    assert shown[masks[0]].any() and shown[masks[1]].any() and not shown[masks[2]].any()
+
+
+@pytest.mark.fast
+def test_coco_results_map_classes_to_the_dataset_categories():
+    mask = np.zeros((8, 10), bool)
+    mask[2:5, 3:7] = True
+    detections = {"boxes": np.array([[3, 2, 7, 5]], np.float32), "class_ids": np.array([2]),
+                  "scores": np.array([0.75]), "masks": mask[None]}
+    (row,) = cli_instances.coco_results(detections, 4, category_ids=[1, 18, 44])
+    assert row["image_id"] == 4 and row["category_id"] == 18 and row["score"] == 0.75
+    assert row["bbox"] == [3, 2, 4, 3]
+    np.testing.assert_array_equal(mask_utils.decode(row["segmentation"]), mask)
+    json.dumps(row)  # plain JSON types only
