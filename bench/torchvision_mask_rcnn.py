@@ -1,6 +1,6 @@
 """torchvision's Mask R-CNN on the same data and CPU budget as bench/train_mask_rcnn.py.
 
-    PYTHONPATH=. /work/venvs/mrcnn/bin/python bench/torchvision_mask_rcnn.py [--minutes 20]
+    PYTHONPATH=. /work/venvs/mrcnn/bin/python bench/torchvision_mask_rcnn.py [--minutes 20] [--stop-at HH:MM]
 
 (with scikit-image and pycocotools in that venv too, for the data and the evaluation).
 
@@ -14,10 +14,10 @@ RoIAlign 14x14 -> four 3x3 convs of 64 -> deconv -> 28x28 masks; images 128x128 
 ``min_size = max_size = 128``), input scaled to [-1, 1] like Keras' MobileNetV2 preprocessing;
 Adam 1e-3 with the same cosine schedule over the CPU budget, gradient norm clipped at 10, batch 8,
 random left-right flips. Evaluation: COCO box and mask AP (segkeras' ``detection_ap``) on the
-same 300 held-out images, and training / inference images per CPU second. Two intra-op threads
-(``torch.set_num_threads(2)``), like TensorFlow's default on this 2-core machine; ``--stop-at HH:MM``
-also ends training at that wall-clock time. Results go to ``bench/results/mask_rcnn.json`` (key
-``torchvision``).
+same 300 held-out images, and training / inference images per CPU second. Two intra-op
+threads (``torch.set_num_threads(2)``), like TensorFlow's default on this 2-core machine;
+``--stop-at HH:MM`` also ends training at that wall-clock time. Results go to
+``bench/results/mask_rcnn.json`` (key ``torchvision``).
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 
-from segkeras.data import shapes
+os.environ.setdefault("KERAS_BACKEND", "torch")  # segkeras imports Keras; this venv has no TF
+from segkeras.data import shapes  # noqa: E402
 
 
 def _load_evaluation():
