@@ -1,6 +1,7 @@
 """torchvision's Mask R-CNN on the same data and CPU budget as bench/train_mask_rcnn.py.
 
-    PYTHONPATH=. /work/venvs/mrcnn/bin/python bench/torchvision_mask_rcnn.py [--minutes 20] [--stop-at HH:MM]
+    PYTHONPATH=. /work/venvs/mrcnn/bin/python bench/torchvision_mask_rcnn.py \
+        [--minutes 20] [--stop-at HH:MM]
 
 (with scikit-image and pycocotools in that venv too, for the data and the evaluation).
 
