@@ -14,8 +14,10 @@ import re
 import sys
 import tempfile
 import time
+import warnings
 import zipfile
 
+from segkeras import cli_instances
 from segkeras.data.sources import SOURCES_HELP
 from segkeras.errors import SegkerasError
 from segkeras.models import registry
@@ -69,6 +71,7 @@ _FLAG_SPELLINGS = (
     (re.compile(r"\broot=FOLDER"), "--data pets:FOLDER"),
     (re.compile(r"\bimage_size\b"), "--image-size"),
     (re.compile(r"\bthe validation fraction\b"), "--val-fraction"),
+    (re.compile(r"\bmax_instances=(\d+)"), r"--max-instances \1"),
 )
 """What the Python API's messages call an argument -> the CLI flag that sets it."""
 
@@ -108,10 +111,29 @@ def _load_model(path: str):
         ) from error
 
 
-def _load_segmenter(path: str):
-    """A saved semantic segmentation model: one image in, ``(batch, H, W, classes)`` logits out
-    (a stacked hourglass: one such map per stack)."""
+@contextlib.contextmanager
+def _warnings_in_flag_terms(command: str):
+    """Warnings of the Python API inside the block, printed as one line each in CLI terms."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for warning in caught:
+        message = " ".join(_in_flag_terms(str(warning.message)).split())
+        print(f"segkeras {command}: warning: {message}", file=sys.stderr)
+
+
+def _load_task_model(path: str):
+    """(model, task): a saved Mask R-CNN (task ``"instances"``) or semantic segmentation model
+    (``"semantic"``); anything else is refused."""
     model = _load_model(path)
+    if cli_instances.accepts(model):
+        return model, "instances"
+    return _check_segmenter(model, path), "semantic"
+
+
+def _check_segmenter(model, path: str):
+    """``model`` if it is a semantic segmentation model: one image in, ``(batch, H, W,
+    classes)`` logits out (a stacked hourglass: one such map per stack)."""
     outputs = [tuple(output.shape) for output in model.outputs]
     image_input = len(model.inputs) == 1 and len(model.inputs[0].shape) == 4
     if not image_input or not all(len(shape) == 4 and (shape[-1] or 0) >= 2 for shape in outputs):
@@ -119,7 +141,8 @@ def _load_segmenter(path: str):
             f"{path} is not a semantic segmentation model (inputs "
             f"{', '.join(str(tuple(i.shape)) for i in model.inputs)}, outputs "
             f"{', '.join(map(str, outputs))}; expected one image in, (batch, H, W, classes) "
-            "logits out); pass a model.keras written by `python -m segkeras train` or `demo`."
+            "logits out) nor a Mask R-CNN; pass a model.keras written by `python -m segkeras "
+            "train` or `demo`."
         )
     return model
 
@@ -135,7 +158,7 @@ def _last_output(model):
 
 def _model_size(model, requested: int | None) -> int:
     """The image size to feed ``model``: its fixed input size, else ``requested`` (default 128)."""
-    height, width = model.input_shape[1:3]
+    height, width = getattr(model, "image_size", None) or model.input_shape[1:3]
     if height is not None and height != width:
         raise SegkerasError(f"model input {height}x{width} is not square; use the Python API.")
     if height is not None:
@@ -148,13 +171,22 @@ def _model_size(model, requested: int | None) -> int:
     return _check_size(requested or 128)
 
 
-def _class_names(model_path: str) -> list[str] | None:
-    """The class names in the metrics.json that `train` and `demo` write beside the model."""
+def _training_metrics(model_path: str) -> dict:
+    """The metrics.json that `train` and `demo` write beside the model (class names...), or {}."""
     metrics = os.path.join(os.path.dirname(os.path.abspath(model_path)), "metrics.json")
     if not os.path.isfile(metrics):
-        return None
+        return {}
     with open(metrics) as file:
-        return json.load(file).get("classes")
+        return json.load(file)
+
+
+def _check_num_classes(num_classes: int, data, spec: str) -> None:
+    if data.num_classes != num_classes:
+        raise SegkerasError(
+            f"the model predicts {num_classes} classes but --data {spec} has "
+            f"{data.num_classes} ({', '.join(data.class_names)}); use the data it was "
+            "trained on."
+        )
 
 
 def _save_outputs(out: str, model, history, result) -> None:
@@ -295,10 +327,12 @@ def _build_model(args: argparse.Namespace, num_classes: int, weights):
         raise SegkerasError(f"--model {args.model} needs a backbone; see `python -m segkeras "
                             "backbones`.")
     tunable = {"num_stacks": args.stacks}
-    # Without pretrained weights the encoder trains from scratch, BatchNorm included.
+    # Without pretrained weights the encoder trains from scratch, BatchNorm included; a detector
+    # always trains end to end.
     return architecture.build(
         num_classes, backbone=None if backbone == "none" else backbone, weights=weights,
-        encoder_trainable=weights is None, input_shape=(args.image_size, args.image_size, 3),
+        encoder_trainable=weights is None or architecture.task == "instances",
+        input_shape=(args.image_size, args.image_size, 3),
         **{name: value for name, value in tunable.items() if name in architecture.tunable},
     )
 
@@ -319,6 +353,9 @@ def _check_train_arguments(args: argparse.Namespace) -> None:
     if args.weights not in ("imagenet", "none") and not os.path.isfile(args.weights):
         raise FileNotFoundError(f"no such weights file: {args.weights}; pass --weights "
                                 "imagenet, --weights none or an existing weights file")
+    if args.distribute and registry.get(args.model).task == "instances":
+        raise SegkerasError(f"--distribute is not available for --model {args.model}; leave it "
+                            "out (one process uses every core)")
     _check_output_folder(args.out, "--out")
 
 
@@ -333,13 +370,17 @@ def _check_finite_loss(history, learning_rate: float) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
+    _check_train_arguments(args)  # before loading data, building or training anything
+    _TRAINERS[registry.get(args.model).task](args)
+
+
+def _train_semantic(args: argparse.Namespace) -> None:
     import keras
 
     from segkeras import train
     from segkeras.data.pipeline import make_dataset
     from segkeras.evaluate import semantic
 
-    _check_train_arguments(args)  # before loading data, building or training anything
     precision = train.configure_precision()  # before any layer exists
     strategy = train.make_strategy(args.distribute)
     data = _load_data(args.data, args.n, args.image_size, args.seed, split="train")
@@ -376,74 +417,175 @@ def _cmd_train(args: argparse.Namespace) -> None:
     print(f"Wrote {args.out}/model.keras, metrics.json, history.json, history.png ({_elapsed()}).")
 
 
+def _train_instances(args: argparse.Namespace) -> None:
+    """Mask R-CNN: trained end to end for --epochs + --finetune-epochs epochs, then scored (box
+    and mask AP) on the held-out images."""
+    import keras
+
+    from segkeras.train import TrainingHistory
+
+    data = _load_data(args.data, args.n, args.image_size, args.seed, split="train")
+    cli_instances.check_data(data, f"--data {args.data}")
+    train_data, val_data = data.split(args.val_fraction)
+    cli_instances.check_data(val_data, f"the --val-fraction {args.val_fraction:g} of --data "
+                                       f"{args.data} held out for validation")
+    weights = None if args.weights == "none" else args.weights
+    model = _build_model(args, data.num_classes, weights)
+    epochs = args.epochs + args.finetune_epochs
+    parameters = sum(math.prod(weight.shape) for weight in model.weights)
+    print(f"{model.name}: {parameters:,} parameters, {len(train_data)} training and "
+          f"{len(val_data)} validation images; training end to end for {epochs} epochs.")
+    with _warnings_in_flag_terms("train"):
+        dataset = cli_instances.training_dataset(model, train_data, args.batch_size,
+                                                 args.max_instances, args.seed)
+    history = cli_instances.fit(model, dataset, epochs, args.lr,
+                                callbacks=[keras.callbacks.TerminateOnNaN()])
+    _check_finite_loss(history, args.lr)
+    model.save(os.path.join(args.out, "model.keras"))  # before scoring: never lose the training
+    result = cli_instances.evaluate(model, val_data, args.batch_size)
+    result.update(classes=data.class_names, category_ids=data.extra.get("category_ids"))
+    print(cli_instances.format_table(result))
+    record = TrainingHistory()
+    record.extend(history)
+    record.stage_boundary = len(record.epoch)
+    _save_outputs(args.out, model, record, result)
+    print(f"Wrote {args.out}/model.keras, metrics.json, history.json, history.png ({_elapsed()}).")
+
+
+_TRAINERS = {"semantic": _train_semantic, "instances": _train_instances}
+
+
 # ----------------------------------------------------------------------------- evaluate
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from segkeras.evaluate import semantic
+
+    if args.json:
+        _check_output_file(args.json, "--json")
+    model, task = _load_task_model(args.model)
+    size = _model_size(model, args.image_size)
+    data = _load_data(args.data, args.n, size, args.seed, split="test")
+    result, table = _EVALUATORS[task](model, data, args, size)
+    print(table)
+    if args.json:
+        print(f"Wrote {semantic.save_json(result, args.json)}")
+
+
+def _evaluate_semantic(model, data, args: argparse.Namespace, size: int) -> tuple[dict, str]:
     from segkeras.data.pipeline import make_dataset
     from segkeras.evaluate import semantic
     from segkeras.train import model_num_classes
 
-    if args.json:
-        _check_output_file(args.json, "--json")
-    model = _load_segmenter(args.model)
-    size = _model_size(model, args.image_size)
-    data = _load_data(args.data, args.n, size, args.seed, split="test")
     num_classes = model_num_classes(model)
-    if data.num_classes != num_classes:
-        raise SegkerasError(
-            f"the model predicts {num_classes} classes but --data {args.data} has "
-            f"{data.num_classes} ({', '.join(data.class_names)}); evaluate on the data it was "
-            "trained on."
-        )
+    _check_num_classes(num_classes, data, args.data)
     dataset = make_dataset(data, image_size=size, batch_size=args.batch_size,
                            num_classes=num_classes)
     result = semantic.evaluate_semantic(model, dataset, data.class_names)
-    print(semantic.format_table(result))
-    if args.json:
-        print(f"Wrote {semantic.save_json(result, args.json)}")
+    return result, semantic.format_table(result)
+
+
+def _evaluate_instances(model, data, args: argparse.Namespace, size: int) -> tuple[dict, str]:
+    _check_num_classes(cli_instances.num_classes(model), data, args.data)
+    cli_instances.check_data(data, f"--data {args.data}")
+    result = cli_instances.evaluate(model, data, args.batch_size)
+    return result, cli_instances.format_table(result)
+
+
+_EVALUATORS = {"semantic": _evaluate_semantic, "instances": _evaluate_instances}
 
 
 # ----------------------------------------------------------------------------- predict
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:
-    import numpy as np
-
-    from segkeras import viz
-    from segkeras.data.images import read_rgb, resize_image, write_png
-
     for path in args.images:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no such image: {path}")
-    if args.out:
-        _check_output_folder(args.out, "--out")
-    model = _last_output(_load_segmenter(args.model))
-    size = _model_size(model, args.image_size)
-    class_names = _class_names(args.model)
+    folders = [args.out] if args.out else sorted(
+        {os.path.dirname(os.path.abspath(path)) for path in args.images})
+    for folder in folders:  # where the pictures (and the default --json) go
+        _check_output_folder(folder, "--out" if args.out else "--out (default: beside the images)")
+    if args.json:
+        _check_output_file(args.json, "--json")
+    model, task = _load_task_model(args.model)
     unreadable = []
-    for path in args.images:
+    _PREDICTORS[task](model, args, _readable_images(args.images, unreadable))
+    if unreadable:
+        raise SegkerasError(f"{len(unreadable)} of {len(args.images)} images skipped: "
+                            + "; ".join(unreadable))
+
+
+def _readable_images(paths: list[str], unreadable: list[str]):
+    """(position from 1, path, RGB pixels) of each image that can be read; the errors of the
+    others are appended to ``unreadable`` (reported at the end, the other images predicted)."""
+    from segkeras.data.images import read_rgb
+
+    for position, path in enumerate(paths, 1):
         try:
-            image = read_rgb(path)
-        except SegkerasError as error:  # report it at the end, predict the other images
+            yield position, path, read_rgb(path)
+        except SegkerasError as error:
             unreadable.append(str(error))
-            continue
+
+
+def _output_path(args: argparse.Namespace, image_path: str, suffix: str) -> str:
+    """``STEM{suffix}`` in --out, else beside the image."""
+    stem = os.path.splitext(os.path.basename(image_path))[0]
+    folder = args.out or os.path.dirname(os.path.abspath(image_path))
+    return os.path.join(folder, f"{stem}{suffix}")
+
+
+def _predict_semantic(model, args: argparse.Namespace, images) -> None:
+    import numpy as np
+
+    from segkeras import viz
+    from segkeras.data.images import resize_image, write_png
+
+    for flag, value in (("--json", args.json), ("--score-threshold", args.score_threshold)):
+        if value is not None:
+            raise SegkerasError(f"{flag} is for Mask R-CNN models; {args.model} is a semantic "
+                                f"segmentation model: leave {flag} out")
+    model = _last_output(model)
+    size = _model_size(model, args.image_size)
+    class_names = _training_metrics(args.model).get("classes")
+    for _, path, image in images:
         height, width = image.shape[:2]
         logits = model.predict_on_batch(resize_image(image, (size, size))[None])
         small = np.argmax(logits[0], axis=-1).astype(np.uint8)
         rows = np.arange(height) * size // height
         cols = np.arange(width) * size // width
         mask = small[rows[:, None], cols[None, :]]  # nearest neighbour back to the original size
-        stem = os.path.splitext(os.path.basename(path))[0]
-        folder = args.out or os.path.dirname(os.path.abspath(path))
-        write_png(os.path.join(folder, f"{stem}_mask.png"), mask, palette=True)
-        figure = viz.overlay(image, mask, class_names=class_names)
-        target = os.path.join(folder, f"{stem}_overlay.png")
-        figure.savefig(target, dpi=100)
+        write_png(_output_path(args, path, "_mask.png"), mask, palette=True)
+        target = _output_path(args, path, "_overlay.png")
+        viz.overlay(image, mask, class_names=class_names).savefig(target, dpi=100)
         print(f"{path} -> {target}")
-    if unreadable:
-        raise SegkerasError(f"{len(unreadable)} of {len(args.images)} images skipped: "
-                            + "; ".join(unreadable))
+
+
+def _predict_instances(model, args: argparse.Namespace, images) -> None:
+    """An overlay per image (``STEM_instances.png``) and every detection of all images in one
+    COCO results file (--json), ``image_id`` = the image's position on the command line."""
+    _model_size(model, args.image_size)  # a given --image-size must be the model's
+    metrics = _training_metrics(args.model)
+    threshold = 0.5 if args.score_threshold is None else args.score_threshold
+    json_path = args.json or os.path.join(args.out or os.path.dirname(
+        os.path.abspath(args.images[0])), "detections.json")
+    results = []
+    for position, path, image in images:
+        detections = cli_instances.predict(model, image)
+        results.extend(cli_instances.coco_results(detections, position,
+                                                  metrics.get("category_ids")))
+        target = _output_path(args, path, "_instances.png")
+        cli_instances.overlay(image, detections, threshold, metrics.get("classes")).savefig(
+            target, dpi=100)
+        shown = int((detections["scores"] >= threshold).sum())
+        print(f"{path} -> {target} ({shown} objects scoring >= {threshold:g}; image_id "
+              f"{position})")
+    with open(json_path, "w") as file:
+        json.dump(results, file)
+    print(f"Wrote {len(results)} detections to {json_path} (COCO results format).")
+
+
+_PREDICTORS = {"semantic": _predict_semantic, "instances": _predict_instances}
 
 
 # ----------------------------------------------------------------------------- data
@@ -515,6 +657,10 @@ def _fraction(text: str) -> float:
                    "a fraction between 0 and 1 (e.g. 0.2)")
 
 
+def _score(text: str) -> float:
+    return _number(text, lambda value: 0.0 <= value <= 1.0, "a score between 0 and 1 (e.g. 0.5)")
+
+
 def _learning_rate(text: str) -> float:
     return _number(text, lambda value: 0.0 < value < math.inf, "a positive number (e.g. 1e-3)")
 
@@ -522,7 +668,7 @@ def _learning_rate(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="python -m segkeras",
-        description="Segmentation with Keras 3: FCN, U-Net, hourglass, Mask R-CNN's mask head.",
+        description="Segmentation with Keras 3: FCN, U-Net, hourglass, DeconvNet, Mask R-CNN.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -547,12 +693,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--image-size", type=_positive, default=128, help="multiple of 32")
     train.add_argument("--batch-size", type=_positive, default=16)
     train.add_argument("--epochs", type=_non_negative, default=5,
-                       help="epochs with the encoder frozen (all epochs when training end to end)")
+                       help="epochs with the encoder frozen (all epochs when training end to end, "
+                       "as maskrcnn always does)")
     train.add_argument("--finetune-epochs", type=_non_negative, default=0,
                        help="then epochs with the encoder unfrozen at a 10x lower learning rate")
     train.add_argument("--lr", type=_learning_rate, default=1e-3, help="learning rate")
     train.add_argument("--weights", default="imagenet", help="imagenet, none or a weights file")
     train.add_argument("--stacks", type=_positive, default=2, help="hourglass: number of stacks")
+    train.add_argument("--max-instances", type=_positive, default=16,
+                       help="maskrcnn: objects trained on per image (further ones are skipped, "
+                       "with a warning)")
     train.add_argument("--distribute", choices=("mirrored", "multiworker"),
                        help="mirrored: all local GPUs; multiworker: several machines, each "
                        "with its TF_CONFIG (TensorFlow backend; README: Several machines)")
@@ -560,7 +710,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", default=os.path.join("outputs", "train"), help="output folder")
     train.set_defaults(run=_cmd_train)
 
-    evaluate = commands.add_parser("evaluate", help="per-class IoU, mean IoU, pixel accuracy")
+    evaluate = commands.add_parser(
+        "evaluate", help="per-class IoU, mean IoU, pixel accuracy; for a Mask R-CNN: COCO box "
+        "and mask AP")
     evaluate.add_argument("--model", required=True, help="a .keras file")
     evaluate.add_argument("--data", default="shapes", help=DATA_HELP)
     evaluate.add_argument("--n", type=_positive, default=200, help="shapes: number of images")
@@ -572,10 +724,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", help="also write the scores to this JSON file")
     evaluate.set_defaults(run=_cmd_evaluate)
 
-    predict = commands.add_parser("predict", help="overlay a model's predictions on images")
+    predict = commands.add_parser(
+        "predict", help="overlay a model's predictions on images; a Mask R-CNN also writes its "
+        "detections as COCO results")
     predict.add_argument("--model", required=True, help="a .keras file")
     predict.add_argument("images", nargs="+", help="image files (PNG, JPEG...)")
     predict.add_argument("--out", help="output folder (default: next to each image)")
+    predict.add_argument("--score-threshold", type=_score,
+                         help="Mask R-CNN: draw the detections scoring at least this (default "
+                         "0.5); the JSON keeps them all, for COCO AP")
+    predict.add_argument("--json", help="Mask R-CNN: the COCO results file, image_id = the "
+                         "image's position in the list from 1 (default: detections.json in --out "
+                         "or beside the first image)")
     predict.add_argument("--image-size", type=_positive,
                          help="default: the model's input size (128 if it takes any size)")
     predict.set_defaults(run=_cmd_predict)

@@ -119,7 +119,9 @@ def instance_overlay(image, instances, class_names: list[str] | None = None, sco
         label = _class_name(int(class_id), class_names)
         if scores is not None:
             label += f" {float(scores[index]):.2f}"
-        axes.text(x1 - 0.5, y1 - 1.5, label, fontsize=8, color="white", va="bottom",
+        above = y1 >= 0.06 * image.shape[0]  # else the label would leave the picture
+        axes.text(x1 - 0.5, y1 - 1.5 if above else y1 - 0.5, label, fontsize=8, color="white",
+                  va="bottom" if above else "top",
                   bbox={"facecolor": edge, "edgecolor": "none", "pad": 1.0})
     axes.set_xlim(-0.5, image.shape[1] - 0.5)
     axes.set_ylim(image.shape[0] - 0.5, -0.5)

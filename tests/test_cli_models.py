@@ -43,7 +43,7 @@ def test_registry_build_passes_the_fixed_options():
     assert model.output_shape == (None, SIZE, SIZE, 3)
 
 
-@pytest.fixture(scope="module", params=registry.names())
+@pytest.fixture(scope="module", params=registry.names("semantic"))
 def trained(request, tmp_path_factory):
     """``train`` one step of each architecture (default backbone, random weights, 64x64 shapes)."""
     name = request.param

@@ -2,7 +2,8 @@
 tests iterate.
 
 Each :class:`Architecture` is a builder, the keyword arguments its name fixes (``"fcn8s"`` is
-:func:`~segkeras.models.fcn.fcn` with ``variant="8s"``) and its default backbone. Every builder
+:func:`~segkeras.models.fcn.fcn` with ``variant="8s"``), its default backbone and its task
+(``"semantic"``: one class map per image; ``"instances"``: a detector, Mask R-CNN). Every builder
 takes ``num_classes, backbone, weights, encoder_trainable, input_shape``; a new architecture is one
 :func:`register` call.
 """
@@ -21,6 +22,7 @@ from segkeras.errors import SegkerasError
 from segkeras.models.deconv import deconvnet
 from segkeras.models.fcn import fcn
 from segkeras.models.hourglass import hourglass
+from segkeras.models.mask_rcnn import mask_rcnn
 from segkeras.models.unet import unet
 
 
@@ -38,6 +40,8 @@ class Architecture:
         tunable: further keyword arguments of the builder the command line exposes
             (``("num_stacks",)``).
         summary: one line for help texts.
+        task: ``"semantic"`` (logits (batch, H, W, classes) out) or ``"instances"`` (a
+            detector: boxes, classes, scores and masks of each object).
     """
 
     name: str
@@ -46,6 +50,7 @@ class Architecture:
     options: Mapping[str, Any] = field(default_factory=dict)
     tunable: tuple[str, ...] = ()
     summary: str = ""
+    task: str = "semantic"
 
     def build(self, num_classes: int, **kwargs) -> keras.Model:
         """``builder(num_classes, **options, **kwargs)``, the backbone defaulting to
@@ -59,6 +64,7 @@ class Architecture:
         return self.builder(num_classes, **self.options, **kwargs)
 
 
+TASKS = ("semantic", "instances")
 _REGISTRY: dict[str, Architecture] = {}
 
 
@@ -70,19 +76,25 @@ def register(
     options: Mapping[str, Any] | None = None,
     tunable: tuple[str, ...] = (),
     summary: str = "",
+    task: str = "semantic",
 ) -> Architecture:
     """Add an architecture under ``name`` (a new name only) and return it."""
     if name in _REGISTRY:
         raise SegkerasError(f"An architecture named {name!r} is already registered.")
+    if task not in TASKS:
+        raise SegkerasError(f"task must be one of {TASKS}, got {task!r}.")
     architecture = Architecture(name, builder, default_backbone,
-                                MappingProxyType(dict(options or {})), tuple(tunable), summary)
+                                MappingProxyType(dict(options or {})), tuple(tunable), summary,
+                                task)
     _REGISTRY[name] = architecture
     return architecture
 
 
-def names() -> tuple[str, ...]:
-    """The registered names, in registration order (simplest first)."""
-    return tuple(_REGISTRY)
+def names(task: str | None = None) -> tuple[str, ...]:
+    """The registered names (of ``task`` only, if given), in registration order (simplest
+    first)."""
+    return tuple(name for name, architecture in _REGISTRY.items()
+                 if task is None or architecture.task == task)
 
 
 def get(name: str) -> Architecture:
@@ -106,3 +118,12 @@ register("deconvnet", deconvnet, "vgg16", summary="DeconvNet (Noh et al. 2015)")
 register("unet", unet, "mobilenetv2", summary="U-Net (Ronneberger et al. 2015)")
 register("hourglass", hourglass, None, tunable=("num_stacks",),
          summary="stacked hourglass (Newell et al. 2016)")
+MASK_RCNN_CPU_RECIPE = {
+    "anchor_sizes": (16, 32, 64), "fpn_channels": 128, "box_head_units": 256,
+    "mask_head_channels": 64, "rpn_pre_nms": 600, "rpn_post_nms_train": 200,
+    "rpn_post_nms_test": 100, "rois_per_image": 64,
+}
+"""``maskrcnn``'s heads, sized for a CPU and images of 64..256 pixels (bench/train_mask_rcnn.py);
+:func:`~segkeras.models.mask_rcnn.mask_rcnn`'s own defaults are the paper's, for ResNet-50."""
+register("maskrcnn", mask_rcnn, "mobilenetv2", options=MASK_RCNN_CPU_RECIPE, task="instances",
+         summary="Mask R-CNN (He et al. 2017)")

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
+
 from segkeras.data.core import SegmentationData, parse_size
-from segkeras.data.instances import make_instance_dataset
+from segkeras.data.instances import clip_boxes, make_instance_dataset
 from segkeras.errors import SegkerasError
 
 
@@ -20,20 +22,47 @@ def mask_rcnn_dataset(data: SegmentationData, image_size: int | tuple[int, int] 
                       shuffle: bool = True, seed: int = 0):
     """A ``tf.data.Dataset`` for ``MaskRCNN.fit``; ``image_size`` is the model's input size.
 
-    Images with more than ``max_instances`` objects keep their first ``max_instances`` (the rest
-    are not trained on, so they count as background): a warning says how many images lose
-    objects; raise ``max_instances`` to keep them. Boxes are clipped to the image and boxes
-    without area inside it are dropped. ``augment`` mirrors images left-right at random.
+    Bad ground truth is handled before any training step, so that no NaN reaches a loss:
+
+    - refused (SegkerasError): NaN, infinite or out-of-range pixels, NaN or infinite box
+      coordinates, boxes with ``x2 < x1`` or ``y2 < y1``, class ids outside ``1..C-1``;
+    - clipped: boxes reaching outside the image (the part inside is kept);
+    - dropped with a warning: boxes without area inside the image (zero width or height, or
+      entirely outside it);
+    - truncated with a warning: images with more than ``max_instances`` objects keep their first
+      ``max_instances`` (the rest are not trained on, so they count as background); raise
+      ``max_instances`` to keep them.
+
+    Images without objects are fine (all regions are background). ``augment`` mirrors images
+    left-right at random.
     """
     if data.instances is None:
         raise SegkerasError("This dataset has no instances; Mask R-CNN needs instance masks "
                             "(e.g. segkeras.data.shapes.generate(...)).")
-    crowded = sum(len(objects) > max_instances for objects in data.instances)
-    if crowded:
-        most = max(len(objects) for objects in data.instances)
-        warnings.warn(f"{crowded} of {len(data)} images have more than max_instances="
-                      f"{max_instances} objects (up to {most}); only the first {max_instances} "
-                      f"are trained on. Pass max_instances={most} to keep them all.",
+    kept = _objects_with_area(data)
+    if sum(kept) < sum(len(objects) for objects in data.instances):
+        dropped = sum(len(objects) for objects in data.instances) - sum(kept)
+        warnings.warn(f"{dropped} ground-truth boxes have no area inside their image (zero width "
+                      "or height, or outside the image) and are dropped; check the annotations.",
                       stacklevel=2)
+    crowded = sum(count > max_instances for count in kept)
+    if crowded:
+        warnings.warn(f"{crowded} of {len(data)} images have more than max_instances="
+                      f"{max_instances} objects (up to {max(kept)}); only the first "
+                      f"{max_instances} are trained on. Pass max_instances={max(kept)} to keep "
+                      "them all.", stacklevel=2)
     return make_instance_dataset(data, parse_size(image_size), batch_size, max_instances,
                                  jitter=0.0, augment=augment, shuffle=shuffle, seed=seed)
+
+
+def _objects_with_area(data: SegmentationData) -> list[int]:
+    """Per image, how many of its boxes keep an area once clipped to the image (SegkerasError
+    for boxes that are not finite ``x1, y1, x2, y2``)."""
+    counts = []
+    for i, (image, objects) in enumerate(zip(data.images, data.instances, strict=True)):
+        try:
+            _, valid = clip_boxes(objects.boxes, *np.shape(image)[:2])
+        except SegkerasError as error:
+            raise SegkerasError(f"Image {i}: {error}") from error
+        counts.append(int(valid.sum()))
+    return counts

@@ -1,0 +1,131 @@
+"""The command line's instance half (Mask R-CNN, He et al., ICCV 2017): train on instance data,
+score COCO box and mask AP, draw detections and write them as COCO-format results.
+
+:mod:`segkeras.cli` parses and validates the arguments and calls these for models of the
+``"instances"`` task (:mod:`segkeras.models.registry`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from segkeras.data.core import Instances, SegmentationData
+from segkeras.errors import SegkerasError
+from segkeras.models.mask_rcnn import (
+    MaskRCNN,
+    mask_rcnn_dataset,
+    predict_instances,
+    predict_masks_in_boxes,
+)
+
+ROWS = (("box", "box AP (predicted boxes)"), ("mask", "mask AP (predicted boxes)"),
+        ("mask_gt_boxes", "mask AP (ground-truth boxes)"))
+"""The keys of :func:`evaluate`'s scores and their row titles in :func:`format_table`."""
+
+
+def accepts(model) -> bool:
+    """Whether ``model`` is a detector these commands handle."""
+    return isinstance(model, MaskRCNN)
+
+
+def num_classes(model: MaskRCNN) -> int:
+    """Classes including the background, as the model was built."""
+    return int(model.config["num_classes"])
+
+
+def check_data(data: SegmentationData, what: str) -> None:
+    """SegkerasError unless ``data`` has instances and at least one object (AP needs one)."""
+    if data.instances is None:
+        raise SegkerasError(f"{what} has no instance masks (only semantic ones); Mask R-CNN "
+                            "needs instances: use shapes or a COCO-format dataset")
+    if not any(len(objects) for objects in data.instances):
+        raise SegkerasError(f"{what} has no object in any of its {len(data)} images, so there "
+                            "is nothing to learn or score; use more images")
+
+
+def training_dataset(model: MaskRCNN, data: SegmentationData, batch_size: int,
+                     max_instances: int, seed: int):
+    """``data`` at the model's input size, up to ``max_instances`` objects per image, flipped
+    left-right at random (:func:`~segkeras.models.mask_rcnn.mask_rcnn_dataset`)."""
+    return mask_rcnn_dataset(data, model.image_size, batch_size, max_instances, seed=seed)
+
+
+def fit(model: MaskRCNN, dataset, epochs: int, learning_rate: float, callbacks=()):
+    """``model.fit`` end to end (encoder, RPN, box and mask heads) with Adam, the gradient norm
+    clipped at 10. Returns the ``keras.callbacks.History``."""
+    import keras
+
+    model.compile(keras.optimizers.Adam(learning_rate, clipnorm=10.0), jit_compile=False)
+    return model.fit(dataset, epochs=epochs, callbacks=list(callbacks), shuffle=False,
+                     verbose=2)  # the dataset shuffles
+
+
+def evaluate(model: MaskRCNN, data: SegmentationData, batch_size: int = 8) -> dict:
+    """COCO AP, AP50 and AP75 of the boxes and masks ``model`` predicts on ``data`` (no boxes
+    given), and of its mask head on the ground-truth boxes (the mask quality without the
+    detection errors). Returns ``{"box", "mask", "mask_gt_boxes"}`` of ``{"AP", "AP50",
+    "AP75"}``, ``"images"`` and ``"objects"``."""
+    from segkeras.evaluate import detection_ap, mask_ap
+
+    check_data(data, "the evaluation data")
+    detections = predict_instances(model, data.images, batch_size=batch_size)
+    scores = detection_ap(data, detections)
+    given = predict_masks_in_boxes(model, data.images,
+                                   [objects.boxes for objects in data.instances],
+                                   [objects.class_ids for objects in data.instances])
+    scores["mask_gt_boxes"] = mask_ap(data, given)
+    scores["images"] = len(data)
+    scores["objects"] = sum(len(objects) for objects in data.instances)
+    return scores
+
+
+def format_table(result: dict) -> str:
+    """:func:`evaluate`'s scores as a small text table."""
+    lines = [f"{result['images']} images, {result['objects']} objects",
+             f"{'':30s} {'AP':>6s} {'AP50':>6s} {'AP75':>6s}"]
+    for key, title in ROWS:
+        scores = result[key]
+        lines.append(f"{title:30s} " + " ".join(f"{scores[name]:6.3f}"
+                                                for name in ("AP", "AP50", "AP75")))
+    return "\n".join(lines)
+
+
+def predict(model: MaskRCNN, image: np.ndarray) -> dict:
+    """One image's detections at its own resolution (see ``predict_instances``)."""
+    return predict_instances(model, [image])[0]
+
+
+def coco_results(detections: dict, image_id: int,
+                 category_ids: list[int] | None = None) -> list[dict]:
+    """One image's detections in the COCO results format: ``image_id``, ``category_id``,
+    ``bbox`` ``[x, y, w, h]``, ``score`` and ``segmentation`` (RLE, counts as text).
+
+    ``category_ids``: the dataset's category id of class 1, 2, ... (the COCO loader's
+    ``extra["category_ids"]``); None keeps the model's class ids."""
+    from pycocotools import mask as mask_utils
+
+    results = []
+    for box, class_id, score, mask in zip(detections["boxes"], detections["class_ids"],
+                                          detections["scores"], detections["masks"],
+                                          strict=True):
+        rle = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
+        x1, y1, x2, y2 = (round(float(value), 2) for value in box)
+        category = int(class_id) if category_ids is None else int(category_ids[class_id - 1])
+        results.append({"image_id": int(image_id), "category_id": category,
+                        "bbox": [x1, y1, round(x2 - x1, 2), round(y2 - y1, 2)],
+                        "score": round(float(score), 4),
+                        "segmentation": {"size": [int(side) for side in rle["size"]],
+                                         "counts": rle["counts"].decode("ascii")}})
+    return results
+
+
+def overlay(image: np.ndarray, detections: dict, min_score: float,
+            class_names: list[str] | None = None):
+    """A figure of the detections scoring at least ``min_score``: masks, boxes, class names
+    and scores (:func:`segkeras.viz.instance_overlay`)."""
+    from segkeras import viz
+
+    keep = np.asarray(detections["scores"]) >= min_score
+    shown = Instances(detections["masks"][keep], detections["boxes"][keep],
+                      detections["class_ids"][keep])
+    return viz.instance_overlay(image, shown, class_names, scores=detections["scores"][keep])

@@ -1,0 +1,255 @@
+"""Mask R-CNN through the command line: train a few steps, evaluate (box and mask AP, checked
+against segkeras.evaluate on the same detections), predict (overlays and a COCO results file that
+pycocotools loads, checked against predict_instances); bad arguments get one line and exit 2."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+
+from segkeras import cli, cli_instances
+from segkeras.cli import main
+from segkeras.data import shapes, sources
+from segkeras.data.core import Instances, SegmentationData
+from segkeras.data.images import read_rgb, write_png
+from segkeras.errors import SegkerasError
+from segkeras.evaluate import detection_ap, mask_ap
+from segkeras.models.mask_rcnn import MaskRCNN, predict_instances, predict_masks_in_boxes
+
+SIZE = 64
+TRAIN = ["train", "--model", "maskrcnn", "--weights", "none", "--image-size", str(SIZE),
+         "--batch-size", "3", "--epochs", "1"]
+
+
+def error_line(capsys) -> str:
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One epoch (1 step) of Mask R-CNN on 6 shapes images; returns the output folder."""
+    out = tmp_path_factory.mktemp("maskrcnn")
+    assert main([*TRAIN, "--n", "6", "--val-fraction", "0.5", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Building or training a model fails the test: argument errors must come first."""
+    def forbidden(*args, **kwargs):
+        raise AssertionError("argument errors must be found before this")
+
+    monkeypatch.setattr(cli, "_build_model", forbidden)
+    monkeypatch.setattr(cli_instances, "fit", forbidden)
+
+
+def test_train_writes_the_model_and_its_box_and_mask_ap(trained):
+    assert isinstance(keras.saving.load_model(trained / "model.keras"), MaskRCNN)
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert metrics["classes"] == shapes.CLASS_NAMES and metrics["images"] == 3
+    for key in ("box", "mask", "mask_gt_boxes"):
+        assert set(metrics[key]) == {"AP", "AP50", "AP75"}
+        assert all(0 <= value <= 1 for value in metrics[key].values())
+    history = json.loads((trained / "history.json").read_text())["history"]
+    assert {"loss", "mask_loss", "rpn_objectness_loss"} <= set(history)
+    assert np.isfinite(history["loss"]).all()
+    assert (trained / "history.png").stat().st_size > 0
+
+
+def test_evaluate_prints_and_writes_the_aps_of_the_saved_model(trained, tmp_path, capsys):
+    scores = tmp_path / "scores.json"
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(trained / "model.keras"), "--n", "3", "--seed", "7",
+                 "--json", str(scores)]) == 0
+    table = capsys.readouterr().out
+    for title in ("box AP (predicted boxes)", "mask AP (predicted boxes)",
+                  "mask AP (ground-truth boxes)", "AP50", "AP75"):
+        assert title in table
+    result = json.loads(scores.read_text())
+    # the same numbers straight from the library on the same images
+    model = keras.saving.load_model(trained / "model.keras")
+    data = shapes.generate(3, SIZE, seed=7)
+    expected = detection_ap(data, predict_instances(model, data.images))
+    given = predict_masks_in_boxes(model, data.images, [o.boxes for o in data.instances],
+                                   [o.class_ids for o in data.instances])
+    for key in ("box", "mask"):
+        assert result[key] == pytest.approx(expected[key], abs=1e-6), key
+    assert result["mask_gt_boxes"] == pytest.approx(mask_ap(data, given), abs=1e-6)
+    assert f"{result['mask_gt_boxes']['AP']:6.3f}" in table
+
+
+def test_predict_writes_overlays_and_coco_results(trained, tmp_path, capsys):
+    photo = shapes.generate(1, 96, seed=11).images[0]
+    blank = np.zeros((50, 70, 3), np.uint8)
+    write_png(tmp_path / "photo.png", photo)
+    write_png(tmp_path / "blank.png", blank)
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(trained / "model.keras"), str(tmp_path / "photo.png"),
+                 str(tmp_path / "blank.png"), "--out", str(out), "--score-threshold", "0.2"]) == 0
+    for stem in ("photo", "blank"):
+        overlay = read_rgb(out / f"{stem}_instances.png")
+        assert overlay.ndim == 3 and min(overlay.shape[:2]) >= 200
+    results = json.loads((out / "detections.json").read_text())
+
+    # every detection of predict_instances, in COCO's results format
+    model = keras.saving.load_model(trained / "model.keras")
+    found = predict_instances(model, [photo, blank])
+    assert len(results) == sum(len(f["scores"]) for f in found)
+    for image_id, detections in enumerate(found, 1):
+        rows = [r for r in results if r["image_id"] == image_id]
+        assert len(rows) == len(detections["scores"]) <= 100
+        for row, box, class_id, score, mask in zip(
+                rows, detections["boxes"], detections["class_ids"], detections["scores"],
+                detections["masks"], strict=True):
+            x1, y1, x2, y2 = box
+            np.testing.assert_allclose(row["bbox"], [x1, y1, x2 - x1, y2 - y1], atol=0.02)
+            assert row["category_id"] == class_id and row["score"] == pytest.approx(score, 1e-3)
+            np.testing.assert_array_equal(mask_utils.decode(row["segmentation"]), mask)
+
+    # pycocotools reads it against ground truth with those image ids
+    truth = COCO()
+    truth.dataset = {"images": [{"id": 1, "height": 96, "width": 96},
+                                {"id": 2, "height": 50, "width": 70}],
+                     "annotations": [], "categories": [{"id": c} for c in (1, 2, 3)]}
+    truth.createIndex()
+    assert results, "an untrained model still detects something at its 0.05 score threshold"
+    loaded = truth.loadRes(str(out / "detections.json"))
+    assert len(loaded.getAnnIds()) == len(results)
+
+
+def test_an_image_without_objects_is_scored_and_drawn(trained, tmp_path):
+    blank = tmp_path / "blank.png"
+    write_png(blank, np.full((64, 64, 3), 200, np.uint8))
+    target = tmp_path / "blank.json"
+    assert main(["predict", "--model", str(trained / "model.keras"), str(blank), "--json",
+                 str(target), "--score-threshold", "1"]) == 0
+    assert (tmp_path / "blank_instances.png").is_file()
+    assert isinstance(json.loads(target.read_text()), list)
+
+
+# ----------------------------------------------------------------------------- bad arguments
+
+
+def test_train_refuses_distribute_and_an_output_file_before_any_work(no_training, tmp_path,
+                                                                      capsys, monkeypatch):
+    monkeypatch.setattr(sources, "load", lambda *a, **k: pytest.fail("data loaded"))
+    assert main([*TRAIN, "--distribute", "mirrored", "--out", str(tmp_path)]) == 2
+    assert "--distribute is not available for --model maskrcnn" in error_line(capsys)
+    occupied = tmp_path / "file"
+    occupied.write_text("")
+    assert main([*TRAIN, "--out", str(occupied)]) == 2
+    assert f"--out {occupied} is a file" in error_line(capsys)
+
+
+def semantic_only(*args, **kwargs):
+    data = shapes.generate(4, SIZE, seed=0)
+    return SegmentationData(data.images, data.masks, data.class_names)
+
+
+def nothing_to_validate(*args, **kwargs):
+    data = shapes.generate(4, SIZE, seed=0)
+    empty = Instances(np.zeros((0, SIZE, SIZE), bool), np.zeros((0, 4), np.float32),
+                      np.zeros(0, np.int32))
+    return SegmentationData(data.images, data.masks, data.class_names,
+                            [*data.instances[:3], empty])
+
+
+@pytest.mark.parametrize("load, message", [
+    (semantic_only, "--data shapes has no instance masks"),
+    (nothing_to_validate, "the --val-fraction 0.25 of --data shapes held out for validation has "
+                          "no object"),
+])
+def test_train_refuses_data_it_cannot_learn_or_score_before_training(
+        no_training, load, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sources, "load", load)
+    assert main([*TRAIN, "--n", "4", "--val-fraction", "0.25", "--out", str(tmp_path)]) == 2
+    assert message in error_line(capsys)
+
+
+def test_too_many_objects_warn_in_flag_terms(monkeypatch, tmp_path, capsys):
+    def stop(*args, **kwargs):
+        raise SegkerasError("stopped before training")
+
+    monkeypatch.setattr(cli_instances, "fit", stop)
+    assert main([*TRAIN, "--n", "8", "--max-instances", "1", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and err[0].startswith("segkeras train: warning:"), err
+    assert "more than --max-instances 1 objects" in err[0] and "Pass --max-instances" in err[0]
+
+
+def test_predict_and_evaluate_arguments_are_checked(trained, tmp_path, capsys):
+    model = str(trained / "model.keras")
+    photo = tmp_path / "photo.png"
+    write_png(photo, np.zeros((32, 32, 3), np.uint8))
+    cases = [
+        (["predict", "--model", model, str(tmp_path / "missing.jpg")], "no such image"),
+        (["predict", "--model", model, str(photo), "--json", str(tmp_path)],
+         f"--json {tmp_path} is a folder"),
+        (["predict", "--model", model, str(photo), "--score-threshold", "1.5"],
+         "argument --score-threshold: must be a score between 0 and 1"),
+        (["predict", "--model", model, str(photo), "--image-size", "128"],
+         "--image-size 128 does not match the model's fixed input size 64"),
+        (["evaluate", "--model", model, "--image-size", "96"], "--image-size 96"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        line = error_line(capsys)
+        assert message in line and "Traceback" not in line, line
+
+
+def test_semantic_models_refuse_the_mask_rcnn_flags(tmp_path, capsys):
+    image = keras.Input((32, 32, 3))
+    keras.Model(image, keras.layers.Conv2D(4, 1)(image)).save(tmp_path / "semantic.keras")
+    photo = tmp_path / "photo.png"
+    write_png(photo, np.zeros((32, 32, 3), np.uint8))
+    for flag, value in (("--json", str(tmp_path / "d.json")), ("--score-threshold", "0.3")):
+        assert main(["predict", "--model", str(tmp_path / "semantic.keras"), str(photo), flag,
+                     value]) == 2
+        line = error_line(capsys)
+        assert f"{flag} is for Mask R-CNN models" in line, line
+    assert not (tmp_path / "photo_overlay.png").exists()
+
+
+def test_evaluate_refuses_data_with_other_classes(trained, monkeypatch, capsys):
+    def two_classes(*args, **kwargs):
+        data = shapes.generate(2, SIZE, seed=0)
+        return SegmentationData(data.images, data.masks, ["background", "thing"],
+                                data.instances)
+
+    monkeypatch.setattr(sources, "load", two_classes)
+    assert main(["evaluate", "--model", str(trained / "model.keras")]) == 2
+    assert "the model predicts 4 classes but --data shapes has 2" in error_line(capsys)
+
+
+@pytest.mark.fast
+def test_the_overlay_draws_only_detections_above_the_threshold_with_labels_inside():
+    masks = np.zeros((3, 40, 60), bool)
+    masks[0, 0:10, 0:20] = masks[1, 20:35, 30:50] = masks[2, 5:15, 40:55] = True
+    detections = {"masks": masks, "boxes": np.array([[0, 0, 20, 10], [30, 20, 50, 35],
+                                                     [40, 5, 55, 15]], np.float32),
+                  "class_ids": np.array([1, 2, 3]), "scores": np.array([0.9, 0.6, 0.3])}
+    figure = cli_instances.overlay(np.zeros((40, 60, 3), np.uint8), detections, 0.5,
+                                   shapes.CLASS_NAMES)
+    texts = figure.axes[0].texts
+    assert [text.get_text() for text in texts] == ["circle 0.90", "rectangle 0.60"]
+    assert texts[0].get_position()[1] >= -0.5  # at the top edge: drawn inside, not cut off
+    shown = np.asarray(figure.axes[0].images[0].get_array())
+    assert shown[masks[0]].any() and shown[masks[1]].any() and not shown[masks[2]].any()
+
+
+@pytest.mark.fast
+def test_coco_results_map_classes_to_the_dataset_categories():
+    mask = np.zeros((8, 10), bool)
+    mask[2:5, 3:7] = True
+    detections = {"boxes": np.array([[3, 2, 7, 5]], np.float32), "class_ids": np.array([2]),
+                  "scores": np.array([0.75]), "masks": mask[None]}
+    (row,) = cli_instances.coco_results(detections, 4, category_ids=[1, 18, 44])
+    assert row["image_id"] == 4 and row["category_id"] == 18 and row["score"] == 0.75
+    assert row["bbox"] == [3, 2, 4, 3]
+    np.testing.assert_array_equal(mask_utils.decode(row["segmentation"]), mask)
+    json.dumps(row)  # plain JSON types only
