@@ -64,8 +64,11 @@ class MaskRCNN(keras.Model):
                  rpn_post_nms_test: int = 200, rpn_anchors_per_image: int = 256,
                  rois_per_image: int = 256, foreground_fraction: float = 0.25,
                  score_threshold: float = 0.05, nms_threshold: float = 0.5,
-                 max_detections: int = 100, seed: int | None = None, **kwargs):
+                 max_detections: int = 100, seed: int | None = None, anchor_matcher=None,
+                 box_encoder=None, **kwargs):
         super().__init__(**kwargs)
+        # RPN targets from your own functions (lab 6; see rpn.py); not saved in .keras files.
+        self.anchor_matcher, self.box_encoder = anchor_matcher, box_encoder
         self.config = dict(
             num_classes=num_classes, backbone=backbone, input_shape=tuple(input_shape),
             encoder_trainable=encoder_trainable, anchor_sizes=tuple(anchor_sizes),
@@ -149,7 +152,8 @@ class MaskRCNN(keras.Model):
                                            seed=self.seed_generator)
         objectness_loss, rpn_box_loss = rpn_losses(
             anchors, rpn["objectness"], rpn["deltas"], gt_boxes, gt_valid, anchor_keys,
-            cfg["rpn_anchors_per_image"])
+            cfg["rpn_anchors_per_image"], anchor_matcher=self.anchor_matcher,
+            box_encoder=self.box_encoder)
         region_keys = keras.random.uniform(
             (ops.shape(proposals)[0], ops.shape(proposals)[1] + ops.shape(gt_boxes)[1]),
             seed=self.seed_generator)
@@ -215,7 +219,10 @@ def mask_rcnn(num_classes: int, backbone: str = "resnet50", weights: str | None 
             (1000), ``rpn_post_nms_train`` (500) / ``rpn_post_nms_test`` (200) proposals per
             image, ``rpn_anchors_per_image`` (256), ``rois_per_image`` (256),
             ``foreground_fraction`` (0.25), ``score_threshold`` (0.05), ``nms_threshold``
-            (0.5), ``max_detections`` (100), ``seed``.
+            (0.5), ``max_detections`` (100), ``seed``; ``anchor_matcher`` and ``box_encoder``:
+            your own one-image functions for the RPN's training targets (the signatures are in
+            :mod:`~segkeras.models.mask_rcnn.rpn`), used by ``fit`` but not saved in ``.keras``
+            files (a reloaded model trains with the library's).
 
     Returns:
         A :class:`MaskRCNN`; train it with ``model.compile(optimizer)`` and ``model.fit`` on

@@ -79,10 +79,27 @@ def anchor_labels(anchors, gt_boxes, gt_valid):
     return positive, negative, matched
 
 
+def _labels_per_image(anchor_matcher, anchors, gt_boxes, gt_valid):
+    """:func:`anchor_labels` from a one-image ``anchor_matcher`` run on every image."""
+
+    def one_image(truth):
+        labels, matched = anchor_matcher(anchors, truth[0], truth[1])
+        return ops.cast(labels, "int32"), ops.cast(matched, "int32")
+
+    labels, matched = ops.vectorized_map(one_image, (ops.cast(gt_boxes, "float32"), gt_valid))
+    return labels == 1, labels == 0, matched
+
+
 def rpn_losses(anchors, objectness, deltas, gt_boxes, gt_valid, uniform,
-               anchors_per_image: int = 256, positive_fraction: float = 0.5):
-    """``(objectness_loss, box_loss)`` of a batch; ``uniform`` (B, A) random keys in [0, 1)."""
-    positive, negative, matched = anchor_labels(anchors, gt_boxes, gt_valid)
+               anchors_per_image: int = 256, positive_fraction: float = 0.5,
+               anchor_matcher=None, box_encoder=None):
+    """``(objectness_loss, box_loss)`` of a batch; ``uniform`` (B, A) random keys in [0, 1).
+    ``anchor_matcher``, ``box_encoder``: one-image replacements for the library's (see above)."""
+    if anchor_matcher is None:
+        positive, negative, matched = anchor_labels(anchors, gt_boxes, gt_valid)
+    else:
+        positive, negative, matched = _labels_per_image(anchor_matcher, anchors, gt_boxes,
+                                                        gt_valid)
     max_positive = int(anchors_per_image * positive_fraction)
     positive = sample_subset(positive, ops.minimum(count_true(positive), max_positive),
                              max_positive, uniform)
@@ -94,7 +111,12 @@ def rpn_losses(anchors, objectness, deltas, gt_boxes, gt_valid, uniform,
     cross_entropy = ops.binary_crossentropy(ops.cast(positive, "float32"), logits,
                                             from_logits=True)
     objectness_loss = ops.sum(cross_entropy * sampled) / total
-    targets = encode_boxes(anchors, gather_rows(gt_boxes, matched), RPN_BOX_WEIGHTS)
+    truth = gather_rows(gt_boxes, matched)
+    if box_encoder is None:
+        targets = encode_boxes(anchors, truth, RPN_BOX_WEIGHTS)
+    else:
+        targets = ops.vectorized_map(
+            lambda boxes: ops.cast(box_encoder(anchors, boxes, RPN_BOX_WEIGHTS), "float32"), truth)
     targets = ops.where(positive[..., None], targets, 0.0)
     errors = smooth_l1(ops.cast(deltas, "float32") - targets, SMOOTH_L1_BETA)
     box_loss = ops.sum(errors * ops.cast(positive, "float32")[..., None]) / total
