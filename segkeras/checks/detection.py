@@ -7,7 +7,7 @@ library, whose functions are forbidden while the check runs: "write it yourself"
 boxes where each rule shows on its own (disjoint boxes, IoU exactly 0.7 and 0.3, a padding row,
 an image without objects) and on random ones; the hint names the rule the answer breaks. Then it
 runs the answer where the model runs it: inside :func:`segkeras.models.mask_rcnn.rpn.rpn_losses`
-on a batch (``keras.ops.vectorized_map`` over the images), which needs ``keras.ops`` code. The
+on a batch (``keras.ops.map`` over the images), which needs ``keras.ops`` code. The
 fallbacks are the library's versions, what the lab trains with until an exercise passes.
 """
 

@@ -10,6 +10,15 @@ so is the best anchor of each ground-truth box; negative below 0.3 (every anchor
 without objects); the rest is ignored. Each image contributes 256 sampled anchors, at most half
 positive. Losses: binary cross-entropy on the sampled anchors and smooth L1 on the positives'
 deltas, both divided by the number of sampled anchors in the batch.
+
+Your own matcher and box coder can make these targets (``mask_rcnn(anchor_matcher=...,
+box_encoder=...)``, lab 6): written for one image, they run on each image of a batch
+(``keras.ops.map``), so they must be ``keras.ops`` code:
+
+- ``anchor_matcher(anchors (A, 4), gt_boxes (N, 4), gt_valid (N,) bool)`` -> ``(labels, matched)``,
+  (A,) ints: label 1 positive, 0 negative, -1 ignored; ``matched`` the index of each anchor's
+  ground-truth box (read for positives only);
+- ``box_encoder(anchors (A, 4), boxes (A, 4), weights)`` -> (A, 4) codes ``(dx, dy, dw, dh)``.
 """
 
 from __future__ import annotations
@@ -86,7 +95,7 @@ def _labels_per_image(anchor_matcher, anchors, gt_boxes, gt_valid):
         labels, matched = anchor_matcher(anchors, truth[0], truth[1])
         return ops.cast(labels, "int32"), ops.cast(matched, "int32")
 
-    labels, matched = ops.vectorized_map(one_image, (ops.cast(gt_boxes, "float32"), gt_valid))
+    labels, matched = ops.map(one_image, (ops.cast(gt_boxes, "float32"), gt_valid))
     return labels == 1, labels == 0, matched
 
 
@@ -115,7 +124,7 @@ def rpn_losses(anchors, objectness, deltas, gt_boxes, gt_valid, uniform,
     if box_encoder is None:
         targets = encode_boxes(anchors, truth, RPN_BOX_WEIGHTS)
     else:
-        targets = ops.vectorized_map(
+        targets = ops.map(
             lambda boxes: ops.cast(box_encoder(anchors, boxes, RPN_BOX_WEIGHTS), "float32"), truth)
     targets = ops.where(positive[..., None], targets, 0.0)
     errors = smooth_l1(ops.cast(deltas, "float32") - targets, SMOOTH_L1_BETA)
