@@ -506,6 +506,14 @@ TITLES = {
 }
 
 
+def mask_rcnn_section() -> str:
+    """Section 8, rendered from ``results/mask_rcnn.json``, which ``train_mask_rcnn.py`` and
+    ``torchvision_mask_rcnn.py`` write (20 CPU-minutes each: never re-measured here)."""
+    import mask_rcnn_section
+
+    return f"## {mask_rcnn_section.TITLE}\n\n{mask_rcnn_section.render()}"
+
+
 def read_notes() -> str:
     if not os.path.exists(REPORT):
         return "\n"
@@ -573,6 +581,7 @@ def main() -> None:
         fresh = "" if name in args.sections else "_(not re-measured by the last run)_ "
         sections.append(f"## {title}\n\n{fresh}{provenance_line(stored['provenance'])}\n\n"
                         f"{renderers[name](stored['data'])}")
+    sections.append(mask_rcnn_section())
     header = (f"# Benchmarks\n\nMachine: {_machine()}\n\nLast run: {datetime.date.today()}, "
               f"`{command}` ({(time.perf_counter() - start) / 60:.1f} min); {calibration} at its "
               "start. Every table is rendered by `bench/run.py` from `bench/results/*.json`, and "

@@ -1,6 +1,7 @@
 """torchvision's Mask R-CNN on the same data and CPU budget as bench/train_mask_rcnn.py.
 
-    PYTHONPATH=. /work/venvs/mrcnn/bin/python bench/torchvision_mask_rcnn.py [--minutes 20]
+    PYTHONPATH=. /work/venvs/mrcnn/bin/python bench/torchvision_mask_rcnn.py \
+        [--minutes 20] [--stop-at HH:MM]
 
 (with scikit-image and pycocotools in that venv too, for the data and the evaluation).
 
@@ -14,12 +15,16 @@ RoIAlign 14x14 -> four 3x3 convs of 64 -> deconv -> 28x28 masks; images 128x128 
 ``min_size = max_size = 128``), input scaled to [-1, 1] like Keras' MobileNetV2 preprocessing;
 Adam 1e-3 with the same cosine schedule over the CPU budget, gradient norm clipped at 10, batch 8,
 random left-right flips. Evaluation: COCO box and mask AP (segkeras' ``detection_ap``) on the
-same 300 held-out images, and training / inference images per CPU second.
+same 300 held-out images, and training / inference images per CPU second. Two intra-op
+threads (``torch.set_num_threads(2)``), like TensorFlow's default on this 2-core machine;
+``--stop-at HH:MM`` also ends training at that wall-clock time. Results go to
+``bench/results/mask_rcnn.json`` (key ``torchvision``).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import importlib.util
 import math
 import os
@@ -29,7 +34,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 import torchvision
-from mask_rcnn_report import print_report
+from mask_rcnn_report import report, save
 from torch import nn
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -37,7 +42,8 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 
-from segkeras.data import shapes
+os.environ.setdefault("KERAS_BACKEND", "torch")  # segkeras imports Keras; this venv has no TF
+from segkeras.data import shapes  # noqa: E402
 
 
 def _load_evaluation():
@@ -112,8 +118,17 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--stop-at", help="also stop training at this wall-clock time, HH:MM")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    deadline = None
+    if args.stop_at:
+        hour, minute = map(int, args.stop_at.split(":"))
+        now = datetime.datetime.now()
+        deadline = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+        deadline += datetime.timedelta(days=1) if deadline < now else datetime.timedelta(0)
     rng = np.random.default_rng(args.seed)
     train = shapes.generate(args.train_images, 128, seed=args.seed)
     held_out = shapes.generate(args.val_images, 128, seed=args.seed + 1000)
@@ -122,13 +137,18 @@ def main() -> None:
     budget, steps = args.minutes * 60, 0
     started_cpu, started_wall = time.process_time(), time.perf_counter()
     model.train()
+    wall_budget = (deadline - datetime.datetime.now()).total_seconds() if deadline else None
     while time.process_time() - started_cpu < budget:
         order = rng.permutation(len(train))
         for start in range(0, len(order), args.batch_size):
             spent = time.process_time() - started_cpu
-            if spent >= budget:
+            if spent >= budget or (deadline and datetime.datetime.now() >= deadline):
+                budget = min(budget, spent)
                 break
-            factor = 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(spent / budget, 1.0)))
+            progress = spent / budget
+            if deadline:  # the cosine runs over whichever of CPU budget and wall time ends first
+                progress = max(progress, (time.perf_counter() - started_wall) / wall_budget)
+            factor = 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
             for group in optimizer.param_groups:
                 group["lr"] = args.learning_rate * factor
             batch = order[start:start + args.batch_size]
@@ -163,8 +183,12 @@ def main() -> None:
     scores = _load_evaluation().detection_ap(held_out, detections)
     print(f"torch={torch.__version__} torchvision={torchvision.__version__} threads="
           f"{torch.get_num_threads()} params={sum(p.numel() for p in model.parameters()):,}")
-    print_report(steps, args.batch_size, len(train), cpu_seconds, wall_seconds, scores,
-                 len(held_out), inference_cpu, inference_wall)
+    record = report(steps, args.batch_size, len(train), cpu_seconds, wall_seconds, scores,
+                    len(held_out), inference_cpu, inference_wall, backend="torch",
+                    versions=f"torch {torch.__version__}, torchvision {torchvision.__version__}",
+                    threads=torch.get_num_threads(),
+                    params=sum(p.numel() for p in model.parameters()), config=vars(args))
+    save("torchvision", record)
 
 if __name__ == "__main__":
     main()

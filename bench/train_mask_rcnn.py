@@ -1,6 +1,6 @@
 """Train segkeras' Mask R-CNN on built-in shapes within a CPU-time budget; report box and mask AP.
 
-    python bench/train_mask_rcnn.py [--minutes 20] [--save model.keras]
+    python bench/train_mask_rcnn.py [--minutes 20] [--save model.keras] [--stop-at 02:55]
 
 MobileNetV2 encoder from random initialisation (weights=None: no ImageNet weights offline), FPN
 neck read at stride 8, RPN, box head and mask head trained end to end with ``model.fit`` on
@@ -9,19 +9,25 @@ neck read at stride 8, RPN, box head and mask head trained end to end with ``mod
 comparison, the same mask head on the ground-truth boxes. The budget is CPU time of this process
 (``time.process_time``, all threads), so other work on the machine does not count; wall time is
 printed too. Inference speed: CPU seconds per image of ``predict_instances`` at 128x128 with up to
-100 detections per image.
+100 detections per image. The model is evaluated as ``model.fit`` leaves it (BatchNorm moving
+statistics with the builder's momentum 0.9), then again after
+:meth:`~segkeras.models.mask_rcnn.MaskRCNN.recalibrate_batchnorm` on 25 training batches.
+``--stop-at HH:MM`` also ends training at that wall-clock time (a loaded machine); the CPU time
+actually trained is reported. Results go to ``bench/results/mask_rcnn.json`` (key ``segkeras``).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import math
 import os
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
-from mask_rcnn_report import print_report  # noqa: E402
+from mask_rcnn_report import report, save  # noqa: E402
 from train_mask_head import CPUBudget  # noqa: E402
 
 from segkeras.data import shapes  # noqa: E402
@@ -32,6 +38,56 @@ from segkeras.models.mask_rcnn import (  # noqa: E402
     predict_instances,
     predict_masks_in_boxes,
 )
+
+
+class Budget(CPUBudget):
+    """:class:`CPUBudget` that also stops at a wall-clock time (the cosine then runs over
+    whichever of the two ends first) and logs the losses."""
+
+    def __init__(self, seconds: float, learning_rate: float, stop_at: str | None):
+        super().__init__(seconds, learning_rate)
+        self.deadline = None
+        if stop_at:
+            hour, minute = map(int, stop_at.split(":"))
+            now = datetime.datetime.now()
+            self.deadline = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+            if self.deadline < now:
+                self.deadline += datetime.timedelta(days=1)
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self.deadline:
+            wall = (self.deadline - datetime.datetime.now()).total_seconds()
+            self.wall_seconds = wall
+
+    def on_train_batch_begin(self, batch, logs=None):
+        progress = self.spent() / self.seconds
+        if self.deadline:
+            progress = max(progress, (time.perf_counter() - self.started_wall) / self.wall_seconds)
+        factor = 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        self.model.optimizer.learning_rate.assign(self.learning_rate * factor)
+
+    def on_train_batch_end(self, batch, logs=None):
+        super().on_train_batch_end(batch, logs)
+        if self.deadline and datetime.datetime.now() >= self.deadline:
+            self.model.stop_training = True
+        if self.steps % 50 == 0:
+            print(f"step {self.steps} cpu {self.spent():.0f}s " + " ".join(
+                f"{k}={v:.3f}" for k, v in (logs or {}).items()), flush=True)
+
+
+def evaluate(model, held_out) -> tuple[dict, float, float]:
+    """COCO box and mask AP from predicted boxes; inference CPU and wall seconds."""
+    predict_instances(model, held_out.images[:8])  # warm up (tracing) before timing
+    started_cpu, started_wall = time.process_time(), time.perf_counter()
+    detections = predict_instances(model, held_out.images, batch_size=8)
+    inference_cpu = time.process_time() - started_cpu
+    inference_wall = time.perf_counter() - started_wall
+    return detection_ap(held_out, detections), inference_cpu, inference_wall
+
+
+def rounded(scores: dict) -> dict:
+    return {name: round(float(value), 4) for name, value in scores.items()}
 
 
 def main() -> None:
@@ -46,7 +102,11 @@ def main() -> None:
     parser.add_argument("--box-head-units", type=int, default=256)
     parser.add_argument("--mask-head-channels", type=int, default=64)
     parser.add_argument("--rois-per-image", type=int, default=64)
+    parser.add_argument("--backbone", default="mobilenetv2")
+    parser.add_argument("--anchor-sizes", type=float, nargs="+", default=[16, 32, 64])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--stop-at", help="also stop training at this wall-clock time, HH:MM")
+    parser.add_argument("--key", default="segkeras", help="key in bench/results/mask_rcnn.json")
     parser.add_argument("--save", help="write the trained model to this .keras file")
     args = parser.parse_args()
     keras.utils.set_random_seed(args.seed)
@@ -56,36 +116,42 @@ def main() -> None:
     held_out = shapes.generate(args.val_images, size, seed=args.seed + 1000)
     dataset = mask_rcnn_dataset(train, size, args.batch_size, max_instances=6, seed=args.seed)
     model = mask_rcnn(
-        train.num_classes, "mobilenetv2", weights=None, input_shape=(size, size, 3),
-        anchor_sizes=(16, 32, 64), fpn_channels=args.fpn_channels,
+        train.num_classes, args.backbone, weights=None, input_shape=(size, size, 3),
+        anchor_sizes=tuple(args.anchor_sizes), fpn_channels=args.fpn_channels,
         box_head_units=args.box_head_units, mask_head_channels=args.mask_head_channels,
         rpn_pre_nms=600, rpn_post_nms_train=200, rpn_post_nms_test=100,
         rois_per_image=args.rois_per_image, max_detections=100, seed=args.seed)
-    budget = CPUBudget(args.minutes * 60, args.learning_rate)
+    budget = Budget(args.minutes * 60, args.learning_rate, args.stop_at)
     model.compile(keras.optimizers.Adam(args.learning_rate, clipnorm=10.0), jit_compile=False)
-    model.fit(dataset, epochs=1000, callbacks=[budget], verbose=2)  # the budget stops it
+    model.fit(dataset, epochs=1000, callbacks=[budget], verbose=0)  # the budget stops it
     cpu_seconds, wall_seconds = budget.spent(), time.perf_counter() - budget.started_wall
     if args.save:
         model.save(args.save)
 
-    predict_instances(model, held_out.images[:8])  # warm up (tracing) before timing
-    started_cpu, started_wall = time.process_time(), time.perf_counter()
-    detections = predict_instances(model, held_out.images, batch_size=8)
-    inference_cpu = time.process_time() - started_cpu
-    inference_wall = time.perf_counter() - started_wall
-    scores = detection_ap(held_out, detections)
+    scores, inference_cpu, inference_wall = evaluate(model, held_out)
     gt_masks = predict_masks_in_boxes(
         model, held_out.images, [objects.boxes for objects in held_out.instances],
         [objects.class_ids for objects in held_out.instances])
     gt_box_scores = mask_ap(held_out, gt_masks)
-
     print(f"backend={keras.backend.backend()} {model.name} params={model.count_params():,} "
           f"fpn={args.fpn_channels} box_units={args.box_head_units} "
           f"mask_channels={args.mask_head_channels} rois/img={args.rois_per_image}")
-    print_report(budget.steps, args.batch_size, len(train), cpu_seconds, wall_seconds, scores,
-                 len(held_out), inference_cpu, inference_wall)
+    record = report(budget.steps, args.batch_size, len(train), cpu_seconds, wall_seconds,
+                    scores, len(held_out), inference_cpu, inference_wall,
+                    backend=keras.backend.backend(), model=model.name,
+                    params=model.count_params(), config=vars(args),
+                    gt_box_mask=rounded(gt_box_scores))
     print(f"held-out mask AP={gt_box_scores['AP']:.3f} AP50={gt_box_scores['AP50']:.3f} "
           f"AP75={gt_box_scores['AP75']:.3f} (ground-truth boxes, same mask head)")
+    save(args.key, record)
+    batches = model.recalibrate_batchnorm(dataset.take(25))
+    scores, _, _ = evaluate(model, held_out)
+    print(f"after recalibrate_batchnorm on {batches} batches:")
+    for kind in ("box", "mask"):
+        print(f"held-out {kind} AP={scores[kind]['AP']:.3f} AP50={scores[kind]['AP50']:.3f} "
+              f"AP75={scores[kind]['AP75']:.3f}")
+    record["recalibrated"] = {kind: rounded(scores[kind]) for kind in ("box", "mask")}
+    save(args.key, record)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from keras import ops
 
+from segkeras import backbones
 from segkeras.data import shapes
 from segkeras.errors import SegkerasError
 from segkeras.models.mask_rcnn import (
@@ -38,7 +39,7 @@ def model():
     dict(input_shape=(None, None, 3)), dict(input_shape=(60, 64, 3)), dict(num_classes=1),
     dict(foreground_fraction=0.0), dict(rois_per_images=8), dict(max_detections=0),
     dict(anchor_sizes=()), dict(backbone=keras.Model),
-    dict(rois_per_image=64, rpn_post_nms_train=32),
+    dict(rois_per_image=64, rpn_post_nms_train=32), dict(batchnorm_momentum=1.0),
 ])
 def test_builder_rejects_bad_arguments(bad):
     arguments = dict(num_classes=4, backbone="mobilenetv2", weights=None,
@@ -93,6 +94,37 @@ def test_masks_in_given_boxes(model):
                                                          np.zeros((0, 4))], [[2], []])
     assert masks[0].shape == (1, 64, 64) and masks[1].shape == (0, 64, 64)
     assert not masks[0][0, 45:].any() and not masks[0][0, :, 35:].any()  # nothing outside
+
+
+def _batchnorm_layers(model):
+    encoder = backbones.find_encoder(model.features)
+    return [layer for layer in encoder.layers
+            if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+@pytest.mark.fast
+def test_from_scratch_batchnorm_momentum_and_precise_recalibration(model):
+    """A from-scratch encoder's BatchNorm gets the builder's momentum (0.9, so the moving
+    statistics used at inference keep up with the weights), and recalibrate_batchnorm sets the
+    moving statistics to the average of the batch statistics, computed here independently."""
+    batchnorm = _batchnorm_layers(model)
+    assert batchnorm and all(layer.momentum == 0.9 for layer in batchnorm)
+    encoder = backbones.find_encoder(model.features)
+    probe = keras.Model(encoder.input, [layer.input for layer in batchnorm])
+    rng = np.random.default_rng(0)
+    batches = [rng.uniform(0, 255, (2, 64, 64, 3)).astype("float32") for _ in range(3)]
+    inputs = [[ops.convert_to_numpy(x).astype("float64") for x in probe(b, training=True)]
+              for b in batches]
+    assert model.recalibrate_batchnorm(iter(batches)) == 3
+    assert all(layer.momentum == 0.9 for layer in batchnorm)  # restored
+    for i, layer in enumerate(batchnorm):
+        axes = tuple(range(inputs[0][i].ndim - 1))
+        mean = np.mean([x[i].mean(axis=axes) for x in inputs], axis=0)
+        variance = np.mean([x[i].var(axis=axes) for x in inputs], axis=0)
+        np.testing.assert_allclose(ops.convert_to_numpy(layer.moving_mean), mean,
+                                   rtol=1e-3, atol=1e-4, err_msg=layer.name)
+        np.testing.assert_allclose(ops.convert_to_numpy(layer.moving_variance), variance,
+                                   rtol=1e-3, atol=1e-4, err_msg=layer.name)
 
 
 @pytest.mark.fast

@@ -64,8 +64,8 @@ class MaskRCNN(keras.Model):
                  rpn_post_nms_test: int = 200, rpn_anchors_per_image: int = 256,
                  rois_per_image: int = 256, foreground_fraction: float = 0.25,
                  score_threshold: float = 0.05, nms_threshold: float = 0.5,
-                 max_detections: int = 100, seed: int | None = None, anchor_matcher=None,
-                 box_encoder=None, **kwargs):
+                 max_detections: int = 100, batchnorm_momentum: float = 0.9,
+                 seed: int | None = None, anchor_matcher=None, box_encoder=None, **kwargs):
         super().__init__(**kwargs)
         # RPN targets from your own functions (lab 6; see rpn.py); not saved in .keras files.
         self.anchor_matcher, self.box_encoder = anchor_matcher, box_encoder
@@ -78,11 +78,13 @@ class MaskRCNN(keras.Model):
             rpn_post_nms_test=rpn_post_nms_test, rpn_anchors_per_image=rpn_anchors_per_image,
             rois_per_image=rois_per_image, foreground_fraction=foreground_fraction,
             score_threshold=score_threshold, nms_threshold=nms_threshold,
-            max_detections=max_detections, seed=seed)
+            max_detections=max_detections, batchnorm_momentum=batchnorm_momentum, seed=seed)
         self.image_size = (int(input_shape[0]), int(input_shape[1]))
         self.mask_slots = int(rois_per_image * foreground_fraction)
         encoder = backbones.build_encoder(backbone, tuple(input_shape), weights,
                                           encoder_trainable)
+        if backbones.trains_from_scratch(encoder):
+            backbones.train_from_scratch(encoder, batchnorm_momentum)
         image = keras.Input(tuple(input_shape), name="image")
         self.features = keras.Model(image, feature_pyramid(encoder(image), fpn_channels),
                                     name="encoder_fpn")
@@ -105,6 +107,32 @@ class MaskRCNN(keras.Model):
         self.mask_loss = MaskedBinaryCrossentropy()
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.loss_trackers = [keras.metrics.Mean(name=name) for name in LOSS_NAMES]
+
+    def recalibrate_batchnorm(self, images) -> int:
+        """"Precise BN" (Wu & He, "Rethinking ImageNet pre-training", 2018): set the moving
+        statistics of an encoder trained from scratch to the average of its batch statistics over
+        ``images`` (an iterable of (B, H, W, 3) batches, or of ``(inputs, targets)`` from
+        :func:`mask_rcnn_dataset`), with the weights as they are now. Returns the batches used
+        (0 when the encoder keeps pretrained statistics)."""
+        encoder = backbones.find_encoder(self.features)
+        if not backbones.trains_from_scratch(encoder):
+            return 0
+        batchnorm = [layer for layer in encoder.layers
+                     if isinstance(layer, keras.layers.BatchNormalization)]
+        momenta = [layer.momentum for layer in batchnorm]
+        count = 0
+        try:
+            for batch in images:
+                batch = batch[0] if isinstance(batch, tuple) else batch
+                batch = batch["image"] if isinstance(batch, dict) else batch
+                for layer in batchnorm:  # a running mean: batch i gets weight 1 / (i + 1)
+                    layer.momentum = count / (count + 1.0)
+                encoder(ops.convert_to_tensor(batch, "float32"), training=True)
+                count += 1
+        finally:
+            for layer, momentum in zip(batchnorm, momenta, strict=True):
+                layer.momentum = momentum
+        return count
 
     def build(self, input_shape=None):
         """Nothing to create: every weight lives in the sub-models built in ``__init__``."""
@@ -219,10 +247,13 @@ def mask_rcnn(num_classes: int, backbone: str = "resnet50", weights: str | None 
             (1000), ``rpn_post_nms_train`` (500) / ``rpn_post_nms_test`` (200) proposals per
             image, ``rpn_anchors_per_image`` (256), ``rois_per_image`` (256),
             ``foreground_fraction`` (0.25), ``score_threshold`` (0.05), ``nms_threshold``
-            (0.5), ``max_detections`` (100), ``seed``; ``anchor_matcher`` and ``box_encoder``:
-            your own one-image functions for the RPN's training targets (the signatures are in
-            :mod:`~segkeras.models.mask_rcnn.rpn`), used by ``fit`` but not saved in ``.keras``
-            files (a reloaded model trains with the library's).
+            (0.5), ``max_detections`` (100), ``batchnorm_momentum`` (0.9: the momentum of
+            a from-scratch encoder's BatchNorm, low enough that its moving statistics, used
+            at inference, keep up with weights that change fast; see also
+            :meth:`MaskRCNN.recalibrate_batchnorm`), ``seed``; ``anchor_matcher`` and
+            ``box_encoder``: your own one-image functions for the RPN's training targets (the
+            signatures are in :mod:`~segkeras.models.mask_rcnn.rpn`), used by ``fit`` but not
+            saved in ``.keras`` files (a reloaded model trains with the library's).
 
     Returns:
         A :class:`MaskRCNN`; train it with ``model.compile(optimizer)`` and ``model.fit`` on
@@ -248,6 +279,9 @@ def mask_rcnn(num_classes: int, backbone: str = "resnet50", weights: str | None 
                  "rois_per_image", "max_detections"):
         if name in options:
             _check_positive_int(name, options[name])
+    momentum = options.get("batchnorm_momentum", 0.9)
+    if not isinstance(momentum, numbers.Real) or not 0 <= momentum < 1:
+        raise SegkerasError(f"batchnorm_momentum must be in [0, 1), got {momentum!r}.")
     fraction = options.get("foreground_fraction", 0.25)
     rois = options.get("rois_per_image", 256)
     if rois > options.get("rpn_post_nms_train", 500):
