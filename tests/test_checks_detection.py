@@ -254,7 +254,8 @@ def test_encode_boxes_rejects(answer, words):
 
 def _delegations():
     from segkeras.boxes import box_iou as library_iou
-    from segkeras.boxes import decode_boxes, encode_boxes as library_encode
+    from segkeras.boxes import decode_boxes
+    from segkeras.boxes import encode_boxes as library_encode
     from segkeras.models.mask_rcnn.rpn import anchor_labels
     from segkeras.models.mask_rcnn.sampling import match_to_ground_truth
 
