@@ -20,8 +20,8 @@ def _code(notebook):
     return [cell for cell in notebook.cells if cell.cell_type == "code"]
 
 
-def test_there_are_five_labs_with_the_same_names():
-    assert len(SOLUTIONS) == 5
+def test_there_are_six_labs_with_the_same_names():
+    assert len(SOLUTIONS) == 6
     assert sorted(p.name for p in (ROOT / "labs").glob("*.ipynb")) == [p.name for p in SOLUTIONS]
 
 

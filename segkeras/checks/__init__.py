@@ -12,7 +12,7 @@ One module per lab, all sharing :mod:`segkeras.checks.core` (set ``SEGKERAS_GRAD
 nbgrader: a failed check then raises).
 """
 
-from segkeras.checks import deconv, fcn, hourglass, mask_head, unet
+from segkeras.checks import deconv, detection, fcn, hourglass, mask_head, unet
 from segkeras.checks.core import (
     CheckFailed,
     CheckResult,
@@ -26,6 +26,6 @@ from segkeras.checks.core import (
 )
 
 __all__ = [
-    "CheckFailed", "CheckResult", "Lab", "deconv", "fcn", "forbid", "grading", "hourglass",
+    "CheckFailed", "CheckResult", "Lab", "deconv", "detection", "fcn", "forbid", "grading", "hourglass",
     "mask_head", "reference", "reset", "results", "total", "unet",
 ]

@@ -65,8 +65,10 @@ class MaskRCNN(keras.Model):
                  rois_per_image: int = 256, foreground_fraction: float = 0.25,
                  score_threshold: float = 0.05, nms_threshold: float = 0.5,
                  max_detections: int = 100, batchnorm_momentum: float = 0.9,
-                 seed: int | None = None, **kwargs):
+                 seed: int | None = None, anchor_matcher=None, box_encoder=None, **kwargs):
         super().__init__(**kwargs)
+        # RPN targets from your own functions (lab 6; see rpn.py); not saved in .keras files.
+        self.anchor_matcher, self.box_encoder = anchor_matcher, box_encoder
         self.config = dict(
             num_classes=num_classes, backbone=backbone, input_shape=tuple(input_shape),
             encoder_trainable=encoder_trainable, anchor_sizes=tuple(anchor_sizes),
@@ -178,7 +180,8 @@ class MaskRCNN(keras.Model):
                                            seed=self.seed_generator)
         objectness_loss, rpn_box_loss = rpn_losses(
             anchors, rpn["objectness"], rpn["deltas"], gt_boxes, gt_valid, anchor_keys,
-            cfg["rpn_anchors_per_image"])
+            cfg["rpn_anchors_per_image"], anchor_matcher=self.anchor_matcher,
+            box_encoder=self.box_encoder)
         region_keys = keras.random.uniform(
             (ops.shape(proposals)[0], ops.shape(proposals)[1] + ops.shape(gt_boxes)[1]),
             seed=self.seed_generator)
@@ -247,7 +250,10 @@ def mask_rcnn(num_classes: int, backbone: str = "resnet50", weights: str | None 
             (0.5), ``max_detections`` (100), ``batchnorm_momentum`` (0.9: the momentum of
             a from-scratch encoder's BatchNorm, low enough that its moving statistics, used
             at inference, keep up with weights that change fast; see also
-            :meth:`MaskRCNN.recalibrate_batchnorm`), ``seed``.
+            :meth:`MaskRCNN.recalibrate_batchnorm`), ``seed``; ``anchor_matcher`` and
+            ``box_encoder``: your own one-image functions for the RPN's training targets (the
+            signatures are in :mod:`~segkeras.models.mask_rcnn.rpn`), used by ``fit`` but not
+            saved in ``.keras`` files (a reloaded model trains with the library's).
 
     Returns:
         A :class:`MaskRCNN`; train it with ``model.compile(optimizer)`` and ``model.fit`` on

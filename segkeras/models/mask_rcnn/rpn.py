@@ -10,6 +10,15 @@ so is the best anchor of each ground-truth box; negative below 0.3 (every anchor
 without objects); the rest is ignored. Each image contributes 256 sampled anchors, at most half
 positive. Losses: binary cross-entropy on the sampled anchors and smooth L1 on the positives'
 deltas, both divided by the number of sampled anchors in the batch.
+
+Your own matcher and box coder can make these targets (``mask_rcnn(anchor_matcher=...,
+box_encoder=...)``, lab 6): written for one image, they run on each image of a batch
+(``keras.ops.map``), so they must be ``keras.ops`` code:
+
+- ``anchor_matcher(anchors (A, 4), gt_boxes (N, 4), gt_valid (N,) bool)`` -> ``(labels, matched)``,
+  (A,) ints: label 1 positive, 0 negative, -1 ignored; ``matched`` the index of each anchor's
+  ground-truth box (read for positives only);
+- ``box_encoder(anchors (A, 4), boxes (A, 4), weights)`` -> (A, 4) codes ``(dx, dy, dw, dh)``.
 """
 
 from __future__ import annotations
@@ -79,10 +88,27 @@ def anchor_labels(anchors, gt_boxes, gt_valid):
     return positive, negative, matched
 
 
+def _labels_per_image(anchor_matcher, anchors, gt_boxes, gt_valid):
+    """:func:`anchor_labels` from a one-image ``anchor_matcher`` run on every image."""
+
+    def one_image(truth):
+        labels, matched = anchor_matcher(anchors, truth[0], truth[1])
+        return ops.cast(labels, "int32"), ops.cast(matched, "int32")
+
+    labels, matched = ops.map(one_image, (ops.cast(gt_boxes, "float32"), gt_valid))
+    return labels == 1, labels == 0, matched
+
+
 def rpn_losses(anchors, objectness, deltas, gt_boxes, gt_valid, uniform,
-               anchors_per_image: int = 256, positive_fraction: float = 0.5):
-    """``(objectness_loss, box_loss)`` of a batch; ``uniform`` (B, A) random keys in [0, 1)."""
-    positive, negative, matched = anchor_labels(anchors, gt_boxes, gt_valid)
+               anchors_per_image: int = 256, positive_fraction: float = 0.5,
+               anchor_matcher=None, box_encoder=None):
+    """``(objectness_loss, box_loss)`` of a batch; ``uniform`` (B, A) random keys in [0, 1).
+    ``anchor_matcher``, ``box_encoder``: one-image replacements for the library's (see above)."""
+    if anchor_matcher is None:
+        positive, negative, matched = anchor_labels(anchors, gt_boxes, gt_valid)
+    else:
+        positive, negative, matched = _labels_per_image(anchor_matcher, anchors, gt_boxes,
+                                                        gt_valid)
     max_positive = int(anchors_per_image * positive_fraction)
     positive = sample_subset(positive, ops.minimum(count_true(positive), max_positive),
                              max_positive, uniform)
@@ -94,7 +120,12 @@ def rpn_losses(anchors, objectness, deltas, gt_boxes, gt_valid, uniform,
     cross_entropy = ops.binary_crossentropy(ops.cast(positive, "float32"), logits,
                                             from_logits=True)
     objectness_loss = ops.sum(cross_entropy * sampled) / total
-    targets = encode_boxes(anchors, gather_rows(gt_boxes, matched), RPN_BOX_WEIGHTS)
+    truth = gather_rows(gt_boxes, matched)
+    if box_encoder is None:
+        targets = encode_boxes(anchors, truth, RPN_BOX_WEIGHTS)
+    else:
+        targets = ops.map(
+            lambda boxes: ops.cast(box_encoder(anchors, boxes, RPN_BOX_WEIGHTS), "float32"), truth)
     targets = ops.where(positive[..., None], targets, 0.0)
     errors = smooth_l1(ops.cast(deltas, "float32") - targets, SMOOTH_L1_BETA)
     box_loss = ops.sum(errors * ops.cast(positive, "float32")[..., None]) / total
