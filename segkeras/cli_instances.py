@@ -7,6 +7,8 @@ score COCO box and mask AP, draw detections and write them as COCO-format result
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from segkeras.data.core import Instances, SegmentationData
@@ -50,14 +52,23 @@ def training_dataset(model: MaskRCNN, data: SegmentationData, batch_size: int,
     return mask_rcnn_dataset(data, model.image_size, batch_size, max_instances, seed=seed)
 
 
+RECALIBRATION_BATCHES = 25
+"""Training batches over which a from-scratch encoder's BatchNorm statistics are recomputed after
+training (``MaskRCNN.recalibrate_batchnorm``, as bench/train_mask_rcnn.py does)."""
+
+
 def fit(model: MaskRCNN, dataset, epochs: int, learning_rate: float, callbacks=()):
     """``model.fit`` end to end (encoder, RPN, box and mask heads) with Adam, the gradient norm
-    clipped at 10. Returns the ``keras.callbacks.History``."""
+    clipped at 10; then a from-scratch encoder's BatchNorm statistics are recomputed on up to
+    :data:`RECALIBRATION_BATCHES` batches. Returns the ``keras.callbacks.History``."""
     import keras
 
     model.compile(keras.optimizers.Adam(learning_rate, clipnorm=10.0), jit_compile=False)
-    return model.fit(dataset, epochs=epochs, callbacks=list(callbacks), shuffle=False,
-                     verbose=2)  # the dataset shuffles
+    history = model.fit(dataset, epochs=epochs, callbacks=list(callbacks), shuffle=False,
+                        verbose=2)  # the dataset shuffles
+    if all(math.isfinite(loss) for loss in history.history.get("loss", [])):
+        model.recalibrate_batchnorm(dataset.take(RECALIBRATION_BATCHES))
+    return history
 
 
 def evaluate(model: MaskRCNN, data: SegmentationData, batch_size: int = 8) -> dict:
