@@ -3,7 +3,12 @@
     python bench/run.py                          # quick (make bench), every section
     python bench/run.py --sections demo flops    # re-measure some sections, keep the others
     python bench/run.py --full                   # every architecture x backbone x size x batch
-    python bench/versus.py quality --out bench/results/versus_quality.json   # section 2's mIoU
+    python bench/run.py --smoke                  # every section tiny, into a scratch folder
+    cd bench; python versus.py quality --out results/versus_quality_x.json   # section 2's mIoU
+
+The plain command is the quiet-machine pass: the matmul calibration (at the start and at the
+end), the demo, and every speed section, then BENCHMARKS.md. Section 2's mIoU does not depend on
+the load and comes from the stored ``results/versus_quality*.json`` records.
 
 Writes BENCHMARKS.md. Every section starts with the line saying when and by which command it was
 measured, the load average around it, the wall and CPU (user+sys) seconds of its worker processes
@@ -336,11 +341,19 @@ def _versus_explanation(by_model: dict, classes: list[str]) -> list[str]:
         shapes = ", ".join(f"{name} {_share(runs, 'iou', name):.2f}" for name in classes[1:])
         batch = statistics.mean(r["miou_batch_statistics"] for r in runs)
         moving = statistics.mean(r["miou"] for r in runs)
+        reading = []
+        if predicted > true + 0.05:
+            reading.append("it labels shape pixels as background more often than not"
+                           if predicted > (1 + true) / 2 else
+                           "it labels part of the shapes' pixels as background")
+        if batch - moving > 0.05:
+            reading.append("its moving BatchNorm statistics cost it "
+                           f"{batch - moving:.2f} of mIoU")
         notes.append(
             f"`{kind}` labels {100 * predicted:.0f}% of the held-out pixels {background} "
             f"(truly {background}: {100 * true:.0f}%); mean IoU per shape {shapes}; the same "
             f"weights score {batch:.3f} with BatchNorm on batch statistics against {moving:.3f} "
-            f"on the moving ones ({batch - moving:+.3f}).")
+            f"on the moving ones" + (": " + " and ".join(reading) if reading else "") + ".")
     return notes
 
 
