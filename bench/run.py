@@ -271,7 +271,7 @@ def measure_throughput(full: bool) -> list[dict]:
     if not full:
         plan = [(a, b, 128, 8) for a in architectures() for b in backbones]
     if SMOKE:
-        plan = [("unet", "mobilenetv2", 64, 2), (MASK_HEAD, "mobilenetv2", 64, 2)]
+        plan = [("unet", "mobilenetv2", 128, 8), (MASK_HEAD, "mobilenetv2", 64, 2)]
     return [{"arch": arch, "backbone": backbone, "size": size, "batch": batch,
              **run_worker("throughput", arch=arch, backbone=backbone, size=size, batch=batch,
                           steps=1 if SMOKE else 10 if full else 5)}
@@ -494,20 +494,22 @@ def measure_flops(throughput: dict) -> dict:
     return {"counts": run_worker("flops", plan=[list(key) for key in plan])}
 
 
-def _peak(d: dict, throughput: dict) -> tuple[float, str]:
+def _peak(counted: dict, throughput: dict) -> tuple[float, str]:
     """The matmul calibration to hold the img/s against: the one of the run that measured them,
-    else (older records) the one stored with the FLOP counts."""
+    else (older records) the one of the run that counted the FLOPs (``counted``: its
+    provenance)."""
     measured = throughput["provenance"]
     if "calibration_gflops" in measured:
         return measured["calibration_gflops"], (
             f"the {measured['calibration']} of the run that measured them")
-    return d["peak_gflops"], (f"the {d['peak']} of a later run: the img/s and the calibration "
-                              "were not measured together")
+    return counted["calibration_gflops"], (
+        f"the {counted['calibration']} of a later run: the img/s and the calibration were not "
+        "measured together")
 
 
-def render_flops(d: dict, throughput: dict) -> str:
+def render_flops(d: dict, throughput: dict, counted: dict) -> str:
     table, fractions = [], []
-    peak, peak_source = _peak(d, throughput)
+    peak, peak_source = _peak(counted, throughput)
     agree = all(abs(c["forward_tensorflow"] - c["forward"]) <= 1e-6 * c["forward"]
                 for c in d["counts"].values() if "forward_tensorflow" in c)
     for r in throughput["data"]:
@@ -653,7 +655,8 @@ def main() -> None:
     renderers = {
         "throughput": render_throughput, "versus": render_versus, "pipeline": render_pipeline,
         "scaling": render_scaling, "roi_align": render_roi_align, "demo": render_demo,
-        "flops": lambda d: render_flops(d, load_results("throughput")),
+        "flops": lambda d: render_flops(d, load_results("throughput"),
+                                        load_results("flops")["provenance"]),
     }
     end_calibration = matmul_gflops()
     print(end_calibration, flush=True)
