@@ -294,20 +294,30 @@ def _mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {sd:.3f}"
 
 
-def _versus_quality(recipe: dict) -> tuple[list[dict], list[str]]:
-    """The quality records of every ``results/versus_quality*.json`` run with ``recipe`` (runs
-    with another recipe, e.g. an older one, are kept on disk but not mixed in), and the commands
-    that wrote them."""
+def _versus_quality(recipe: dict) -> tuple[list[dict], list[str], list[str]]:
+    """The quality records of every ``results/versus_quality*.json`` run with ``recipe`` and the
+    commands that wrote them; runs with another recipe (an older one) are not mixed in but
+    summarised, one sentence per file."""
     import glob
 
-    records, commands = [], []
+    records, commands, others = [], [], []
     for path in sorted(glob.glob(os.path.join(RESULTS, "versus_quality*.json"))):
         with open(path, encoding="utf-8") as file:
             stored = json.load(file)
         if stored["recipe"] == recipe:
             records += stored["records"]
             commands.append(stored["command"])
-    return records, commands
+            continue
+        changed = ", ".join(f"{key} {stored['recipe'].get(key)}" for key in recipe
+                            if stored["recipe"].get(key) != recipe[key])
+        by_model = {}
+        for record in stored["records"]:
+            by_model.setdefault(record["model"], []).append(record["miou"])
+        others.append(f"With {changed} (`bench/results/{os.path.basename(path)}`): "
+                      + "; ".join(f"`{kind}` {_mean_sd(mious)} over {len(mious)} seed(s) "
+                                  f"({', '.join(f'{m:.3f}' for m in mious)})"
+                                  for kind, mious in by_model.items()) + ".")
+    return records, commands, others
 
 
 def measure_versus() -> dict:
@@ -361,7 +371,7 @@ def render_versus(speed: dict) -> str:
     import versus
 
     recipe = versus.RECIPE
-    records, commands = _versus_quality(recipe)
+    records, commands, others = _versus_quality(recipe)
     by_model, fast = {}, {r["model"]: r for r in speed["records"]}
     for record in records:
         by_model.setdefault(record["model"], []).append(record)
@@ -416,7 +426,7 @@ def render_versus(speed: dict) -> str:
                      f"{sd['segkeras']:.3f} and {sd['reference_bn099']:.3f} over "
                      f"{len(by_model['segkeras'])} and {len(by_model['reference_bn099'])} "
                      f"seeds){ratio}.")
-    notes += _versus_explanation(by_model, classes)
+    notes += _versus_explanation(by_model, classes) + others
     return text + ("\n\n" + " ".join(notes) if notes else "")
 
 
