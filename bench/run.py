@@ -367,6 +367,16 @@ def _versus_explanation(by_model: dict, classes: list[str]) -> list[str]:
     return notes
 
 
+def _batch_statistics_gap(by_model: dict) -> str:
+    """The like-for-like difference again with every BatchNorm on batch statistics."""
+    scored = [[r["miou_batch_statistics"] for r in by_model[kind] if "miou_batch_statistics" in r]
+              for kind in ("segkeras", "reference_bn099")]
+    if not all(scored):
+        return ""
+    return (f"; with BatchNorm on batch statistics, "
+            f"{statistics.mean(scored[0]) - statistics.mean(scored[1]):+.3f}")
+
+
 def render_versus(speed: dict) -> str:
     import versus
 
@@ -425,7 +435,7 @@ def render_versus(speed: dict) -> str:
                      f"{mean['segkeras'] - mean['reference_bn099']:+.3f} mIoU (sd "
                      f"{sd['segkeras']:.3f} and {sd['reference_bn099']:.3f} over "
                      f"{len(by_model['segkeras'])} and {len(by_model['reference_bn099'])} "
-                     f"seeds){ratio}.")
+                     f"seeds){ratio}" + _batch_statistics_gap(by_model) + ".")
     notes += _versus_explanation(by_model, classes) + others
     return text + ("\n\n" + " ".join(notes) if notes else "")
 
