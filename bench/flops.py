@@ -5,6 +5,10 @@ about three forward passes per training step (forward, gradient w.r.t. its input
 its weights); a frozen layer (no trainable weights, e.g. the encoder in the transfer-learning stage)
 costs one: it sits before every trained layer in an encoder-decoder, so no gradient passes through
 it. (A frozen layer *behind* a trained one would cost two; no segkeras model has one.)
+
+:func:`tensorflow_forward_flops` is the independent check: TensorFlow's own FLOP statistics of the
+convolution and matmul ops in the traced forward graph at batch 1 (the mask head included, whose
+layers run once per box: both counts multiply by the boxes per image).
 """
 
 from __future__ import annotations
@@ -77,3 +81,23 @@ def training_flops_per_image(model: keras.Model) -> float:
     for trained ones."""
     return float(sum(flops * (3 if layer.trainable_weights else 1)
                      for layer, flops in _per_image(model)))
+
+
+COUNTED_OPS = ("Conv2D", "Conv2DBackpropInput", "DepthwiseConv2dNative", "MatMul",
+               "BatchMatMulV2")
+"""Forward ops of convolution, transposed convolution (``Conv2DBackpropInput``) and dense layers."""
+
+
+def tensorflow_forward_flops(model: keras.Model) -> float:
+    """Forward FLOPs of one image by TensorFlow's registered op statistics (TensorFlow backend
+    only): the sum over :data:`COUNTED_OPS` in the graph of ``model(x, training=False)``."""
+    import tensorflow as tf
+    from tensorflow.python.framework import ops as tf_ops  # the op statistics registry
+
+    def spec(tensor):
+        return tf.TensorSpec((1, *tensor.shape[1:]), tensor.dtype)
+
+    graph = tf.function(lambda x: model(x, training=False)).get_concrete_function(
+        tf.nest.map_structure(spec, model.input)).graph
+    return float(sum(tf_ops.get_stats_for_node_def(graph, op.node_def, "flops").value or 0
+                     for op in graph.get_operations() if op.type in COUNTED_OPS))

@@ -217,6 +217,7 @@ def compile_model(
     jit_compile="auto",
     optimizer: str = "adam",
     loss_weights=None,
+    steps_per_execution: int = 1,
 ) -> keras.Model:
     """Compile ``model`` for segmentation with sensible defaults and return it.
 
@@ -246,6 +247,7 @@ def compile_model(
         metrics=per_output(model, metrics, last_only=last_only),
         loss_weights=loss_weights,
         jit_compile=jit_compile,
+        steps_per_execution=steps_per_execution,
     )
     return model
 
@@ -361,6 +363,7 @@ def fit_two_stage(
     strategy=None,
     callbacks: list | None = None,
     verbose="auto",
+    steps_per_execution: int = 1,
 ) -> TrainingHistory:
     """Train the head on a frozen encoder, then fine-tune the whole model.
 
@@ -376,7 +379,8 @@ def fit_two_stage(
         learning_rate: stage 1 learning rate (and stage 2's when ``head_epochs`` is 0).
         finetune_learning_rate: stage 2 learning rate; default ``learning_rate / 10`` after a
             head stage, ``learning_rate`` when training end to end from the start.
-        loss, metrics, loss_weights, jit_compile: see :func:`compile_model`.
+        loss, metrics, loss_weights, jit_compile, steps_per_execution: see
+            :func:`compile_model`.
         schedule: ``"constant"`` or ``"cosine"`` (decay to 0 over each stage).
         unfreeze_from: fine-tune only this encoder layer and the ones after it.
         keep_batchnorm_frozen: whether the encoder's BatchNorm layers stay frozen in stage 2.
@@ -414,7 +418,8 @@ def fit_two_stage(
     def run_stage(epochs: int, rate: float) -> None:
         with strategy.scope() if strategy is not None else contextlib.nullcontext():
             compile_model(model, _learning_rate(rate, schedule, epochs, steps), loss, metrics,
-                          jit_compile, loss_weights=loss_weights)
+                          jit_compile, loss_weights=loss_weights,
+                          steps_per_execution=steps_per_execution)
         done = len(result.epoch)
         with strategy.scope() if strategy is not None else contextlib.nullcontext():
             history = model.fit(train, validation_data=val, initial_epoch=done,
