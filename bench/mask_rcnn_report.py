@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "mask_rcnn.json")
 
@@ -46,7 +47,7 @@ def save(key: str, record: dict) -> None:
               "date": datetime.datetime.now().isoformat(timespec="minutes"),
               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", **record}
     os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-    with open(RESULTS + ".lock", "w") as lock:
+    with open(os.path.join(tempfile.gettempdir(), "segkeras_mask_rcnn.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         results = {}
         if os.path.exists(RESULTS):
