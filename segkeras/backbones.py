@@ -293,12 +293,13 @@ class Encoder(keras.Model):
 
 
 def trains_from_scratch(encoder: keras.Model) -> bool:
-    """Whether ``encoder`` trains its BatchNorm layers (set by :func:`train_from_scratch`): then
-    it must run in training mode; otherwise (frozen, or pretrained with frozen BatchNorm) a model
-    calls it in inference mode."""
-    batchnorm = [layer for layer in encoder.layers
-                 if isinstance(layer, keras.layers.BatchNormalization)]
-    return encoder.trainable and bool(batchnorm) and all(layer.trainable for layer in batchnorm)
+    """Whether ``encoder`` trains BatchNorm layers (set by :func:`train_from_scratch`): then it
+    must run in the caller's mode; otherwise (frozen, or pretrained with frozen BatchNorm) a model
+    calls it in inference mode. Some frozen layers do not change this (e.g. those past the level a
+    model reads, which the mask head freezes): a frozen BatchNorm runs in inference mode anyway."""
+    return encoder.trainable and any(
+        layer.trainable for layer in encoder.layers
+        if isinstance(layer, keras.layers.BatchNormalization))
 
 
 def build_encoder(

@@ -151,9 +151,13 @@ def test_fit_step_trains_and_keras_file_round_trips(tmp_path):
     model.compile(keras.optimizers.Adam(1e-3), loss=MaskedBinaryCrossentropy())
     dataset = make_instance_dataset(tiny_data(), SIZE, 2, ROWS, jitter=0.1, augment=True)
     before = ops.convert_to_numpy(model.get_layer("mask_conv1").kernel).copy()
+    moving_mean = ops.convert_to_numpy(batchnorm[0].moving_mean).copy()
     history = model.fit(dataset, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"]).all()
     assert not np.allclose(ops.convert_to_numpy(model.get_layer("mask_conv1").kernel), before)
+    # the encoder ran in training mode although the layers past its P-level are frozen: its
+    # BatchNorm learnt batch statistics (in inference mode they stay at the initial 0, 1)
+    assert not np.allclose(ops.convert_to_numpy(batchnorm[0].moving_mean), moving_mean)
 
     path = os.path.join(tmp_path, "mask_head.keras")
     model.save(path)
