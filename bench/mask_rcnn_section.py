@@ -18,17 +18,21 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "m
 
 SETUP = (
     "Both systems: built-in shapes, 3000 training images (seed 0), 300 held-out (seed 1000), "
-    "128x128, batch 8, random left-right flips, Adam 1e-3 with a cosine to 5 % over the budget, "
-    "gradient norm clipped at 10; a randomly initialised MobileNetV2 (no ImageNet weights "
-    "offline) -> FPN of 128 channels over P3..P5 read at stride 8 only; anchors 16/32/64 x "
+    "128x128, batch 8, random left-right flips, Adam {learning_rate:g} with a cosine to 5 % over "
+    "the budget, gradient norm clipped at 10; a randomly initialised MobileNetV2 (no ImageNet "
+    "weights offline) -> FPN of 128 channels over P3..P5 read at stride 8 only; anchors 16/32/64 x "
     "ratios 0.5/1/2; RPN 600 -> NMS 0.7 -> 200 (training) / 100 (test) proposals, 256 sampled "
     "anchors (<= 50 % positive); box head RoIAlign 7x7 -> 2 FC of 256 -> classes + "
-    "class-specific deltas, 64 RoIs per image (<= 25 % foreground); mask head RoIAlign 14x14 -> "
+    "class-specific deltas, {rois_per_image} RoIs per image (<= 25 % foreground); mask head "
+    "RoIAlign 14x14 -> "
     "4 conv of 64 -> deconv -> 28x28; <= 100 detections, score > 0.05, per-class NMS 0.5. "
     "segkeras: `mask_rcnn(..., 'mobilenetv2', weights=None)` trained by `model.fit`, its "
     "BatchNorm with the builder's default momentum 0.9 (from scratch); torchvision: "
     "`torchvision.models.detection.MaskRCNN` with the same pieces (`MobileNetV2FPN` in the "
-    "script, torch's BatchNorm momentum 0.1 = Keras 0.9), `torch.set_num_threads(2)`. "
+    "script, torch's BatchNorm momentum 0.1 = Keras 0.9). Threads per process: segkeras "
+    "{segkeras_threads}, torchvision {torchvision_threads} (`--threads`: TensorFlow's intra- and "
+    "inter-op threads, `torch.set_num_threads`); on one thread the CPU time is work done, not "
+    "time a second thread spent waiting, so the two can share the machine fairly. "
     "The budget is the CPU time of the training process (`time.process_time`, all threads), "
     "so other work on the shared machine does not count; a run may also stop at a wall-clock "
     "deadline (`--stop-at`), and then the table shows the CPU time it actually trained. AP: "
@@ -84,7 +88,14 @@ def render(results: dict | None = None) -> str:
                      f"{r['train_cpu_s'] / 60:.1f} of the 20 CPU-minutes allowed.")
     table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     table += ["| " + " | ".join(row) + " |" for row in rows]
-    return (SETUP + "\n\n" + "\n".join(table) + "\n\n" + "\n".join(lines)
+    config = results.get("segkeras", {}).get("config", {})
+    threads = {name: results.get(name, {}).get("config", {}).get("threads") or "default"
+               for name in ("segkeras", "torchvision")}
+    setup = SETUP.format(learning_rate=config.get("learning_rate", 2e-3),
+                         rois_per_image=config.get("rois_per_image", 32),
+                         segkeras_threads=threads["segkeras"],
+                         torchvision_threads=threads["torchvision"])
+    return (setup + "\n\n" + "\n".join(table) + "\n\n" + "\n".join(lines)
             + "\n\nTargets of issue 12 (after <= 20 CPU-minutes): box AP >= 0.75 and mask AP >= "
             "0.70 from predicted boxes. \"BatchNorm recalibrated\": the same weights after "
             "`MaskRCNN.recalibrate_batchnorm` on 25 training batches (precise BN).")

@@ -10,13 +10,14 @@ Configured like segkeras' bench model: ``torchvision.models.detection.MaskRCNN``
 initialised MobileNetV2 (``mobilenet_v2(weights=None).features`` split at strides 8, 16 and 32),
 an FPN with 128 channels of which only the stride-8 map is used (as in segkeras), anchors 16, 32,
 64 x ratios 0.5, 1, 2, RPN 600 -> NMS 0.7 -> 200 (train) / 100 (test) proposals, 256 sampled
-anchors, RoIAlign 7x7 -> two FC of 256 -> class + box, 64 RoIs per image at 25 % foreground,
+anchors, RoIAlign 7x7 -> two FC of 256 -> class + box, 32 RoIs per image at 25 % foreground,
 RoIAlign 14x14 -> four 3x3 convs of 64 -> deconv -> 28x28 masks; images 128x128 (no resizing:
 ``min_size = max_size = 128``), input scaled to [-1, 1] like Keras' MobileNetV2 preprocessing;
-Adam 1e-3 with the same cosine schedule over the CPU budget, gradient norm clipped at 10, batch 8,
+Adam 2e-3 with the same cosine schedule over the CPU budget, gradient norm clipped at 10, batch 8,
 random left-right flips. Evaluation: COCO box and mask AP (segkeras' ``detection_ap``) on the
-same 300 held-out images, and training / inference images per CPU second. Two intra-op
-threads (``torch.set_num_threads(2)``), like TensorFlow's default on this 2-core machine;
+same 300 held-out images, and training / inference images per CPU second. ``--threads``
+(default 2, like TensorFlow's default on this 2-core machine; the side-by-side runs use 1 for both
+systems, see bench/train_mask_rcnn.py) sets ``torch.set_num_threads``;
 ``--stop-at HH:MM`` also ends training at that wall-clock time. Results go to
 ``bench/results/mask_rcnn.json`` (key ``torchvision``).
 """
@@ -116,7 +117,8 @@ def main() -> None:
     parser.add_argument("--train-images", type=int, default=3000)
     parser.add_argument("--val-images", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--rois-per-image", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--stop-at", help="also stop training at this wall-clock time, HH:MM")
@@ -132,7 +134,7 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     train = shapes.generate(args.train_images, 128, seed=args.seed)
     held_out = shapes.generate(args.val_images, 128, seed=args.seed + 1000)
-    model = build(train.num_classes, 128, 256, 64, 64)
+    model = build(train.num_classes, 128, 256, 64, args.rois_per_image)
     optimizer = torch.optim.Adam(model.parameters(), args.learning_rate)
     budget, steps = args.minutes * 60, 0
     started_cpu, started_wall = time.process_time(), time.perf_counter()

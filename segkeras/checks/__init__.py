@@ -26,6 +26,6 @@ from segkeras.checks.core import (
 )
 
 __all__ = [
-    "CheckFailed", "CheckResult", "Lab", "deconv", "detection", "fcn", "forbid", "grading", "hourglass",
-    "mask_head", "reference", "reset", "results", "total", "unet",
+    "CheckFailed", "CheckResult", "Lab", "deconv", "detection", "fcn", "forbid", "grading",
+    "hourglass", "mask_head", "reference", "reset", "results", "total", "unet",
 ]

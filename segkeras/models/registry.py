@@ -121,7 +121,7 @@ register("hourglass", hourglass, None, tunable=("num_stacks",),
 MASK_RCNN_CPU_RECIPE = {
     "anchor_sizes": (16, 32, 64), "fpn_channels": 128, "box_head_units": 256,
     "mask_head_channels": 64, "rpn_pre_nms": 600, "rpn_post_nms_train": 200,
-    "rpn_post_nms_test": 100, "rois_per_image": 64,
+    "rpn_post_nms_test": 100, "rois_per_image": 32,
 }
 """``maskrcnn``'s heads, sized for a CPU and images of 64..256 pixels (bench/train_mask_rcnn.py);
 :func:`~segkeras.models.mask_rcnn.mask_rcnn`'s own defaults are the paper's, for ResNet-50."""
