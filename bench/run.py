@@ -308,8 +308,9 @@ def _versus_quality(recipe: dict) -> tuple[list[dict], list[str], list[str]]:
             records += stored["records"]
             commands.append(stored["command"])
             continue
-        changed = ", ".join(f"{key} {stored['recipe'].get(key)}" for key in recipe
-                            if stored["recipe"].get(key) != recipe[key])
+        older = {"loss": "cross-entropy", **stored["recipe"]}  # before "loss" was recorded
+        changed = ", ".join(f"{key} {older.get(key)}" for key in recipe
+                            if older.get(key) != recipe[key])
         by_model = {}
         for record in stored["records"]:
             by_model.setdefault(record["model"], []).append(record["miou"])
@@ -359,6 +360,10 @@ def _versus_explanation(by_model: dict, classes: list[str]) -> list[str]:
         if batch - moving > 0.05:
             reading.append("its moving BatchNorm statistics cost it "
                            f"{batch - moving:.2f} of mIoU")
+        if kind == "reference_tutorial" and reading:
+            reading.append("offline its frozen encoder keeps its random weights and initial "
+                           "BatchNorm statistics, so only the decoder learns, from random "
+                           "features (the tutorial freezes an ImageNet-pretrained encoder)")
         notes.append(
             f"`{kind}` labels {100 * predicted:.0f}% of the held-out pixels {background} "
             f"(truly {background}: {100 * true:.0f}%); mean IoU per shape {shapes}; the same "
@@ -421,7 +426,8 @@ def render_versus(speed: dict) -> str:
             "because offline (the tutorial's is ImageNet-pretrained). mIoU: "
             + ("; ".join(f"`{c}`" for c in commands) or "**not measured yet**")
             + ", one process per run (a score after a fixed number of steps does not depend on "
-            "the load); img/s: this section's command (30 timed steps).\n\n"
+            "the load); img/s: this section's command (30 timed steps at batch "
+            f"{speed.get('recipe', recipe)['batch']}).\n\n"
             + _table(["model", "params", "size", "train img/s", "CPU ms/img",
                       "held-out mIoU (mean ± sd)", "min–max", "seeds",
                       "mIoU, same weights, BatchNorm on batch statistics",
