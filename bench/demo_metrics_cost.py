@@ -21,23 +21,21 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
+from demo_speed import demo_model  # noqa: E402
 
 from segkeras import train  # noqa: E402
 from segkeras.cli import DEMO_RECIPE  # noqa: E402
 from segkeras.data import shapes  # noqa: E402
 from segkeras.data.pipeline import make_dataset  # noqa: E402
 from segkeras.losses import SparseCEDice  # noqa: E402
-from segkeras.models.unet import unet  # noqa: E402
 
 
 def step_time(with_metrics: bool, steps: int = 250, warmup: int = 50) -> tuple[float, float]:
     """(wall ms per step, CPU time / wall time) of ``steps`` timed demo training steps."""
     size, batch = DEMO_RECIPE["image_size"], DEMO_RECIPE["batch_size"]
-    keras.utils.set_random_seed(0)
+    model = demo_model()
     data = make_dataset(shapes.generate(800, size, seed=0), image_size=size, batch_size=batch,
                         num_classes=4, seed=0, shuffle=True).repeat()
-    model = unet(4, "mobilenetv2", weights=None, encoder_trainable=True,
-                 decoder_filters=DEMO_RECIPE["decoder_filters"], input_shape=(size, size, 3))
     model.compile(keras.optimizers.Adam(DEMO_RECIPE["learning_rate"]),
                   SparseCEDice(4, dice_weight=DEMO_RECIPE["dice_weight"]),
                   metrics=train.default_metrics(4) if with_metrics else [],

@@ -18,6 +18,19 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
+def demo_model():
+    """The demo's U-Net (MobileNetV2 from scratch, light decoder), seeded, not compiled."""
+    import keras
+
+    from segkeras.cli import DEMO_RECIPE
+    from segkeras.models.unet import unet
+
+    size = DEMO_RECIPE["image_size"]
+    keras.utils.set_random_seed(0)
+    return unet(4, "mobilenetv2", weights=None, encoder_trainable=True,
+                decoder_filters=DEMO_RECIPE["decoder_filters"], input_shape=(size, size, 3))
+
+
 def measure(batch: int, xla: bool, steps: int, warmup: int = 3) -> dict:
     """CPU ms/img, wall ms/step and cores used by ``steps`` timed training steps."""
     import keras
@@ -25,12 +38,9 @@ def measure(batch: int, xla: bool, steps: int, warmup: int = 3) -> dict:
 
     from segkeras.cli import DEMO_RECIPE
     from segkeras.losses import SparseCEDice
-    from segkeras.models.unet import unet
 
     size = DEMO_RECIPE["image_size"]
-    keras.utils.set_random_seed(0)
-    model = unet(4, "mobilenetv2", weights=None, encoder_trainable=True,
-                 decoder_filters=DEMO_RECIPE["decoder_filters"], input_shape=(size, size, 3))
+    model = demo_model()
     model.compile(keras.optimizers.Adam(1e-3), SparseCEDice(4), jit_compile=xla)
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, (batch, size, size, 3)).astype("float32")
