@@ -177,3 +177,15 @@ def test_jax_backend_fits_on_the_batches():
     result = subprocess.run([sys.executable, "-c", JAX_FIT], env=environment,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
+
+
+@pytest.mark.fast
+def test_without_autotune_turns_the_autotuner_off_and_keeps_the_data():
+    data = shapes.generate(6, 32, seed=0)
+    dataset = pipeline.make_dataset(data, image_size=32, batch_size=4)
+    assert dataset.options().autotune.enabled is not False
+    fixed = pipeline.without_autotune(dataset)
+    assert fixed.options().autotune.enabled is False
+    for (images, masks), (fixed_images, fixed_masks) in zip(dataset, fixed, strict=True):
+        np.testing.assert_array_equal(images, fixed_images)
+        np.testing.assert_array_equal(masks, fixed_masks)

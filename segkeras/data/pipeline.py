@@ -84,6 +84,19 @@ def make_dataset(
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
+def without_autotune(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """``dataset`` with tf.data's autotuner off (parallel maps then use one thread per core).
+
+    For in-memory data that needs no augmentation on a CPU with few cores, where training uses
+    every core: there the autotuner sometimes starves the training step. On 2 cores the demo's
+    step took 205 ms at 90-103 % CPU in 3 of 18 timed 100-step fits with it, and 76-132 ms at
+    154-170 % CPU in all 18 without it (``python bench/demo_autotune.py``, 2026-12-02).
+    """
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.with_options(options)
+
+
 def augment_batch(images, masks, seed) -> tuple[tf.Tensor, tf.Tensor]:
     """Randomly augment a batch: (uint8 or float (B, H, W, 3), integer (B, H, W), seed (2,)) ->
     (float32 images in [0, 255], int32 masks). Deterministic for a given ``seed``."""
