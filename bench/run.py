@@ -56,10 +56,10 @@ ARCH_OPTIONS = {"hourglass": {"num_stacks": 2}, "deconvnet": {"skips": True}}
 
 
 def architectures() -> list[str]:
-    """The registry's builders, then the mask head."""
+    """The registry's semantic builders, then the mask head (Mask R-CNN has section 8)."""
     from segkeras.models import registry
 
-    return [*registry.names(), MASK_HEAD]
+    return [*registry.names("semantic"), MASK_HEAD]
 
 
 def _build(arch: str, backbone: str, size: int, trainable: bool = False):
@@ -328,7 +328,7 @@ def measure_versus() -> dict:
     speed_file = os.path.join(RESULTS, "versus_speed.json")
     if os.path.exists(speed_file):
         os.remove(speed_file)
-    tiny = ["--models", "segkeras", "--steps", "1"] if SMOKE else []
+    tiny = ["--models", "segkeras", "--steps", "1", "--rounds", "1"] if SMOKE else []
     subprocess.run([sys.executable, "versus.py", "speed", "--out", speed_file, *tiny],
                    check=True, cwd=BENCH_DIR)
     with open(speed_file, encoding="utf-8") as file:
@@ -387,7 +387,15 @@ def render_versus(speed: dict) -> str:
 
     recipe = versus.RECIPE
     records, commands, others = _versus_quality(recipe)
-    by_model, fast = {}, {r["model"]: r for r in speed["records"]}
+    by_model, timings = {}, {}
+    for record in speed["records"]:
+        timings.setdefault(record["model"], []).append(record)
+    fast = {kind: {"params": runs[0]["params"],
+                   "img_per_s": statistics.median(r["img_per_s"] for r in runs),
+                   "img_per_s_range": (min(r["img_per_s"] for r in runs),
+                                       max(r["img_per_s"] for r in runs)),
+                   "cpu_ms_per_img": statistics.median(r["cpu_ms_per_img"] for r in runs),
+                   "runs": len(runs)} for kind, runs in timings.items()}
     for record in records:
         by_model.setdefault(record["model"], []).append(record)
     classes = next((list(r["iou"]) for r in records if "iou" in r), [])
@@ -404,7 +412,8 @@ def render_versus(speed: dict) -> str:
         rows.append([
             kind, f"{timed['params'] / 1e6:.2f}M" if timed else "",
             f"{versus.TUTORIAL_SIZE if kind == 'reference_tutorial' else recipe['size']}²",
-            f"{timed['img_per_s']:.1f}" if timed else "not measured",
+            (f"{timed['img_per_s']:.1f} ({timed['img_per_s_range'][0]:.0f}–"
+             f"{timed['img_per_s_range'][1]:.0f})") if timed else "not measured",
             f"{timed['cpu_ms_per_img']:.1f}" if timed else "",
             _mean_sd(mious) if mious else "not measured",
             f"{min(mious):.3f}–{max(mious):.3f}" if mious else "", len(runs),
@@ -426,8 +435,10 @@ def render_versus(speed: dict) -> str:
             "because offline (the tutorial's is ImageNet-pretrained). mIoU: "
             + ("; ".join(f"`{c}`" for c in commands) or "**not measured yet**")
             + ", one process per run (a score after a fixed number of steps does not depend on "
-            "the load); img/s: this section's command (30 timed steps at batch "
-            f"{speed.get('recipe', recipe)['batch']}).\n\n"
+            "the load); img/s and CPU ms/img: this section's command, 100 timed steps at batch "
+            f"{speed.get('recipe', recipe)['batch']}, the median (min–max) of "
+            f"{max((t['runs'] for t in fast.values()), default=0)} runs per model, the models "
+            "taking turns (one process per run).\n\n"
             + _table(["model", "params", "size", "train img/s", "CPU ms/img",
                       "held-out mIoU (mean ± sd)", "min–max", "seeds",
                       "mIoU, same weights, BatchNorm on batch statistics",
