@@ -110,7 +110,9 @@ def _datasets(size: int):
     data = shapes.generate(RECIPE["n_train"] + RECIPE["n_val"], image_size=RECIPE["size"], seed=1)
     train, val = data.split(RECIPE["n_val"] / len(data))
     batch = RECIPE["batch"]
-    return (pipeline.make_dataset(train, size, batch, shuffle=True).repeat(),
+    # As the demo trains: tf.data's autotuner off (it sometimes starved the step on 2 cores).
+    training = pipeline.without_autotune(pipeline.make_dataset(train, size, batch, shuffle=True))
+    return (training.repeat(),
             pipeline.make_dataset(val, size, batch), data.class_names)
 
 
@@ -152,7 +154,7 @@ def _miou_on_batch_statistics(model, dataset, class_names) -> float:
     return scores(total, class_names)["mean_iou"]
 
 
-def speed(kind: str, steps: int = 30, warmup: int = 5) -> dict:
+def speed(kind: str, steps: int = 100, warmup: int = 10) -> dict:
     """Training img/s of ``kind`` over ``steps`` timed steps (wall and CPU of this process)."""
     train, _, _ = _datasets(_size(kind))
     model = _compiled(kind, warmup + steps)
@@ -186,6 +188,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", choices=MODELS, default=list(MODELS))
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, help="training steps (quality) or timed steps (speed)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="speed: timed runs per model, the models taking turns")
     parser.add_argument("--out", help="JSON file; records are appended to the ones already there")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -198,7 +202,8 @@ def main() -> None:
         with open(args.out, encoding="utf-8") as old:
             records = json.load(old)["records"]
     plan = ([{"kind": m, "seed": s} for m in args.models for s in args.seeds]
-            if args.task == "quality" else [{"kind": m} for m in args.models])
+            if args.task == "quality"
+            else [{"kind": m} for _ in range(args.rounds) for m in args.models])
     if args.steps:
         plan = [{**kwargs, "steps": args.steps} for kwargs in plan]
     for kwargs in plan:
