@@ -438,7 +438,8 @@ def render_versus(speed: dict) -> str:
             "the load); img/s and CPU ms/img: this section's command, 100 timed steps at batch "
             f"{speed.get('recipe', recipe)['batch']}, the median (min–max) of "
             f"{max((t['runs'] for t in fast.values()), default=0)} runs per model, the models "
-            "taking turns (one process per run).\n\n"
+            "taking turns (one process per run), from the demo's pipeline (tf.data's autotuner "
+            "off: note 3).\n\n"
             + _table(["model", "params", "size", "train img/s", "CPU ms/img",
                       "held-out mIoU (mean ± sd)", "min–max", "seeds",
                       "mIoU, same weights, BatchNorm on batch statistics",
