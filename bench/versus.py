@@ -110,9 +110,7 @@ def _datasets(size: int):
     data = shapes.generate(RECIPE["n_train"] + RECIPE["n_val"], image_size=RECIPE["size"], seed=1)
     train, val = data.split(RECIPE["n_val"] / len(data))
     batch = RECIPE["batch"]
-    # As the demo trains: tf.data's autotuner off (it sometimes starved the step on 2 cores).
-    training = pipeline.without_autotune(pipeline.make_dataset(train, size, batch, shuffle=True))
-    return (training.repeat(),
+    return (pipeline.make_dataset(train, size, batch, shuffle=True).repeat(),
             pipeline.make_dataset(val, size, batch), data.class_names)
 
 

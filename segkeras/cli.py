@@ -232,9 +232,9 @@ for many updates, Adam with cosine decay, cross-entropy + Dice. Batch 16 with th
 scaled to 7e-3 scored 0.877 at about the same CPU time (BENCHMARKS.md, notes). Keras' default
 ``jit_compile="auto"`` means no XLA on a TensorFlow CPU; forcing it cost 3.8x the CPU time per
 image (``bench/demo_speed.py``). ``steps_per_execution`` runs that many steps per call of the
-compiled step (the same updates, fewer returns to Python); the training images come with
-tf.data's autotuner off (``without_autotune``: on 2 cores it sometimes left one core idle); the
-held-out images are scored once, after training, not after every epoch."""
+compiled step (the same updates, fewer returns to Python); ``make_dataset`` turns tf.data's
+autotuner off (on 2 cores it sometimes left one core idle); the held-out images are scored once,
+after training, not after every epoch."""
 QUICK_RECIPE = {**DEMO_RECIPE, "train_images": 16, "test_images": 8, "epochs": 1,
                 "steps_per_execution": 1}
 
@@ -254,7 +254,7 @@ def run_demo(out: str, epochs: int | None = None, quick: bool = False) -> dict:
     from segkeras import train, viz
     from segkeras.calibration import matmul_gflops
     from segkeras.data import shapes
-    from segkeras.data.pipeline import make_dataset, without_autotune
+    from segkeras.data.pipeline import make_dataset
     from segkeras.errors import WeightsUnavailableError
     from segkeras.evaluate import semantic
     from segkeras.losses import SparseCEDice
@@ -286,7 +286,7 @@ def run_demo(out: str, epochs: int | None = None, quick: bool = False) -> dict:
     head_epochs = recipe["epochs"] // 3 if pretrained else 0
     train_start = time.perf_counter()
     history = train.fit_two_stage(
-        model, without_autotune(make_dataset(training, shuffle=True, **make)),
+        model, make_dataset(training, shuffle=True, **make),
         head_epochs=head_epochs, finetune_epochs=recipe["epochs"] - head_epochs,
         learning_rate=recipe["learning_rate"], schedule="cosine", verbose=1,
         loss=SparseCEDice(classes, dice_weight=recipe["dice_weight"]),

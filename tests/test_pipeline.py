@@ -180,12 +180,14 @@ def test_jax_backend_fits_on_the_batches():
 
 
 @pytest.mark.fast
-def test_without_autotune_turns_the_autotuner_off_and_keeps_the_data():
+@pytest.mark.parametrize("augment", [False, True])
+def test_the_autotuner_is_off_by_default_and_changes_no_data(augment):
     data = shapes.generate(6, 32, seed=0)
-    dataset = pipeline.make_dataset(data, image_size=32, batch_size=4)
-    assert dataset.options().autotune.enabled is not False
-    fixed = pipeline.without_autotune(dataset)
-    assert fixed.options().autotune.enabled is False
-    for (images, masks), (fixed_images, fixed_masks) in zip(dataset, fixed, strict=True):
-        np.testing.assert_array_equal(images, fixed_images)
-        np.testing.assert_array_equal(masks, fixed_masks)
+    make = {"image_size": 32, "batch_size": 4, "augment": augment, "shuffle": True, "seed": 3}
+    default = pipeline.make_dataset(data, **make)
+    tuned = pipeline.make_dataset(data, **make, autotune=True)
+    assert default.options().autotune.enabled is False
+    assert tuned.options().autotune.enabled is not False
+    for (images, masks), (tuned_images, tuned_masks) in zip(default, tuned, strict=True):
+        np.testing.assert_array_equal(images, tuned_images)
+        np.testing.assert_array_equal(masks, tuned_masks)

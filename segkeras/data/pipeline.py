@@ -35,6 +35,7 @@ def make_dataset(
     cache: bool = True,
     seed: int = 0,
     num_classes: int | None = None,
+    autotune: bool = False,
 ) -> tf.data.Dataset:
     """A ``tf.data.Dataset`` of (images float32 (B, H, W, 3) in [0, 255], masks int32 (B, H, W)).
 
@@ -54,6 +55,10 @@ def make_dataset(
         seed: seed of the shuffle and the augmentation (each epoch draws new values).
         num_classes: classes including background; every label must be below it or 255
             (default: ``source.num_classes``; not checked for an ``(images, masks)`` pair).
+        autotune: let tf.data's autotuner size the buffers and the parallelism. Off by default:
+            on a CPU with few cores, where training uses every core, it sometimes starves the
+            training step and leaves a core idle (``python bench/demo_autotune.py``, BENCHMARKS
+            note 3); without it parallel maps use one thread per core.
     """
     images, masks = _checked_arrays(source, num_classes)
     height, width = parse_size(image_size)
@@ -81,20 +86,12 @@ def make_dataset(
     # Static spatial sizes let XLA compile one program and keep graph tracing simple.
     dataset = dataset.map(lambda image, mask: (tf.ensure_shape(image, [None, height, width, 3]),
                                                tf.ensure_shape(mask, [None, height, width])))
-    return dataset.prefetch(tf.data.AUTOTUNE)
-
-
-def without_autotune(dataset: tf.data.Dataset) -> tf.data.Dataset:
-    """``dataset`` with tf.data's autotuner off (parallel maps then use one thread per core).
-
-    For in-memory data that needs no augmentation on a CPU with few cores, where training uses
-    every core: there the autotuner sometimes starves the training step. On 2 cores the demo's
-    step took 205 ms at 90-103 % CPU in 3 of 18 timed 100-step fits with it, and 76-132 ms at
-    154-170 % CPU in all 18 without it (``python bench/demo_autotune.py``, 2026-12-02).
-    """
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    return dataset.with_options(options)
+    dataset = dataset.prefetch(tf.data.AUTOTUNE)
+    if not autotune:
+        options = tf.data.Options()
+        options.autotune.enabled = False
+        dataset = dataset.with_options(options)
+    return dataset
 
 
 def augment_batch(images, masks, seed) -> tuple[tf.Tensor, tf.Tensor]:
