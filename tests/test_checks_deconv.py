@@ -2,6 +2,7 @@
 refuse answers that call the Keras or segkeras code implementing the exercise, and say "not
 answered yet" for the lab's stubs. Their numpy references agree with Keras and segkeras."""
 
+import inspect
 import itertools
 
 import keras
@@ -10,6 +11,7 @@ import pytest
 
 import segkeras.layers
 import segkeras.models.deconv
+from segkeras.checks import core
 from segkeras.checks import deconv as checks
 from segkeras.unpooling import MaxUnpooling, max_pool_switches
 
@@ -51,7 +53,7 @@ def test_references_agree_with_keras_and_segkeras():
     for size in (2, 3, 4, 5, 8):
         np.testing.assert_allclose(checks.reference_bilinear_kernel(size, 3),
                                    segkeras.layers.bilinear_kernel(size, 3, 3), atol=1e-7)
-    for _, values, pre_pool in checks._unpool_cases():
+    for _, values, pre_pool in checks._unpool_cases(np.random.default_rng(0)):
         unpooled = MaxUnpooling()([values[None].astype("float32"),
                                    pre_pool[None].astype("float32")])
         np.testing.assert_allclose(checks.reference_max_unpool(values, pre_pool),
@@ -106,6 +108,40 @@ def test_output_size_refuses_asking_keras(delegate):
     assert delegate(3, 4, 2, "valid") == 8  # a right answer ...
     assert refused(checks.transposed_output_size(delegate))  # ... that is not the student's
     assert delegate(3, 4, 2, "same") == 6  # and Keras is back to normal afterwards
+
+
+def keras_internal_shape_function(n, k, s, p):
+    """Keras' own shape helper, imported as a student would find it in Keras' source."""
+    from keras.src.backend.common.backend_utils import compute_conv_transpose_output_shape
+
+    return compute_conv_transpose_output_shape((1, n, n, 1), (k, k), 1, s, p)[1]
+
+
+def test_output_size_refuses_keras_internal_shape_function():
+    assert keras_internal_shape_function(3, 4, 2, "valid") == 8
+    assert refused(checks.transposed_output_size(keras_internal_shape_function))
+    assert keras_internal_shape_function(3, 4, 2, "same") == 6  # restored
+
+
+def output_size_table(n, k, s, p):
+    """Right on the check's small cases only (looked up), wrong elsewhere: random cases catch it."""
+    return output_size(n, k, s, p) if n <= 8 and k <= 7 else 0
+
+
+def test_output_size_draws_cases_beyond_a_fixed_table():
+    assert not checks.transposed_output_size(output_size_table)
+
+
+@pytest.mark.parametrize("exercise, private", [
+    ("transposed_output_size", checks.reference_output_size),
+    ("overlap_counts", checks.reference_overlap_counts),
+    ("bilinear_kernel", checks.reference_bilinear_kernel),
+    ("max_unpool", checks.reference_max_unpool),
+])
+def test_the_checks_references_are_refused_as_answers(exercise, private):
+    assert private in checks.PRIVATE
+    assert refused(getattr(checks, exercise)(private))
+    assert refused(getattr(checks, exercise)(lambda *args: private(*args)))
 
 
 def test_a_stub_is_not_answered_yet(capsys):
@@ -204,7 +240,7 @@ def test_bilinear_kernel_refuses_the_library(delegate):
 
 
 def upsampling_block(x, skip, filters, name, kernel=4, project=1, bn=True, relu=True, add=True,
-                     skip_after_bn=False, concatenate=False):
+                     skip_after_bn=False, concatenate=False, relu_first=False):
     x = layers.Conv2DTranspose(filters, kernel, strides=2, padding="same", use_bias=False,
                                name=f"{name}_deconv")(x)
     if concatenate and skip is not None:
@@ -214,6 +250,8 @@ def upsampling_block(x, skip, filters, name, kernel=4, project=1, bn=True, relu=
                              name=f"{name}_project")(skip)
         if not skip_after_bn:
             x = layers.Add(name=f"{name}_add")([x, skip])
+    if relu_first:  # ReLU, then BatchNorm: looks the same in inference mode, not in training
+        return layers.BatchNormalization(name=f"{name}_bn")(layers.ReLU(name=f"{name}_relu")(x))
     if bn:
         x = layers.BatchNormalization(name=f"{name}_bn")(x)
     if skip_after_bn and skip is not None:
@@ -270,6 +308,7 @@ def test_upsampling_block_accepts_the_solution():
     ({"skip_after_bn": True}, "before the BatchNormalization"),
     ({"name": "block"}, "start every layer name with `name`"),
     ({"concatenate": True}, "project the skip"),
+    ({"relu_first": True}, "no activation before the BatchNorm"),
 ])
 def test_upsampling_block_rejects_typical_mistakes(options, words):
     name = options.pop("name", None)
@@ -367,9 +406,18 @@ def test_use_falls_back_to_the_library_until_the_check_passes(capsys):
     checks.start()
     fallback = checks.use("max_unpool", stub)
     assert "has not passed its check yet (not answered)" in capsys.readouterr().out
-    values, pre_pool = checks._unpool_cases()[1][1:]
+    values, pre_pool = checks._unpool_cases(np.random.default_rng(0))[2][1:]
     np.testing.assert_array_equal(fallback(values, pre_pool),
                                   checks.reference_max_unpool(values, pre_pool))
     checks.max_unpool(max_unpool)
     assert checks.use("max_unpool", max_unpool) is max_unpool
     assert checks.total() == (2, 12)
+
+
+def test_the_library_fallbacks_are_right_answers():
+    """What ``use`` hands out after a failed check passes the check's tests (run without the
+    "write it yourself" rule, which the fallbacks break by design) and is not a reference."""
+    for name in checks.LAB.exercises:
+        fallback = checks.use(name, stub)
+        assert fallback is not stub and fallback not in checks.PRIVATE
+        core.in_float32(inspect.unwrap(getattr(checks, name)))(fallback)

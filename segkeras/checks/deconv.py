@@ -5,11 +5,14 @@ Each check tests the idea of its exercise against an independent reference writt
 ``Conv2DTranspose``, how many input pixels write each output pixel (the cause of checkerboard
 artefacts), a bilinear kernel that upsamples a ramp like bilinear resizing, a decoder step whose
 upsampling *is* a learned stride-2 transposed convolution, and DeconvNet's unpooling with
-switches. An answer that calls the Keras or segkeras code implementing the exercise is refused.
+switches. An answer that calls the Keras or segkeras code implementing the exercise (Keras'
+internal shape helpers included) or one of this module's references (:data:`PRIVATE`) is refused.
+The inputs are drawn at random on top of a few fixed cases, so an answer cannot look them up.
 """
 
 from __future__ import annotations
 
+import importlib
 import itertools
 
 import keras
@@ -18,19 +21,48 @@ import numpy as np
 import segkeras.layers
 import segkeras.models.deconv
 import segkeras.unpooling
-from segkeras.checks.core import Lab, forbid, in_float32, require, require_close
+from segkeras.checks.core import (
+    CheckFailed,
+    Lab,
+    answer_model,
+    forbid,
+    in_float32,
+    reference,
+    require,
+    require_close,
+)
 
 LAB = Lab("02_transposed_convolutions", {
     "transposed_output_size": 2, "overlap_counts": 2, "bilinear_kernel": 3,
     "upsampling_block": 3, "max_unpool": 2,
 })
 
+
+
+def _keras_internals(module: str, *names: str) -> tuple:
+    """Functions of Keras' private modules that compute a transposed convolution's size: a
+    student can import them (``keras.src...``) although the public API hides them; they are
+    refused like the layers. Absent in another Keras version: nothing to refuse."""
+    try:
+        found = importlib.import_module(module)
+    except ImportError:
+        return ()
+    return tuple(getattr(found, name) for name in names if hasattr(found, name))
+
+
 # What computes a transposed convolution's size or output for the student: not allowed where
 # that is the exercise (the layers are refused when constructed).
 _KERAS_TRANSPOSED = (
     keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose,
     keras.layers.Conv2DTranspose.compute_output_shape, keras.ops.conv_transpose,
+    *_keras_internals("keras.src.backend.common.backend_utils",
+                      "compute_conv_transpose_output_shape", "_get_output_shape_given_tf_padding"),
 )
+
+
+def _rng(seed: int) -> np.random.Generator:
+    """The random inputs of a check."""
+    return np.random.default_rng(seed)
 
 
 def _numpy(x) -> np.ndarray:
@@ -44,17 +76,31 @@ def reference_output_size(size: int, kernel: int, stride: int, padding: str) -> 
     return size * stride if padding == "same" else (size - 1) * stride + kernel
 
 
-@LAB.check("transposed_output_size", fallback=reference_output_size)
-@forbid(*_KERAS_TRANSPOSED)
+def _library_output_size(size: int, kernel: int, stride: int, padding: str) -> int:
+    layer = keras.layers.Conv2DTranspose(1, kernel, strides=stride, padding=padding)
+    return int(layer.compute_output_shape((1, size, size, 1))[1])
+
+
+def _size_cases(rng: np.random.Generator) -> list[tuple[int, int, int, str]]:
+    """Every small case, then random larger ones, all in a random order."""
+    cases = [case for case in itertools.product(
+        (1, 2, 3, 5, 8), (1, 2, 3, 4, 5, 7), (1, 2, 3, 4), ("valid", "same"))
+        if case[1] >= case[2]]  # kernel < stride leaves gaps: not an upsampling layer anyone uses
+    for _ in range(12):
+        stride = int(rng.integers(1, 5))
+        cases.append((int(rng.integers(9, 60)), int(rng.integers(stride, 12)), stride,
+                      str(rng.choice(["valid", "same"]))))
+    return [cases[i] for i in rng.permutation(len(cases))]
+
+
+@LAB.check("transposed_output_size", fallback=_library_output_size)
+@forbid(*_KERAS_TRANSPOSED, reference_output_size)
 @in_float32
 def transposed_output_size(function) -> None:
     """``function(size, kernel, stride, padding)`` -> the output side of ``Conv2DTranspose``."""
-    for size, kernel, stride, padding in itertools.product(
-        (1, 2, 3, 5, 8), (1, 2, 3, 4, 5, 7), (1, 2, 3, 4), ("valid", "same")
-    ):
-        if kernel < stride:  # gaps between the patches: not an upsampling layer anyone uses
-            continue
-        expected = reference_output_size(size, kernel, stride, padding)
+    for size, kernel, stride, padding in _size_cases(_rng(0)):
+        with reference():
+            expected = reference_output_size(size, kernel, stride, padding)
         got = function(size, kernel, stride, padding)
         require(got == expected,
                 f"size={size}, kernel={kernel}, stride={stride}, padding={padding!r}: Keras "
@@ -74,13 +120,29 @@ def reference_overlap_counts(size: int, kernel: int, stride: int) -> np.ndarray:
     return counts
 
 
-@LAB.check("overlap_counts", fallback=reference_overlap_counts)
-@forbid(*_KERAS_TRANSPOSED)
+def _library_overlap_counts(size: int, kernel: int, stride: int) -> np.ndarray:
+    """A 1-D transposed convolution of ones with a kernel of ones: the count of writers."""
+    layer = keras.layers.Conv1DTranspose(1, kernel, strides=stride, use_bias=False,
+                                         kernel_initializer="ones")
+    return np.rint(_numpy(layer(np.ones((1, size, 1), "float32")))[0, :, 0]).astype(int)
+
+
+def _count_cases(rng: np.random.Generator) -> list[tuple[int, int, int]]:
+    cases = [(4, 3, 2), (4, 4, 2), (5, 3, 1), (3, 5, 2), (4, 3, 3), (2, 6, 3)]
+    for _ in range(4):
+        stride = int(rng.integers(1, 5))
+        cases.append((int(rng.integers(2, 12)), int(rng.integers(stride, 10)), stride))
+    return cases
+
+
+@LAB.check("overlap_counts", fallback=_library_overlap_counts)
+@forbid(*_KERAS_TRANSPOSED, reference_overlap_counts, reference_output_size)
 @in_float32
 def overlap_counts(function) -> None:
     """``function(size, kernel, stride)`` -> how many input pixels write each output pixel."""
-    for size, kernel, stride in ((4, 3, 2), (4, 4, 2), (5, 3, 1), (3, 5, 2), (4, 3, 3), (2, 6, 3)):
-        expected = reference_overlap_counts(size, kernel, stride)
+    for size, kernel, stride in _count_cases(_rng(1)):
+        with reference():
+            expected = reference_overlap_counts(size, kernel, stride)
         got = np.asarray(function(size, kernel, stride))
         require(got.shape == expected.shape,
                 f"size={size}, kernel={kernel}, stride={stride}: expected one count per output "
@@ -118,7 +180,8 @@ def _library_bilinear_kernel(size: int, channels: int) -> np.ndarray:
 
 
 @LAB.check("bilinear_kernel", fallback=_library_bilinear_kernel)
-@forbid(segkeras.layers.bilinear_kernel, segkeras.layers.BilinearUpsampling)
+@forbid(segkeras.layers.bilinear_kernel, segkeras.layers.BilinearUpsampling,
+        reference_bilinear_kernel)
 @in_float32
 def bilinear_kernel(function) -> None:
     """``function(size, channels)`` -> the (size, size, channels, channels) bilinear kernel."""
@@ -131,8 +194,9 @@ def bilinear_kernel(function) -> None:
                   "a Conv2DTranspose(kernel 4, stride 2, 'same') with your kernel must upsample "
                   "a ramp like bilinear resizing (away from the borders): check the taps "
                   "1 - |i - centre| / factor, factor = (size + 1) // 2")
-    for size in (2, 3, 5, 6, 8):
-        expected = reference_bilinear_kernel(size, 3)
+    for size in (2, 3, 5, 6, 8, int(_rng(2).integers(9, 16))):
+        with reference():
+            expected = reference_bilinear_kernel(size, 3)
         got = np.asarray(function(size, 3))
         require(got.shape == expected.shape,
                 f"bilinear_kernel({size}, 3) must have shape {expected.shape}, got {got.shape}")
@@ -178,6 +242,35 @@ def _check_upsampling(model: keras.Model, inputs: list, filters: int) -> None:
             "upsampling): no UpSampling2D, resize or other path for x")
 
 
+def _check_normalise_then_relu(model: keras.Model, rng: np.random.Generator) -> None:
+    """In training mode (as under ``fit``) the block must be ReLU(BatchNorm(sum)): the
+    BatchNormalization reads the sum itself, linear in x and the skip, and the ReLU comes after
+    it. (In inference mode, with fresh statistics, BatchNorm after the ReLU looks the same.)"""
+    norm = next(layer for layer in model.layers
+                if isinstance(layer, keras.layers.BatchNormalization))
+    try:
+        before_norm = answer_model(model.inputs, norm.input)
+    except (AttributeError, ValueError) as error:
+        raise CheckFailed(f"use the BatchNormalization layer once, on the sum ({error})") from None
+    inputs = [rng.normal(size=(2, *tensor.shape[1:])).astype("float32")
+              for tensor in model.inputs]
+    zeros = [np.zeros_like(array) for array in inputs]
+    pre, offset = _numpy(before_norm(inputs)), _numpy(before_norm(zeros))
+    flipped = _numpy(before_norm([-1.5 * array for array in inputs])) - offset
+    require_close(flipped, -1.5 * (pre - offset),
+                  "BatchNormalization must normalise the sum itself (upsampled x + projected "
+                  "skip), then the ReLU: no activation before the BatchNorm",
+                  atol=1e-4 * max(1.0, float(np.abs(pre).max())))
+    mean, variance = pre.mean(axis=(0, 1, 2)), pre.var(axis=(0, 1, 2))
+    gamma = _numpy(norm.gamma) if norm.scale else 1.0
+    beta = _numpy(norm.beta) if norm.center else 0.0
+    expected = np.maximum((pre - mean) / np.sqrt(variance + norm.epsilon) * gamma + beta, 0.0)
+    require_close(_numpy(model(inputs, training=True)), expected,
+                  "in training mode (as in fit, with batch statistics) the block must give "
+                  "ReLU(BatchNorm(upsampled x + projected skip)): BatchNorm, then the ReLU, last",
+                  atol=1e-3)
+
+
 @LAB.check("upsampling_block", fallback=segkeras.models.deconv.upsampling_block)
 @forbid(segkeras.models.deconv.upsampling_block)
 @in_float32
@@ -204,7 +297,7 @@ def upsampling_block(function) -> None:
     require(any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers),
             "normalise the sum with BatchNormalization before the ReLU")
 
-    rng = np.random.default_rng(3)
+    rng = _rng(3)
     coarse = rng.uniform(0.0, 1.0, size=(1, 4, 4, 5)).astype("float32")
     features = rng.uniform(0.0, 1.0, size=(1, 8, 8, 3)).astype("float32")
     _set_weights(model, keras.layers.Conv2D, lambda s: rng.uniform(0.2, 1.0, s))
@@ -234,6 +327,7 @@ def upsampling_block(function) -> None:
     require(changed.sum() == 1,
             "changing one skip pixel must change that output pixel only: project the skip with "
             "a 1x1 convolution")
+    _check_normalise_then_relu(model, rng)
     _check_upsampling(model, [coarse, features], filters)
 
 
@@ -256,24 +350,30 @@ def _library_max_unpool(values, pre_pool) -> np.ndarray:
                           np.asarray(pre_pool, "float32")[None]]))[0]
 
 
-def _unpool_cases() -> list[tuple[str, np.ndarray, np.ndarray]]:
-    rng = np.random.default_rng(7)
-    random = rng.normal(size=(6, 8, 3))
+def _unpool_cases(rng: np.random.Generator) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Random maps, random maps of few values (many ties), and hand-made ties."""
     ties = np.zeros((4, 4, 1))                   # top-left window: all zeros (a ReLU plateau)
     ties[0:2, 2:4, 0] = [[1, 5], [5, 5]]         # three maxima: the first is top-right
     ties[2:4, 0:2, 0] = [[0, 2], [2, 0]]         # two: top-right again, not bottom-left
     ties[2:4, 2:4, 0] = [[-3, -3], [-1, -1]]     # negative values, maximum at the bottom
-    return [("random maps", rng.normal(size=(3, 4, 3)) + 2.0, random),
+    height, width = (2 * int(n) for n in rng.integers(2, 5, size=2))
+    channels = int(rng.integers(2, 5))
+    return [("random maps", rng.normal(size=(height // 2, width // 2, channels)) + 2.0,
+             rng.normal(size=(height, width, channels))),
+            ("maps of few values (ties)", rng.uniform(1.0, 2.0, size=(3, 4, 2)),
+             rng.integers(0, 3, size=(6, 8, 2)).astype("float64")),
             ("windows with ties", np.array([[[2.0], [3.0]], [[4.0], [6.0]]]), ties)]
 
 
 @LAB.check("max_unpool", fallback=_library_max_unpool)
-@forbid(segkeras.unpooling.max_pool_switches, segkeras.unpooling.MaxUnpooling)
+@forbid(segkeras.unpooling.max_pool_switches, segkeras.unpooling.MaxUnpooling,
+        reference_max_unpool)
 @in_float32
 def max_unpool(function) -> None:
     """``function(values, pre_pool)``: each value back at its window's first maximum."""
-    for case, values, pre_pool in _unpool_cases():
-        expected = reference_max_unpool(values, pre_pool)
+    for case, values, pre_pool in _unpool_cases(_rng(7)):
+        with reference():
+            expected = reference_max_unpool(values, pre_pool)
         got = np.asarray(keras.ops.convert_to_numpy(function(values.copy(), pre_pool.copy())),
                          dtype="float64")
         require(got.shape == pre_pool.shape,
@@ -286,5 +386,9 @@ def max_unpool(function) -> None:
                       "(the switch), separately per channel; ties: the first maximum in "
                       "row-major order (top-left, top-right, bottom-left, bottom-right)")
 
+
+# The checks' own references: refused as answers (each check forbids the ones of its exercise).
+PRIVATE = (reference_output_size, reference_overlap_counts, reference_bilinear_kernel,
+           reference_max_unpool)
 
 start, use, guard, total = LAB.start, LAB.use, LAB.guard, LAB.total
