@@ -417,6 +417,7 @@ def test_use_falls_back_to_the_library_until_the_check_passes(capsys):
 def test_the_library_fallbacks_are_right_answers():
     """What ``use`` hands out after a failed check passes the check's tests (run without the
     "write it yourself" rule, which the fallbacks break by design) and is not a reference."""
+    checks.start()
     for name in checks.LAB.exercises:
         fallback = checks.use(name, stub)
         assert fallback is not stub and fallback not in checks.PRIVATE
