@@ -1,6 +1,8 @@
 """The lab 01 checks pass the solution, fail typical wrong answers with a hint naming the idea,
 refuse answers that call segkeras' own implementation, and say "not answered yet" for stubs."""
 
+import types
+
 import keras
 import pytest
 from keras import layers
@@ -226,3 +228,41 @@ def test_checks_accept_the_solution_under_mixed_precision():
         assert keras.config.dtype_policy().name == "mixed_float16"
     finally:
         keras.config.set_dtype_policy("float32")
+
+
+# --- holes of issue 21 ----------------------------------------------------------------------
+
+
+def bilinear_beside_a_dead_transposed_convolution(scores, skip, level, factor=0.0):
+    """A fixed bilinear resize does the work; a trainable stride-2 Conv2DTranspose sits beside
+    it, multiplied by ``factor`` (0: dead; small, from zeros: nearly dead but bilinear at first)."""
+    num_classes = scores.shape[-1]
+    fixed = layers.UpSampling2D(2, interpolation="bilinear")(scores)
+    learned = layers.Conv2DTranspose(num_classes, 4, strides=2, padding="same", use_bias=False,
+                                     kernel_initializer="zeros" if factor else BilinearUpsampling(),
+                                     name=f"upscore_to_{level}")(scores)
+    upsampled = layers.Add()([fixed, layers.Rescaling(factor)(learned)])
+    skip_scores = layers.Conv2D(num_classes, 1, kernel_initializer="zeros",
+                                name=f"score_{level}")(skip)
+    return layers.Add(name=f"fuse_{level}")([upsampled, skip_scores])
+
+
+@pytest.mark.parametrize("factor", [0.0, 1e-3])
+def test_fuse_skip_x2_path_must_respond_to_its_weights(factor):
+    _fails(checks.fuse_skip(lambda s, k, level: bilinear_beside_a_dead_transposed_convolution(
+        s, k, level, factor)), "the transposed convolution itself")
+
+
+_CONVOLUTIONIZE_CODE = library_convolutionize.__code__  # kept before any check swaps it
+
+
+def convolutionize_from_kept_code(dense, window=(1, 1)):
+    """The library's convolutionize rebuilt from its code object taken at definition time."""
+    library = types.FunctionType(_CONVOLUTIONIZE_CODE, library_convolutionize.__globals__)
+    return library(dense, window)
+
+
+def test_convolutionize_refuses_the_library_code_kept_before_the_check():
+    _fails(checks.convolutionize(convolutionize_from_kept_code),
+           "write it yourself: your answer calls segkeras.models.fcn.convolutionize")
+    assert library_convolutionize.__code__ is _CONVOLUTIONIZE_CODE  # restored

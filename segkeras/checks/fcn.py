@@ -10,11 +10,17 @@ library's own implementation (``segkeras.models.fcn``) are refused.
 
 from __future__ import annotations
 
+import functools
+import sys
+from collections.abc import Callable
+
 import keras
 import numpy as np
 
 from segkeras.checks.core import (
+    CheckFailed,
     Lab,
+    _write_it_yourself,
     answer_model,
     forbid,
     in_float32,
@@ -36,6 +42,38 @@ _NUM_CLASSES = 3
 _IMAGE = 64
 _FEATURES = {"P3": (8, 8, 6), "P4": (4, 4, 7), "P5": (2, 2, 9)}  # of a 64x64 image
 _SKIPS = {"8s": ("P4", "P3"), "16s": ("P4",), "32s": ()}  # checked finest first: richest hints
+
+# The code of the library functions the checks forbid, taken when this module is imported, before
+# any check swaps it: an answer that kept a forbidden function's ``__code__`` from before the swap
+# (``types.FunctionType(convolutionize.__code__, ...)``) still runs this very code object.
+_ORIGINAL_CODE = {function: function.__code__ for function in (
+    library_convolutionize, library_fuse_skip, library_fcn_head, library_fcn)}
+
+
+def _refusing_kept_code(function: Callable, *targets: Callable) -> Callable:
+    """``function``, failing with "write it yourself" when the original code of one of
+    ``targets`` runs during its call, however the answer reached it (seen by a profiler)."""
+    forbidden = {_ORIGINAL_CODE[target]: f"{target.__module__}.{target.__qualname__}"
+                 for target in targets}
+    ran: list[str] = []
+
+    def watch(frame, event, arg) -> None:
+        if event == "call" and frame.f_code in forbidden:
+            ran.append(forbidden[frame.f_code])
+
+    @functools.wraps(function)
+    def run(*args, **kwargs):
+        previous = sys.getprofile()
+        sys.setprofile(watch)
+        try:
+            result = function(*args, **kwargs)
+        finally:
+            sys.setprofile(previous)
+        if ran:
+            raise CheckFailed(_write_it_yourself(ran[0]))
+        return result
+
+    return run
 
 
 def _numpy(x) -> np.ndarray:
@@ -116,9 +154,12 @@ def _convolutionize_case(function, rng, window: tuple, channels: int, activation
 def convolutionize(function) -> None:
     """``function(dense, window=(1, 1))`` turns a Dense layer that read a flattened
     ``window`` x channels map into the equivalent Conv2D."""
+    function = _refusing_kept_code(function, library_convolutionize)
     rng = np.random.default_rng(0)
-    _convolutionize_case(function, rng, (1, 1), channels=5, activation=None)
-    _convolutionize_case(function, rng, (2, 3), channels=4, activation="relu")
+    _convolutionize_case(function, rng, (1, 1), channels=int(rng.integers(3, 7)), activation=None)
+    window = (int(rng.integers(2, 4)), int(rng.integers(2, 5)))
+    _convolutionize_case(function, rng, window, channels=int(rng.integers(3, 6)),
+                         activation="relu")
 
 
 # --- fuse_skip -----------------------------------------------------------------------------------
@@ -136,11 +177,43 @@ def _learned_x2(model: keras.Model) -> int:
                and tuple(layer.strides) == (2, 2) for layer in model.layers)
 
 
+def _check_x2_responds(model: keras.Model, scores: np.ndarray, skip: np.ndarray, rng) -> None:
+    """The x2 upsampling *is* the transposed convolution: changing its kernel must change the
+    fused scores by what the layer itself then adds (not a fixed resize beside a transposed
+    convolution multiplied by zero, or by a small number)."""
+    base = _numpy(model([scores, skip]))
+    responses = []
+    for layer in model.layers:
+        if not (isinstance(layer, keras.layers.Conv2DTranspose) and layer.trainable
+                and tuple(layer.strides) == (2, 2)):
+            continue
+        original = _numpy(layer.kernel)
+        nudge = rng.normal(size=original.shape)
+        try:
+            before = _numpy(layer(scores))
+            layer.kernel.assign((original + nudge).astype(layer.kernel.dtype))
+            expected = _numpy(layer(scores)) - before
+        except Exception:  # the layer reads something else than the scores
+            expected = None
+        changed = _numpy(model([scores, skip])) - base
+        layer.kernel.assign(original.astype(layer.kernel.dtype))
+        if expected is not None and expected.shape == changed.shape and np.allclose(
+                changed, expected, atol=1e-4 * (1 + np.abs(expected).max())):
+            return
+        responses.append(float(np.abs(changed).max()) / (float(np.abs(expected).max()) + 1e-12)
+                         if expected is not None and expected.shape == changed.shape else 0.0)
+    require(False, "the x2 upsampling must be the transposed convolution itself, applied to the "
+                   "scores: changing its kernel must change the fused scores by what the layer "
+                   f"computes (yours changed them {max(responses, default=0.0):.2g} times as "
+                   "much); no fixed resize beside it, no factor on it")
+
+
 @LAB.check("fuse_skip", fallback=library_fuse_skip)
 @forbid(library_fuse_skip, library_fcn_head, library_fcn)
 @in_float32
 def fuse_skip(function) -> None:
     """``function(scores, skip, level)``: FCN's fusion of stride-2s scores with a stride-s skip."""
+    function = _refusing_kept_code(function, library_fuse_skip, library_fcn_head, library_fcn)
     rng = np.random.default_rng(1)
     model = _fusion_model(function)
     shape = tuple(model.output.shape)
@@ -163,6 +236,7 @@ def fuse_skip(function) -> None:
                   "at initialisation the upsampled scores must be bilinear interpolation of the "
                   "coarse ones: kernel 4 (= 2 x stride), padding='same', "
                   "kernel_initializer=BilinearUpsampling()")
+    _check_x2_responds(model, scores, skip, rng)
     _randomize(model)
     out = _numpy(model([scores, skip]))
     no_skip = _numpy(model([scores, np.zeros_like(skip)]))
@@ -290,6 +364,7 @@ def _check_final_upsampling(model: keras.Model, variant: str, rng) -> None:
 @in_float32
 def fcn_head(function) -> None:
     """``function(features, num_classes, variant, fuse=...)``: FCN-32s/16s/8s from P3..P5."""
+    function = _refusing_kept_code(function, library_fcn_head, library_fcn)
     rng = np.random.default_rng(2)
     models = {}
     for variant, skips in _SKIPS.items():
