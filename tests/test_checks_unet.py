@@ -56,9 +56,9 @@ def prepare_finetuning(model, learning_rate):
     return model
 
 
-def prepare_at_half_rate(model, learning_rate):
-    """Correct, at exactly lr / 2 (float32 rounds 5e-4 up a little)."""
-    _unfreeze_but_batchnorm(model).compile(keras.optimizers.Adam(learning_rate / 2),
+def prepare_at_a_tenth(model, learning_rate):
+    """Correct: learning_rate * 0.1 rounds differently from learning_rate / 10."""
+    _unfreeze_but_batchnorm(model).compile(keras.optimizers.Adam(learning_rate * 0.1),
                                            SparseCEDice(3))
     return model
 
@@ -91,9 +91,9 @@ def test_the_solutions_get_every_point(capsys):
 
 
 @pytest.mark.fast
-def test_finetuning_at_exactly_half_the_rate_passes():
-    assert check.prepare_finetuning(prepare_at_half_rate)
-    assert check.prepare_finetuning(prepare_at_half_rate, learning_rate=3e-3)
+def test_finetuning_at_a_tenth_of_the_rate_passes():
+    assert check.prepare_finetuning(prepare_at_a_tenth)
+    assert check.prepare_finetuning(prepare_at_a_tenth, learning_rate=3e-3)
 
 
 def test_the_library_fallbacks_are_right_answers():
@@ -238,6 +238,38 @@ def ends_with_batchnorm(x, skip, filters, name):
     return x
 
 
+def nearest_then_1x1_transposed(x, skip, filters, name):
+    """A fixed nearest-neighbour x2, then a 1x1 stride-1 Conv2DTranspose: a Conv2DTranspose is
+    there, but it learns no upsampling (each 2x2 patch: four copies of one value)."""
+    x = layers.UpSampling2D(2, name=f"{name}_up")(x)
+    x = layers.Conv2DTranspose(filters, 1, strides=1, name=f"{name}_upconv")(x)
+    if skip is not None:
+        x = layers.Concatenate(name=f"{name}_concat")([x, skip])
+    return _convs(x, filters, name)
+
+
+def nearest_beside_a_dead_upconv(x, skip, filters, name):
+    """Nearest neighbour does the work; a stride-2 Conv2DTranspose is added times zero."""
+    up = layers.Conv2D(filters, 1, name=f"{name}_project")(layers.UpSampling2D(
+        2, name=f"{name}_up")(x))
+    dead = layers.Conv2DTranspose(filters, 2, strides=2, name=f"{name}_upconv")(x)
+    x = layers.Add(name=f"{name}_sum")([up, layers.Rescaling(0.0, name=f"{name}_dead")(dead)])
+    if skip is not None:
+        x = layers.Concatenate(name=f"{name}_concat")([x, skip])
+    return _convs(x, filters, name)
+
+
+def no_relu_between_the_convolutions(x, skip, filters, name):
+    """conv -> BN -> conv -> BN -> ReLU: the two convolutions collapse into one linear map."""
+    x = layers.Conv2DTranspose(filters, 2, strides=2, name=f"{name}_upconv")(x)
+    if skip is not None:
+        x = layers.Concatenate(name=f"{name}_concat")([x, skip])
+    for part in "ab":
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_{part}_conv")(x)
+        x = layers.BatchNormalization(name=f"{name}_{part}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
 def fails_without_a_skip(x, skip, filters, name):
     x = layers.Conv2DTranspose(filters, 2, strides=2, name=f"{name}_upconv")(x)
     x = layers.Concatenate(name=f"{name}_concat")([x, skip])
@@ -267,6 +299,9 @@ WRONG_BLOCKS = [
     (three_convs, ("5x5 window", "changed 7x7")),
     (no_batchnorm, ("BatchNormalization", "has 0")),
     (ends_with_batchnorm, ("negative values", "end with ReLU")),
+    (nearest_then_1x1_transposed, ("double the resolution of x", "stride-1")),
+    (nearest_beside_a_dead_upconv, ("respond to the up-convolution's weights",)),
+    (no_relu_between_the_convolutions, ("ReLU between the two 3x3 convolutions",)),
     (fails_without_a_skip, ("skip is None", "without concatenating")),
     (fixed_layer_names, ("clash", "starting with `name`")),
     (delegates_to_the_library, ("write it yourself", "decoder_block")),
@@ -357,9 +392,19 @@ def same_rate(model, learning_rate):
     return model
 
 
-def just_above_half_rate(model, learning_rate):
-    _unfreeze_but_batchnorm(model).compile(keras.optimizers.Adam(learning_rate * 0.51),
-                                           SparseCEDice(3))
+def rate_divided_by(divisor):
+    def prepare(model, learning_rate):
+        _unfreeze_but_batchnorm(model).compile(keras.optimizers.Adam(learning_rate / divisor),
+                                               SparseCEDice(3))
+        return model
+
+    prepare.__name__ = f"rate_divided_by_{divisor:g}"
+    return prepare
+
+
+def fixed_rate(model, learning_rate):
+    """The notebook's LEARNING_RATE / 10 written out, not computed from the argument."""
+    _unfreeze_but_batchnorm(model).compile(keras.optimizers.Adam(3e-4), SparseCEDice(3))
     return model
 
 
@@ -382,8 +427,11 @@ WRONG_PREPARES = [
     (trainable_batchnorm, ("BatchNormalization", "frozen")),
     (recompile_only, ("still frozen", "trainable = True")),
     (no_recompile, ("Recompile",)),
-    (same_rate, ("learning rate well below", "0.001")),
-    (just_above_half_rate, ("learning rate well below",)),
+    (same_rate, ("10x lower", "(1x lower)")),
+    (rate_divided_by(2), ("10x lower", "(2x lower)")),
+    (rate_divided_by(1000), ("10x lower", "(1e+03x lower)")),
+    (rate_divided_by(8), ("10x lower",)),
+    (fixed_rate, ("10x lower",)),
     (freezes_the_decoder, ("decoder must stay trainable",)),
     (delegates_to_backbones_unfreeze, ("write it yourself", "backbones.unfreeze")),
 ]

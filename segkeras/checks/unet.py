@@ -27,7 +27,9 @@ _RECEPTIVE_FIELD = 5  # two 3x3 convolutions: one input pixel reaches a 5x5 outp
 # one pixel of x: a 2x2 up-convolution with stride 2 makes a 2x2 patch of it, the two 3x3
 # convolutions widen that by 4 (bilinear upsampling reaches 4x4, hence 8x8)
 _UPCONV_FIELD = 2 + _RECEPTIVE_FIELD - 1
-_RELATIVE_TOLERANCE = 1e-6  # a float32 learning rate of exactly learning_rate / 2 is a bit above
+# Fine-tuning's learning rate: the lab asks for one 10x lower than the first stage's; float32
+# rounding and `learning_rate * 0.1` against `/ 10` differ by far less than the tolerance.
+_FINETUNING_RATIO, _RATIO_TOLERANCE = 10.0, 0.01
 
 
 def _library_decoder_block(x, skip, filters: int, name: str):
@@ -75,6 +77,64 @@ def _convolutions(model: keras.Model, kernel: tuple) -> list:
             and tuple(layer.kernel_size) == kernel]
 
 
+def _output(model: keras.Model, inputs: list) -> np.ndarray:
+    return keras.ops.convert_to_numpy(model(inputs, training=False)).astype("float64")
+
+
+def _input_shape(layer) -> tuple | None:
+    try:
+        return tuple(layer.input.shape[1:])
+    except (AttributeError, ValueError):  # a layer used more than once
+        return None
+
+
+def _check_learned_upsampling(model: keras.Model) -> None:
+    """The x2 upsampling is a trainable stride-2 Conv2DTranspose of x itself, and the output
+    responds to its kernel (not a fixed UpSampling2D followed by a 1x1, stride-1 one)."""
+    upconvs = [layer for layer in model.layers
+               if isinstance(layer, keras.layers.Conv2DTranspose) and layer.trainable
+               and tuple(layer.strides) == (2, 2)
+               and _input_shape(layer) == _LOW_SHAPE]
+    require(bool(upconvs),
+            "The up-convolution itself must double the resolution of x: "
+            "layers.Conv2DTranspose(filters, 2, strides=2) applied to x (a fixed UpSampling2D "
+            "followed by a stride-1 Conv2DTranspose only learns a 1x1 projection: each 2x2 "
+            "patch gets four copies of one value).")
+    inputs = [_inputs(4, _LOW_SHAPE), _inputs(5, _SKIP_SHAPE)]
+    before = _output(model, inputs)
+    layer = upconvs[0]
+    kernel = keras.ops.convert_to_numpy(layer.kernel)
+    layer.kernel.assign(kernel + np.random.default_rng(6).normal(size=kernel.shape).astype(
+        kernel.dtype))
+    after = _output(model, inputs)
+    layer.kernel.assign(kernel)
+    require(not np.allclose(after, before, atol=1e-6),
+            "The output must respond to the up-convolution's weights (they are what U-Net "
+            "learns to upsample with): x goes through layers.Conv2DTranspose(filters, 2, "
+            "strides=2), nothing else.")
+
+
+def _check_nonlinearity_between(model: keras.Model) -> None:
+    """Between the two 3x3 convolutions there is a ReLU: what the second one reads is not an
+    affine function of the block's inputs (with BatchNorm in inference mode, conv -> BN -> conv
+    is one linear map)."""
+    second = _convolutions(model, (3, 3))[1]
+    try:
+        first_half = answer_model(model.inputs, second.input)
+    except (AttributeError, ValueError) as error:
+        raise CheckFailed(f"Use each 3x3 convolution layer once ({error}).") from None
+    u = [_inputs(7, _LOW_SHAPE), _inputs(8, _SKIP_SHAPE)]
+    v = [_inputs(9, _LOW_SHAPE), _inputs(10, _SKIP_SHAPE)]
+    zero = [np.zeros_like(array) for array in u]
+    both = [a + b for a, b in zip(u, v, strict=True)]
+    f = {name: _output(first_half, arrays)
+         for name, arrays in (("u", u), ("v", v), ("both", both), ("zero", zero))}
+    interaction = np.abs(f["both"] - f["u"] - f["v"] + f["zero"]).max()
+    require(interaction > 1e-3 * (1.0 + np.abs(f["both"]).max()),
+            "Put a ReLU between the two 3x3 convolutions (conv -> BatchNorm -> ReLU, twice): "
+            "with only BatchNormalization between them, two convolutions make one linear map.")
+
+
 @LAB.check("decoder_block", fallback=_library_decoder_block)
 @forbid(library_block, unet)
 @in_float32
@@ -119,6 +179,7 @@ def decoder_block(block: Callable) -> None:
     require(not np.allclose(other_skip, reference),
             "The output does not change when only the skip changes: concatenate the skip "
             "(the encoder features) with the upsampled x before the convolutions.")
+    _check_learned_upsampling(model)
 
     window = _window_of_one_pixel(model, [x, s], which=1)
     require(window == (_RECEPTIVE_FIELD, _RECEPTIVE_FIELD),
@@ -131,6 +192,7 @@ def decoder_block(block: Callable) -> None:
             f"the 2x2 up-convolution with stride 2 turns it into a 2x2 patch, the two 3x3 "
             f"convolutions widen that by 4. It changed {window[0]}x{window[1]}: upsample with "
             "layers.Conv2DTranspose(filters, 2, strides=2) (kernel 2, stride 2, nothing else).")
+    _check_nonlinearity_between(model)
 
     last_block = ("The last block of the U-Net has no skip (skip is None): upsample and "
                   "convolve without concatenating; for filters=8 it should return (32, 32, 8)")
@@ -236,10 +298,12 @@ def _train_one_step(model: keras.Model) -> float:
 @LAB.check("prepare_finetuning", fallback=_library_prepare_finetuning)
 @forbid(backbones.unfreeze, backbones.train_from_scratch)
 @in_float32
-def prepare_finetuning(prepare: Callable, learning_rate: float = 1e-3) -> None:
+def prepare_finetuning(prepare: Callable, learning_rate: float | None = None) -> None:
     """``prepare(model, learning_rate)``: encoder trainable except BatchNorm, recompiled with a
-    segmentation loss and a learning rate at most half of ``learning_rate`` (the rate of the
-    frozen-encoder stage)."""
+    segmentation loss and a learning rate 10x lower than ``learning_rate`` (the rate of the
+    frozen-encoder stage; drawn at random unless given)."""
+    if learning_rate is None:
+        learning_rate = float(10 ** np.random.default_rng(11).uniform(-3.5, -2.0))
     model = _small_unet(encoder_trainable=False)
     # no loss here: Keras keeps the previous loss when a recompile names none
     model.compile(keras.optimizers.Adam(learning_rate))
@@ -271,9 +335,12 @@ def prepare_finetuning(prepare: Callable, learning_rate: float = 1e-3) -> None:
     require(callable(loss) and _prefers_the_true_class(loss),
             f"Your loss is not lower for logits that score each pixel's true class: {_LOSS_HINT}.")
     rate = _learning_rate(model)
-    require(0.0 < rate <= learning_rate / 2 * (1 + _RELATIVE_TOLERANCE),
-            f"Fine-tune with a learning rate well below the first stage's {learning_rate:g} "
-            f"(e.g. learning_rate / 10); the optimizer has {rate:g}.")
+    wanted = learning_rate / _FINETUNING_RATIO
+    require(abs(rate - wanted) <= _RATIO_TOLERANCE * wanted,
+            f"Fine-tune with a learning rate 10x lower than the first stage's: for "
+            f"learning_rate={learning_rate:.4g} the optimizer should have learning_rate / 10 = "
+            f"{wanted:.4g}, yours has {rate:.4g} ({learning_rate / rate if rate else 0:.3g}x "
+            "lower). Much lower barely moves the encoder; compute it from the argument.")
 
     moving = [keras.ops.convert_to_numpy(w).copy() for w in encoder.non_trainable_weights]
     kernels = [keras.ops.convert_to_numpy(w).copy() for w in encoder.trainable_weights]
