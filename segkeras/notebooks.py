@@ -134,7 +134,7 @@ def execute(path: Path, timeout: int = 3600) -> None:
 
     notebook = _read(path)
     environment = {key: value for key, value in os.environ.items()
-                   if key not in ("SEGKERAS_QUICK", "SEGKERAS_WEIGHTS", "SEGKERAS_GRADING")}
+                   if key not in ("SEGKERAS_QUICK", "SEGKERAS_WEIGHTS")}
     client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}})
     old_environment = dict(os.environ)
