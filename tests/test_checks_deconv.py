@@ -2,7 +2,6 @@
 refuse answers that call the Keras or segkeras code implementing the exercise, and say "not
 answered yet" for the lab's stubs. Their numpy references agree with Keras and segkeras."""
 
-import inspect
 import itertools
 
 import keras
@@ -13,6 +12,7 @@ import segkeras.layers
 import segkeras.models.deconv
 from segkeras.checks import core
 from segkeras.checks import deconv as checks
+from segkeras.grading.answer import LocalAnswer
 from segkeras.unpooling import MaxUnpooling, max_pool_switches
 
 layers = keras.layers
@@ -421,4 +421,4 @@ def test_the_library_fallbacks_are_right_answers():
     for name in checks.LAB.exercises:
         fallback = checks.use(name, stub)
         assert fallback is not stub and fallback not in checks.PRIVATE
-        core.in_float32(inspect.unwrap(getattr(checks, name)))(fallback)
+        core.in_float32(checks.LAB.judges[name])(LocalAnswer(name, (fallback,)))

@@ -21,16 +21,9 @@ import numpy as np
 import segkeras.layers
 import segkeras.models.deconv
 import segkeras.unpooling
-from segkeras.checks.core import (
-    CheckFailed,
-    Lab,
-    answer_model,
-    forbid,
-    in_float32,
-    reference,
-    require,
-    require_close,
-)
+from segkeras.checks.core import CheckFailed, Lab, answer_model, in_float32, require, require_close
+from segkeras.grading.answer import Answer
+from segkeras.grading.probes import keras_input, probe
 
 LAB = Lab("02_transposed_convolutions", {
     "transposed_output_size": 2, "overlap_counts": 2, "bilinear_kernel": 3,
@@ -60,9 +53,19 @@ _KERAS_TRANSPOSED = (
 )
 
 
-def _rng(seed: int) -> np.random.Generator:
-    """The random inputs of a check."""
-    return np.random.default_rng(seed)
+@probe
+def build_from_specs(function, specs: list, *args) -> keras.Model:
+    """The model of ``function(*inputs, *args)``, one ``keras.Input`` per ``(shape, dtype, name)``
+    spec of ``specs`` (positional). (The core's ``build_model`` reads a list of two specs as one
+    spec.)"""
+    tensors = [keras_input(spec) for spec in specs]
+    return answer_model(tensors, function(*tensors, *args))
+
+
+@probe
+def call_each(function, cases: list) -> list:
+    """``function(*case)`` for every case (one round trip to the grader's worker)."""
+    return [function(*case) for case in cases]
 
 
 def _numpy(x) -> np.ndarray:
@@ -93,15 +96,14 @@ def _size_cases(rng: np.random.Generator) -> list[tuple[int, int, int, str]]:
     return [cases[i] for i in rng.permutation(len(cases))]
 
 
-@LAB.check("transposed_output_size", fallback=_library_output_size)
-@forbid(*_KERAS_TRANSPOSED, reference_output_size)
+@LAB.check("transposed_output_size", forbid=_KERAS_TRANSPOSED, fallback=_library_output_size)
 @in_float32
-def transposed_output_size(function) -> None:
-    """``function(size, kernel, stride, padding)`` -> the output side of ``Conv2DTranspose``."""
-    for size, kernel, stride, padding in _size_cases(_rng(0)):
-        with reference():
-            expected = reference_output_size(size, kernel, stride, padding)
-        got = function(size, kernel, stride, padding)
+def transposed_output_size(answer: Answer) -> None:
+    """``answer(size, kernel, stride, padding)`` -> the output side of ``Conv2DTranspose``."""
+    cases = _size_cases(answer.rng)
+    for (size, kernel, stride, padding), got in zip(cases, answer.probe(call_each, cases),
+                                                     strict=True):
+        expected = reference_output_size(size, kernel, stride, padding)
         require(got == expected,
                 f"size={size}, kernel={kernel}, stride={stride}, padding={padding!r}: Keras "
                 f"gives {expected}, you gave {got}. "
@@ -135,15 +137,13 @@ def _count_cases(rng: np.random.Generator) -> list[tuple[int, int, int]]:
     return cases
 
 
-@LAB.check("overlap_counts", fallback=_library_overlap_counts)
-@forbid(*_KERAS_TRANSPOSED, reference_overlap_counts, reference_output_size)
+@LAB.check("overlap_counts", forbid=_KERAS_TRANSPOSED, fallback=_library_overlap_counts)
 @in_float32
-def overlap_counts(function) -> None:
-    """``function(size, kernel, stride)`` -> how many input pixels write each output pixel."""
-    for size, kernel, stride in _count_cases(_rng(1)):
-        with reference():
-            expected = reference_overlap_counts(size, kernel, stride)
-        got = np.asarray(function(size, kernel, stride))
+def overlap_counts(answer: Answer) -> None:
+    """``answer(size, kernel, stride)`` -> how many input pixels write each output pixel."""
+    for size, kernel, stride in _count_cases(answer.rng):
+        expected = reference_overlap_counts(size, kernel, stride)
+        got = np.asarray(answer(size, kernel, stride))
         require(got.shape == expected.shape,
                 f"size={size}, kernel={kernel}, stride={stride}: expected one count per output "
                 f"pixel, {len(expected)} of them ('valid' output size), got shape {got.shape}")
@@ -179,13 +179,13 @@ def _library_bilinear_kernel(size: int, channels: int) -> np.ndarray:
     return segkeras.layers.bilinear_kernel(size, channels, channels)
 
 
-@LAB.check("bilinear_kernel", fallback=_library_bilinear_kernel)
-@forbid(segkeras.layers.bilinear_kernel, segkeras.layers.BilinearUpsampling,
-        reference_bilinear_kernel)
+@LAB.check("bilinear_kernel",
+           forbid=[segkeras.layers.bilinear_kernel, segkeras.layers.BilinearUpsampling],
+           fallback=_library_bilinear_kernel)
 @in_float32
-def bilinear_kernel(function) -> None:
-    """``function(size, channels)`` -> the (size, size, channels, channels) bilinear kernel."""
-    kernel = np.asarray(function(4, 1))
+def bilinear_kernel(answer: Answer) -> None:
+    """``answer(size, channels)`` -> the (size, size, channels, channels) bilinear kernel."""
+    kernel = np.asarray(answer(4, 1))
     require(kernel.shape == (4, 4, 1, 1),
             f"bilinear_kernel(4, 1) must have shape (4, 4, 1, 1) (Conv2DTranspose's "
             f"(size, size, channels_out, channels_in)), got {kernel.shape}")
@@ -194,10 +194,9 @@ def bilinear_kernel(function) -> None:
                   "a Conv2DTranspose(kernel 4, stride 2, 'same') with your kernel must upsample "
                   "a ramp like bilinear resizing (away from the borders): check the taps "
                   "1 - |i - centre| / factor, factor = (size + 1) // 2")
-    for size in (2, 3, 5, 6, 8, int(_rng(2).integers(9, 16))):
-        with reference():
-            expected = reference_bilinear_kernel(size, 3)
-        got = np.asarray(function(size, 3))
+    for size in (2, 3, 5, 6, 8, int(answer.rng.integers(9, 16))):
+        expected = reference_bilinear_kernel(size, 3)
+        got = np.asarray(answer(size, 3))
         require(got.shape == expected.shape,
                 f"bilinear_kernel({size}, 3) must have shape {expected.shape}, got {got.shape}")
         off_diagonal = got * (1.0 - np.eye(3))[None, None]
@@ -271,21 +270,20 @@ def _check_normalise_then_relu(model: keras.Model, rng: np.random.Generator) -> 
                   atol=1e-3)
 
 
-@LAB.check("upsampling_block", fallback=segkeras.models.deconv.upsampling_block)
-@forbid(segkeras.models.deconv.upsampling_block)
+@LAB.check("upsampling_block", forbid=[segkeras.models.deconv.upsampling_block],
+           fallback=segkeras.models.deconv.upsampling_block)
 @in_float32
-def upsampling_block(function) -> None:
-    """``function(x, skip, filters, name)``: a x2 transposed convolution, the 1x1-projected skip
+def upsampling_block(answer: Answer) -> None:
+    """``answer(x, skip, filters, name)``: a x2 transposed convolution, the 1x1-projected skip
     added, then BatchNorm and ReLU."""
     filters = 6
-    x = keras.Input((4, 4, 5), name="coarse")
-    plain = keras.Model(x, function(x, None, filters, "plain"))
+    x, skip = ((4, 4, 5), "float32", "coarse"), ((8, 8, 3), "float32", "skip")
+    plain = answer.probe(build_from_specs, [x], None, filters, "plain")
     shape = tuple(plain.output.shape)
     require(shape == (None, 8, 8, filters),
             f"without a skip, a 4x4 map must become 8x8 with {filters} channels, got {shape}: "
             f"Conv2DTranspose({filters}, 4, strides=2, padding='same')")
-    skip = keras.Input((8, 8, 3), name="skip")
-    model = keras.Model([x, skip], function(x, skip, filters, "with_skip"))
+    model = answer.probe(build_from_specs, [x, skip], filters, "with_skip")
     shape = tuple(model.output.shape)
     require(shape == (None, 8, 8, filters),
             f"with an 8x8 skip of 3 channels the output must still be 8x8x{filters}, got {shape}: "
@@ -297,7 +295,7 @@ def upsampling_block(function) -> None:
     require(any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers),
             "normalise the sum with BatchNormalization before the ReLU")
 
-    rng = _rng(3)
+    rng = answer.rng
     coarse = rng.uniform(0.0, 1.0, size=(1, 4, 4, 5)).astype("float32")
     features = rng.uniform(0.0, 1.0, size=(1, 8, 8, 3)).astype("float32")
     _set_weights(model, keras.layers.Conv2D, lambda s: rng.uniform(0.2, 1.0, s))
@@ -365,17 +363,15 @@ def _unpool_cases(rng: np.random.Generator) -> list[tuple[str, np.ndarray, np.nd
             ("windows with ties", np.array([[[2.0], [3.0]], [[4.0], [6.0]]]), ties)]
 
 
-@LAB.check("max_unpool", fallback=_library_max_unpool)
-@forbid(segkeras.unpooling.max_pool_switches, segkeras.unpooling.MaxUnpooling,
-        reference_max_unpool)
+@LAB.check("max_unpool",
+           forbid=[segkeras.unpooling.max_pool_switches, segkeras.unpooling.MaxUnpooling],
+           fallback=_library_max_unpool)
 @in_float32
-def max_unpool(function) -> None:
-    """``function(values, pre_pool)``: each value back at its window's first maximum."""
-    for case, values, pre_pool in _unpool_cases(_rng(7)):
-        with reference():
-            expected = reference_max_unpool(values, pre_pool)
-        got = np.asarray(keras.ops.convert_to_numpy(function(values.copy(), pre_pool.copy())),
-                         dtype="float64")
+def max_unpool(answer: Answer) -> None:
+    """``answer(values, pre_pool)``: each value back at its window's first maximum."""
+    for case, values, pre_pool in _unpool_cases(answer.rng):
+        expected = reference_max_unpool(values, pre_pool)
+        got = np.asarray(answer(values, pre_pool), dtype="float64")
         require(got.shape == pre_pool.shape,
                 f"{case}: the output has the pre-pool shape {pre_pool.shape}, got {got.shape}")
         require(np.count_nonzero(got) <= np.count_nonzero(values),
@@ -387,7 +383,7 @@ def max_unpool(function) -> None:
                       "row-major order (top-left, top-right, bottom-left, bottom-right)")
 
 
-# The checks' own references: refused as answers (each check forbids the ones of its exercise).
+# The checks' own references: refused as answers, forbidden while any answer runs.
 PRIVATE = (reference_output_size, reference_overlap_counts, reference_bilinear_kernel,
            reference_max_unpool)
 
