@@ -22,14 +22,14 @@ from segkeras.checks.core import (
     Lab,
     _write_it_yourself,
     answer_model,
-    forbid,
     in_float32,
-    reference,
     require,
     require_close,
 )
 from segkeras.errors import SegkerasError
 from segkeras.fcn_stages import initialize_from
+from segkeras.grading.answer import Answer
+from segkeras.grading.probes import probe
 from segkeras.models.fcn import convolutionize as library_convolutionize
 from segkeras.models.fcn import fcn as library_fcn
 from segkeras.models.fcn import fcn_head as library_fcn_head
@@ -43,9 +43,16 @@ _IMAGE = 64
 _FEATURES = {"P3": (8, 8, 6), "P4": (4, 4, 7), "P5": (2, 2, 9)}  # of a 64x64 image
 _SKIPS = {"8s": ("P4", "P3"), "16s": ("P4",), "32s": ()}  # checked finest first: richest hints
 
-# The code of the library functions the checks forbid, taken when this module is imported, before
-# any check swaps it: an answer that kept a forbidden function's ``__code__`` from before the swap
-# (``types.FunctionType(convolutionize.__code__, ...)``) still runs this very code object.
+# What implements each exercise: forbidden while the answer runs ("write it yourself").
+_FORBID = {"convolutionize": (library_convolutionize,),
+           "fuse_skip": (library_fuse_skip, library_fcn_head, library_fcn),
+           "fcn_head": (library_fcn_head, library_fcn)}
+
+# The code of those functions, taken when this module is imported, before any check swaps it:
+# in the kernel an answer that kept a forbidden function's ``__code__`` from before the swap
+# (``types.FunctionType(convolutionize.__code__, ...)``) still runs this very code object, which
+# the probes watch for. (The grader's worker swaps before the answer is defined: what an answer
+# keeps there is the stub.)
 _ORIGINAL_CODE = {function: function.__code__ for function in (
     library_convolutionize, library_fuse_skip, library_fcn_head, library_fcn)}
 
@@ -103,11 +110,20 @@ def _dense(rng, inputs: int, units: int, activation: str | None) -> keras.layers
     return dense
 
 
-def _convolutionize_case(function, rng, window: tuple, channels: int, activation) -> None:
+@probe
+def convolutionize_layer(function, dense: keras.layers.Dense, window: tuple):
+    """``function(dense)`` for a 1x1 window (the lab's default), else ``function(dense,
+    window)``; an answer running the library's original code fails."""
+    function = _refusing_kept_code(function, *_FORBID["convolutionize"])
+    return function(dense) if tuple(window) == (1, 1) else function(dense, tuple(window))
+
+
+def _convolutionize_case(answer: Answer, window: tuple, channels: int, activation) -> None:
+    rng = answer.rng
     height, width = window
     units = 4
     dense = _dense(rng, height * width * channels, units, activation)
-    conv = function(dense) if window == (1, 1) else function(dense, window)
+    conv = answer.probe(convolutionize_layer, dense, window)
     require(callable(conv), "return the Conv2D layer (built, with the Dense layer's weights)")
     x = rng.normal(size=(2, height, width, channels)).astype("float32")
     expected = _numpy(dense(x.reshape(2, -1)))
@@ -148,24 +164,24 @@ def _convolutionize_case(function, rng, window: tuple, channels: int, activation
                   f"window below it. {slides}")
 
 
-@LAB.check("convolutionize", fallback=library_convolutionize)
-@forbid(library_convolutionize)
+@LAB.check("convolutionize", forbid=_FORBID["convolutionize"], fallback=library_convolutionize)
 @in_float32
-def convolutionize(function) -> None:
-    """``function(dense, window=(1, 1))`` turns a Dense layer that read a flattened
+def convolutionize(answer: Answer) -> None:
+    """``answer(dense, window=(1, 1))`` turns a Dense layer that read a flattened
     ``window`` x channels map into the equivalent Conv2D."""
-    function = _refusing_kept_code(function, library_convolutionize)
-    rng = np.random.default_rng(0)
-    _convolutionize_case(function, rng, (1, 1), channels=int(rng.integers(3, 7)), activation=None)
+    rng = answer.rng
+    _convolutionize_case(answer, (1, 1), channels=int(rng.integers(3, 7)), activation=None)
     window = (int(rng.integers(2, 4)), int(rng.integers(2, 5)))
-    _convolutionize_case(function, rng, window, channels=int(rng.integers(3, 6)),
-                         activation="relu")
+    _convolutionize_case(answer, window, channels=int(rng.integers(3, 6)), activation="relu")
 
 
 # --- fuse_skip -----------------------------------------------------------------------------------
 
 
-def _fusion_model(function, channels: int = 5) -> keras.Model:
+@probe
+def fusion_model(function, channels: int) -> keras.Model:
+    """The model of ``function(scores, skip, "P4")`` on 4x4 scores and an 8x8 skip."""
+    function = _refusing_kept_code(function, *_FORBID["fuse_skip"])
     scores = keras.Input((4, 4, _NUM_CLASSES), name="coarse_scores")
     skip = keras.Input((8, 8, channels), name="skip_features")
     return answer_model([scores, skip], function(scores, skip, "P4"))
@@ -208,14 +224,12 @@ def _check_x2_responds(model: keras.Model, scores: np.ndarray, skip: np.ndarray,
                    "much); no fixed resize beside it, no factor on it")
 
 
-@LAB.check("fuse_skip", fallback=library_fuse_skip)
-@forbid(library_fuse_skip, library_fcn_head, library_fcn)
+@LAB.check("fuse_skip", forbid=_FORBID["fuse_skip"], fallback=library_fuse_skip)
 @in_float32
-def fuse_skip(function) -> None:
-    """``function(scores, skip, level)``: FCN's fusion of stride-2s scores with a stride-s skip."""
-    function = _refusing_kept_code(function, library_fuse_skip, library_fcn_head, library_fcn)
-    rng = np.random.default_rng(1)
-    model = _fusion_model(function)
+def fuse_skip(answer: Answer) -> None:
+    """``answer(scores, skip, level)``: FCN's fusion of stride-2s scores with a stride-s skip."""
+    rng = answer.rng
+    model = answer.probe(fusion_model, 5)
     shape = tuple(model.output.shape)
     require(shape == (None, 8, 8, _NUM_CLASSES),
             f"4x4 scores of {_NUM_CLASSES} classes fused with an 8x8 skip must give 8x8 scores "
@@ -259,7 +273,7 @@ def fuse_skip(function) -> None:
                   "class scores are linear in the features: no activation on the skip's 1x1 "
                   "score layer (FCN's scores are logits)")
     try:
-        initialize_from(_fusion_model(function), _fusion_model(function))
+        initialize_from(answer.probe(fusion_model, 5), answer.probe(fusion_model, 5))
     except SegkerasError:
         require(False, "name the layers after level (f'upscore_to_{level}', f'score_{level}'): "
                        "the lab's staged training carries FCN-16s' weights over to FCN-8s by "
@@ -276,16 +290,28 @@ class _RecordingFuse:
         self.calls: list[tuple] = []
 
     def __call__(self, scores, skip, level):
-        with reference():
-            fused = library_fuse_skip(scores, skip, level)
+        fused = library_fuse_skip(scores, skip, level)
         self.calls.append((scores, skip, level, fused))
         return fused
 
 
-def _head_model(function, variant: str, fuse: _RecordingFuse) -> tuple[keras.Model, dict]:
+@probe
+def head_model(function, variant: str) -> tuple[keras.Model, list[dict]]:
+    """The model of ``function(features, num_classes, variant, fuse=...)`` on P3..P5 inputs, and
+    what the head did with ``fuse`` (a recording library fusion): each call's level, whether it
+    got that level's features themselves, the shape of the scores it got, and whether those were
+    what the previous call returned."""
+    function = _refusing_kept_code(function, *_FORBID["fcn_head"])
     features = {level: keras.Input(shape, name=level) for level, shape in _FEATURES.items()}
-    logits = function(features, _NUM_CLASSES, variant, fuse=fuse)
-    return answer_model(features, logits), features
+    fuse = _RecordingFuse()
+    model = answer_model(features, function(features, _NUM_CLASSES, variant, fuse=fuse))
+    calls, previous = [], None
+    for scores, skip, level, fused in fuse.calls:
+        calls.append({"level": str(level), "skip_is_features": skip is features.get(level),
+                      "scores_shape": [int(n) if n is not None else -1 for n in scores.shape[1:]],
+                      "chained": scores is previous})
+        previous = fused
+    return model, calls
 
 
 def _spatial(tensor) -> int | None:
@@ -306,10 +332,10 @@ def _straight_to_image(model: keras.Model, final_size: int) -> bool:
     return False
 
 
-def _check_cascade(model: keras.Model, features: dict, fuse: _RecordingFuse, variant: str) -> None:
+def _check_cascade(model: keras.Model, calls: list[dict], variant: str) -> None:
     skips = _SKIPS[variant]
     final_stride = 32 // 2 ** len(skips)
-    levels = tuple(level for _, _, level, _ in fuse.calls)
+    levels = tuple(call["level"] for call in calls)
     if levels != skips:
         require(not _straight_to_image(model, _IMAGE // final_stride),
                 f"FCN-{variant} is a cascade of learned x2 upsamplings, not a sum of levels each "
@@ -323,19 +349,18 @@ def _check_cascade(model: keras.Model, features: dict, fuse: _RecordingFuse, var
         require(False, f"FCN-{variant} fuses {', '.join(skips) or 'no skip'} with the `fuse` "
                        f"argument, coarsest first (16s adds P4, 8s adds P4 then P3); yours "
                        f"called fuse for {', '.join(levels) or 'no level'}")
-    previous = None
-    for scores, skip, level, fused in fuse.calls:
-        require(skip is features[level],
+    for index, call in enumerate(calls):
+        level = call["level"]
+        require(call["skip_is_features"],
                 f"give fuse the {level} features themselves: fuse(scores, features['{level}'], "
                 f"'{level}')")
-        if previous is None:
-            require(tuple(scores.shape[1:]) == (2, 2, _NUM_CLASSES),
+        if index == 0:
+            require(tuple(call["scores_shape"]) == (2, 2, _NUM_CLASSES),
                     "the cascade starts from the class scores of P5 (score_fr: a 1x1 "
                     "convolution with num_classes filters)")
         else:
-            require(scores is previous,
+            require(call["chained"],
                     f"chain the fusions: fuse {level} into the scores the previous fuse returned")
-        previous = fused
 
 
 def _check_final_upsampling(model: keras.Model, variant: str, rng) -> None:
@@ -359,42 +384,39 @@ def _check_final_upsampling(model: keras.Model, variant: str, rng) -> None:
             f"{stride}x{stride} pixels (nearest neighbour) or follow learned weights")
 
 
-@LAB.check("fcn_head", fallback=library_fcn_head)
-@forbid(library_fcn_head, library_fcn)
+@LAB.check("fcn_head", forbid=_FORBID["fcn_head"], fallback=library_fcn_head)
 @in_float32
-def fcn_head(function) -> None:
-    """``function(features, num_classes, variant, fuse=...)``: FCN-32s/16s/8s from P3..P5."""
-    function = _refusing_kept_code(function, library_fcn_head, library_fcn)
-    rng = np.random.default_rng(2)
+def fcn_head(answer: Answer) -> None:
+    """``answer(features, num_classes, variant, fuse=...)``: FCN-32s/16s/8s from P3..P5."""
+    rng = answer.rng
     models = {}
     for variant, skips in _SKIPS.items():
-        fuse = _RecordingFuse()
-        model, features = _head_model(function, variant, fuse)
+        model, calls = answer.probe(head_model, variant)
         stride = 32 // 2 ** len(skips)
         shape = tuple(model.output.shape)
         require(shape == (None, _IMAGE, _IMAGE, _NUM_CLASSES),
                 f"FCN-{variant} on a 64x64 image (P5 2x2) must return 64x64 logits of "
                 f"{_NUM_CLASSES} classes, got {shape}: after fusing {len(skips)} skip(s) the "
                 f"scores are at stride {stride}, so upsample them x{stride}")
-        trained, _ = _head_model(function, variant, _RecordingFuse())
-        _randomize(trained)
         inputs = {level: rng.normal(size=(1, *s)).astype("float32")
                   for level, s in _FEATURES.items()}
-        out = _numpy(trained(inputs))
+        initial = _numpy(model(inputs))
+        _randomize(model)
+        out = _numpy(model(inputs))
         for level in ("P3", "P4"):
             changed = dict(inputs, **{level: inputs[level] + 1.0})
-            reads = not np.allclose(_numpy(trained(changed)), out, atol=1e-5)
+            reads = not np.allclose(_numpy(model(changed)), out, atol=1e-5)
             require(reads == (level in skips),
                     f"FCN-{variant} must {'' if level in skips else 'not '}read {level}: it "
                     f"fuses {', '.join(skips) or 'no skip'} (16s adds P4, 8s adds P4 then P3)")
         changed = dict(inputs, P5=inputs["P5"] + 1.0)
-        require(not np.allclose(_numpy(trained(changed)), out, atol=1e-5),
+        require(not np.allclose(_numpy(model(changed)), out, atol=1e-5),
                 f"FCN-{variant} must score P5 (a 1x1 convolution, 'score_fr') and start from it")
-        _check_cascade(model, features, fuse, variant)
-        require(not np.any(_numpy(model(inputs))),
+        _check_cascade(model, calls, variant)
+        require(not np.any(initial),
                 f"a new FCN-{variant} must predict all-zero scores: initialise score_fr with "
                 "zeros (kernel_initializer='zeros'), as the paper does")
-        _check_final_upsampling(trained, variant, rng)
+        _check_final_upsampling(model, variant, rng)
         models[variant] = model
     try:
         initialize_from(models["16s"], models["32s"])
