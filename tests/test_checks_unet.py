@@ -1,8 +1,6 @@
 """Lab 03 checks: the solutions pass (lr / 2 included), each wrong answer fails with a hint that
 names the idea it misses, answers that call the library are refused."""
 
-import inspect
-
 import keras
 import pytest
 from keras import layers
@@ -10,6 +8,7 @@ from keras import layers
 from segkeras import backbones
 from segkeras.checks import core
 from segkeras.checks import unet as check
+from segkeras.grading.answer import LocalAnswer
 from segkeras.losses import SparseCEDice
 from segkeras.models.unet import decoder_block as library_block
 from segkeras.models.unet import unet
@@ -92,7 +91,9 @@ def test_the_solutions_get_every_point(capsys):
 @pytest.mark.fast
 def test_finetuning_at_a_tenth_of_the_rate_passes():
     assert check.prepare_finetuning(prepare_at_a_tenth)
-    assert check.prepare_finetuning(prepare_at_a_tenth, learning_rate=3e-3)
+    result = core.outcome(check.LAB.judges["prepare_finetuning"], "prepare_finetuning", 2,
+                          LocalAnswer("prepare_finetuning", (prepare_at_a_tenth,), seed=3))
+    assert result.passed, result.message  # another drawn learning rate
 
 
 def test_the_library_fallbacks_are_right_answers():
@@ -101,8 +102,8 @@ def test_the_library_fallbacks_are_right_answers():
     for name in check.LAB.exercises:
         fallback = check.use(name, stub)
         assert fallback is not stub
-        # raises CheckFailed if wrong; float32 as the check runs (unwrap drops in_float32)
-        core.in_float32(inspect.unwrap(getattr(check, name)))(fallback)
+        # raises CheckFailed if wrong; without the forbidden functions' swaps
+        check.LAB.judges[name](LocalAnswer(name, (fallback,)))
 
 
 def test_unanswered_exercises_score_zero_and_use_falls_back(capsys):
