@@ -362,17 +362,31 @@ class _Swap:
 _ACTIVE: list[_Swap] = []  # the swaps in place while a forbidding check runs
 
 
-@contextlib.contextmanager
-def forbidding(targets) -> Iterator[None]:
-    """While the block runs, calling any of ``targets`` (functions, methods such as
-    ``segkeras.layers.RoIAlign.call``, or classes) fails with "write it yourself", however the
-    student imported them; targets already forbidden by an enclosing block stay so."""
+def _new_swaps(targets) -> list[_Swap]:
+    """Swaps for ``targets`` not forbidden already (one per function, class or method)."""
     owners = {swap.owner for swap in _ACTIVE}
     swaps = []
     for target in targets:
         if _Swap.owner_of(target) not in owners:
             owners.add(_Swap.owner_of(target))
             swaps.append(_Swap(target))
+    return swaps
+
+
+def swap_out(targets) -> list[_Swap]:
+    """Forbid ``targets`` for good (the grader's worker, before any student code runs)."""
+    swaps = _new_swaps(targets)
+    for swap in swaps:
+        swap.on()
+    return swaps
+
+
+@contextlib.contextmanager
+def forbidding(targets) -> Iterator[None]:
+    """While the block runs, calling any of ``targets`` (functions, methods such as
+    ``segkeras.layers.RoIAlign.call``, or classes) fails with "write it yourself", however the
+    student imported them; targets already forbidden by an enclosing block stay so."""
+    swaps = _new_swaps(targets)
     start = len(_FORBIDDEN_CALLS)
     try:
         for swap in swaps:
