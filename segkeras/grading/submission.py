@@ -178,10 +178,11 @@ def shipped(lab: str) -> tuple[str, dict]:
     return setup, spec
 
 
-def lab_of(notebook: nbformat.NotebookNode) -> str | None:
-    """The lab a notebook belongs to: its ``metadata.segkeras.lab``, else its check cells'."""
+def lab_of(notebook: nbformat.NotebookNode, trust_metadata: bool = True) -> str | None:
+    """The lab a notebook belongs to: its ``metadata.segkeras.lab`` (unless not
+    ``trust_metadata``), else its check cells'."""
     stamped = notebook.get("metadata", {}).get("segkeras", {}).get("lab")
-    if stamped:
+    if stamped and trust_metadata:
         return str(stamped)
     from segkeras.checks import core
 

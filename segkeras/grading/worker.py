@@ -126,27 +126,21 @@ class Session:
         forbidden = self.core._FORBIDDEN_CALLS
         start = len(forbidden)
         try:
-            try:
-                value = as_data(run(), self.exercise)
-            finally:
-                called = forbidden[start:]
-                del forbidden[start:]
-            if called:
-                raise CheckFailed(self.core._write_it_yourself(called[0]))
-            return {"ok": True, "value": value}
-        except CheckFailed:
-            if called:
-                failure = CheckFailed(self.core._write_it_yourself(called[0]))
-            return {"ok": False, "kind": "failed", "message": str(failure)}
+            reply = {"ok": True, "value": as_data(run(), self.exercise)}
+        except CheckFailed as failure:
+            reply = {"ok": False, "kind": "failed", "message": str(failure)}
         except Exception as error:
-            if called:
-                return {"ok": False, "kind": "failed",
-                        "message": self.core._write_it_yourself(called[0])}
-            return {"ok": False, "kind": "error", "type": type(error).__name__,
-                    "message": str(error)}
+            reply = {"ok": False, "kind": "error", "type": type(error).__name__,
+                     "message": str(error)}
         except BaseException as error:  # SystemExit, KeyboardInterrupt...
             detail = f": {error}" if str(error) else ""
-            return {"ok": False, "kind": "ended", "message": f"{type(error).__name__}{detail}"}
+            reply = {"ok": False, "kind": "ended", "message": f"{type(error).__name__}{detail}"}
+        called = forbidden[start:]
+        del forbidden[start:]
+        if called:  # however the answer handled the error
+            reply = {"ok": False, "kind": "failed",
+                     "message": self.core._write_it_yourself(called[0])}
+        return reply
 
     def load(self) -> dict:
         why = refusal(self.job["answer"])
