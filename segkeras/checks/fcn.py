@@ -36,6 +36,7 @@ from segkeras.models.fcn import fcn_head as library_fcn_head
 from segkeras.models.fcn import fuse_skip as library_fuse_skip
 
 LAB = Lab("01_fcn", {"convolutionize": 2, "fuse_skip": 3, "fcn_head": 4})
+PRIVATE = ()  # no references of its own: the fallbacks are the library's, forbidden as answers
 start, use, guard, total = LAB.start, LAB.use, LAB.guard, LAB.total
 
 _NUM_CLASSES = 3

@@ -320,9 +320,11 @@ def _prefers_the_true_class(loss) -> bool:
 
 
 def _train_one_step(model: keras.Model) -> dict:
-    """One training step: its loss (or the error it raised), whether the encoder's trainable
-    weights moved and whether its non-trainable ones (BatchNorm statistics) stayed."""
+    """One training step, run eagerly (tracing the train function takes ten times longer than
+    the step): its loss (or the error it raised), whether the encoder's trainable weights moved
+    and whether its non-trainable ones (BatchNorm statistics) stayed."""
     encoder = backbones.find_encoder(model)
+    model.run_eagerly = True
     moving = [keras.ops.convert_to_numpy(w).copy() for w in encoder.non_trainable_weights]
     kernels = [keras.ops.convert_to_numpy(w).copy() for w in encoder.trainable_weights]
     try:
