@@ -38,6 +38,18 @@ DEAD_TRANSPOSED_FUSION = '''def fuse_skip(scores, skip, level):
                                 name=f"score_{{level}}")(skip)
     return layers.Add(name=f"fuse_{{level}}")([upsampled, skip_scores])
 '''
+FIXED_RESIZE_HEAD = '''def fcn_head(features, num_classes, variant, fuse=None):
+    scores = layers.Conv2D(num_classes, 1, kernel_initializer="zeros", name="score_fr")(
+        features["P5"])
+    skips = {"32s": (), "16s": ("P4",), "8s": ("P4", "P3")}[variant]
+    for level in skips:  # its own fusion with a fixed resize, not `fuse`
+        upsampled = layers.UpSampling2D(2, interpolation="bilinear")(scores)
+        skip_scores = layers.Conv2D(num_classes, 1, kernel_initializer="zeros",
+                                    name=f"score_{level}")(features[level])
+        scores = layers.Add()([upsampled, skip_scores])
+    stride = 32 // 2 ** len(skips)
+    return layers.UpSampling2D(stride, interpolation="bilinear")(scores)
+'''
 
 # --- lab 02 ---------------------------------------------------------------------------------
 
@@ -94,6 +106,16 @@ FINETUNING_RATE = '''def prepare_finetuning(model, learning_rate):
                   loss=SparseCEDice(model.output.shape[-1]))
     return model
 '''
+FREEZE_EVERYTHING = '''def freeze_encoder(model):
+    model.trainable = False
+    return model
+'''
+FREEZE_CONVOLUTIONS_ONLY = '''def freeze_encoder(model):
+    for layer in backbones.find_encoder(model).layers:
+        if not isinstance(layer, layers.BatchNormalization):
+            layer.trainable = False
+    return model
+'''
 
 SOLUTION_NOTEBOOKS = {"01_fcn": 9, "02_transposed_convolutions": 12,
                       "03_unet_transfer_learning": 7}
@@ -103,8 +125,10 @@ SOLUTION_NOTEBOOKS = {"01_fcn": 9, "02_transposed_convolutions": 12,
 WRONG = [
     ("01_fcn", {"convolutionize": KEPT_CODE_CONVOLUTIONIZE,
                 "fuse_skip": DEAD_TRANSPOSED_FUSION.format(init="BilinearUpsampling()",
-                                                           factor=0.0)},
-     {"convolutionize": "write it yourself", "fuse_skip": "the transposed convolution itself"}),
+                                                           factor=0.0),
+                "fcn_head": FIXED_RESIZE_HEAD},
+     {"convolutionize": "write it yourself", "fuse_skip": "the transposed convolution itself",
+      "fcn_head": "x2 upsamplings are learned"}),
     ("02_transposed_convolutions", {
         "transposed_output_size": KERAS_INTERNAL_SIZE,
         "overlap_counts": REFERENCE.format(name="overlap_counts",
@@ -117,11 +141,15 @@ WRONG = [
       "bilinear_kernel": "write it yourself", "upsampling_block": "no activation before",
       "max_unpool": "write it yourself"}),
     ("03_unet_transfer_learning", {"decoder_block": NEAREST_THEN_1X1_TRANSPOSED,
+                                   "freeze_encoder": FREEZE_EVERYTHING,
                                    "prepare_finetuning": FINETUNING_RATE.format(divisor=1000)},
-     {"decoder_block": "double the resolution of x", "prepare_finetuning": "(1e+03x lower)"}),
+     {"decoder_block": "double the resolution of x", "freeze_encoder": "decoder must stay",
+      "prepare_finetuning": "(1e+03x lower)"}),
     ("03_unet_transfer_learning", {"decoder_block": NO_RELU_BETWEEN,
+                                   "freeze_encoder": FREEZE_CONVOLUTIONS_ONLY,
                                    "prepare_finetuning": FINETUNING_RATE.format(divisor=2)},
-     {"decoder_block": "ReLU between the two 3x3", "prepare_finetuning": "(2x lower)"}),
+     {"decoder_block": "ReLU between the two 3x3", "freeze_encoder": "still trainable",
+      "prepare_finetuning": "(2x lower)"}),
 ]
 
 
