@@ -9,10 +9,9 @@ import time
 
 import nbformat
 import pytest
+from grading_lab06 import POINTS, cases
 
 from segkeras.grading import cli
-
-from grading_lab06 import POINTS, cases
 
 
 @pytest.fixture(scope="module")

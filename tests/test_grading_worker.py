@@ -142,3 +142,19 @@ def test_a_worker_serves_its_answer_and_turns_failures_into_the_answers(monkeypa
     finally:
         for worker in workers.values():
             worker.close()
+
+
+def test_check_cell_outputs_give_nbgrader_the_graders_points():
+    import nbformat
+    from nbgrader.utils import determine_grade
+
+    from segkeras.grading.grade import ExerciseGrade
+    from segkeras.grading.nbgrader import SegkerasGrades, autograde_preprocessors, outputs
+
+    for points in (0, 1, 3):
+        cell = nbformat.v4.new_code_cell("checks.lab.x(x)", metadata={"nbgrader": {
+            "grade": True, "solution": False, "grade_id": "check_x", "points": 3}})
+        cell.outputs = outputs(ExerciseGrade("x", points, 3, "" if points == 3 else "a hint"))
+        assert determine_grade(cell) == (points, 3)
+    pipeline = autograde_preprocessors()
+    assert pipeline[pipeline.index(SegkerasGrades) - 1].__name__ == "Execute"

@@ -1,71 +1,77 @@
-"""nbgrader for real, offline: a course directory with lab 5's exercises, released with
-``nbgrader generate_assignment``, then autograded in grading mode (``SEGKERAS_GRADING=1``): the
-solution gets full points, the untouched lab 0, and a lab with one wrong answer loses exactly that
-exercise's points.
+"""nbgrader for real, offline, with the segkeras grader in its autograde pipeline (as the README's
+instructor guide configures it): a course directory with lab 6's graded part, released with
+``nbgrader generate_assignment``, then autograded. The solution gets full points, the untouched
+lab 0, a lab with one wrong answer loses exactly that exercise's points, and a tampered lab
+(environment flip, rebinding the checks, forging their results, patching numpy, an infinite loop,
+sys.exit, a crashing import) scores what its honest answers earn: the check cells' outputs come
+from the grader, which runs each answer in its own process, not from the student's kernel.
 
-To keep it quick the assignment is lab 5 cut down to its graded part: the cell that starts the
-lab, the solution cells, the check cells and the final score (what nbgrader grades; the training
-cells are the Run-all test's job, in test_notebooks.py).
-"""
-
-from pathlib import Path
+To keep it quick the assignment is lab 6 cut down to its graded part: the cell that starts the
+lab, the solution cells, the check cells and the final score (the training cells are the Run-all
+test's job, in test_notebooks.py)."""
 
 import nbformat
 import pytest
+from grading_lab06 import (
+    LOOPING_IOU,
+    PATCHED_WRONG_CODER,
+    POINTS,
+    TAMPERS,
+    answer_cell,
+    solution,
+    solution_source,
+)
 
-from segkeras import notebooks
-
-ROOT = Path(__file__).resolve().parents[1]
-SOLUTION = ROOT / "solutions" / "05_mask_rcnn_head.ipynb"
-ASSIGNMENT, NOTEBOOK = "lab05", "mask_head"
-# From issue 11's list: paste_mask answered by the library's paste_masks.
+ASSIGNMENT, NOTEBOOK = "lab06", "boxes"
 pytestmark = pytest.mark.filterwarnings("ignore:Object of type:Warning")  # nbgrader's SQLAlchemy
-WRONG_ANSWER = ("paste_mask", '''\
-def paste_mask(mask, box, height, width):
-    from segkeras.models.mask_head import paste_masks
-    return paste_masks(mask[None], box[None], height, width)[0] >= 0.5
-''')
+CHECKS = {f"check_{exercise}": points for exercise, points in POINTS.items()}
 
 
-def graded_part(solution: nbformat.NotebookNode) -> nbformat.NotebookNode:
+def graded_part(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
     """The cells nbgrader grades, with what they need: the cell starting the lab (the imports),
     the solution and check cells, the score."""
     keep = []
-    for index, cell in enumerate(solution.cells):
+    for index, cell in enumerate(notebook.cells):
         grading = cell.metadata["nbgrader"]
         if grading["solution"] or grading["grade"] or ".start()" in cell.source \
-                or index == len(solution.cells) - 1:
+                or index == len(notebook.cells) - 1:
             keep.append(cell)
-    solution.cells = keep
-    return solution
+    notebook.cells = keep
+    return notebook
 
 
-def answered_with(notebook: nbformat.NotebookNode, grade_id: str, source: str):
-    cell = next(cell for cell in notebook.cells
-                if cell.metadata.get("nbgrader", {}).get("grade_id") == grade_id)
-    cell.source = source
+def answered_with(notebook: nbformat.NotebookNode, **sources) -> nbformat.NotebookNode:
+    notebook = nbformat.from_dict(notebook)
+    for grade_id, source in sources.items():
+        answer_cell(notebook, grade_id).source = source
     return notebook
 
 
 @pytest.fixture(scope="module")
 def course(tmp_path_factory):
-    """A course directory with the assignment released (the gradebook knows its cells)."""
+    """A course directory with the assignment released (the gradebook knows its cells) and the
+    nbgrader_config.py lines of the README."""
     from nbgrader.apps import NbGraderAPI
     from traitlets.config import Config
 
+    from segkeras.grading.nbgrader import autograde_preprocessors
+
     root = tmp_path_factory.mktemp("course")
-    solution = graded_part(notebooks.grade_metadata(nbformat.read(SOLUTION, as_version=4)))
     source = root / "source" / ASSIGNMENT
     source.mkdir(parents=True)
-    nbformat.write(solution, source / f"{NOTEBOOK}.ipynb")
+    nbformat.write(graded_part(solution()), source / f"{NOTEBOOK}.ipynb")
     config = Config()
     config.CourseDirectory.root = str(root)
-    config.Execute.timeout = 600
+    config.Execute.timeout = 300
+    config.Autograde.autograde_preprocessors = autograde_preprocessors()
+    config.SegkerasGrades.seed = 21
+    config.SegkerasGrades.timeout = 20
     api = NbGraderAPI(config=config)
     result = api.generate_assignment(ASSIGNMENT)
     assert result["success"], result.get("error") or result.get("log")
     released = nbformat.read(root / "release" / ASSIGNMENT / f"{NOTEBOOK}.ipynb", as_version=4)
-    return api, root, solution, released
+    solved = nbformat.read(source / f"{NOTEBOOK}.ipynb", as_version=4)
+    return api, root, solved, released
 
 
 def autograde(course, student: str, notebook: nbformat.NotebookNode, monkeypatch):
@@ -76,7 +82,6 @@ def autograde(course, student: str, notebook: nbformat.NotebookNode, monkeypatch
     submitted = root / "submitted" / student / ASSIGNMENT
     submitted.mkdir(parents=True, exist_ok=True)
     nbformat.write(notebook, submitted / f"{NOTEBOOK}.ipynb")
-    monkeypatch.setenv("SEGKERAS_GRADING", "1")  # the kernel inherits it: failed checks raise
     monkeypatch.setenv("SEGKERAS_QUICK", "1")
     monkeypatch.setenv("SEGKERAS_WEIGHTS", "none")
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -88,38 +93,48 @@ def autograde(course, student: str, notebook: nbformat.NotebookNode, monkeypatch
         return submission.score, submission.max_score, grades
 
 
-def declared_points(solution) -> dict[str, int]:
+def declared_points(notebook) -> dict[str, int]:
     return {cell.metadata["nbgrader"]["grade_id"]: cell.metadata["nbgrader"]["points"]
-            for cell in solution.cells if cell.metadata["nbgrader"]["grade"]}
+            for cell in notebook.cells if cell.metadata["nbgrader"]["grade"]}
 
 
 def test_the_release_is_the_student_version(course):
-    _, _, solution, released = course
-    assert declared_points(solution) == declared_points(released)
+    _, _, solved, released = course
+    assert declared_points(solved) == declared_points(released) == CHECKS
     text = "\n".join(cell.source for cell in released.cells)
     assert "BEGIN SOLUTION" not in text and "raise NotImplementedError()" in text
 
 
 def test_a_solution_gets_full_points(course, monkeypatch):
-    _, _, solution, _ = course
-    score, maximum, grades = autograde(course, "solution", solution, monkeypatch)
-    assert maximum == sum(declared_points(solution).values()) > 0
-    assert score == maximum and grades == declared_points(solution)
+    _, _, solved, _ = course
+    score, maximum, grades = autograde(course, "solution", solved, monkeypatch)
+    assert (score, maximum) == (7, 7) and grades == CHECKS
 
 
 def test_an_untouched_lab_gets_zero(course, monkeypatch):
-    _, _, solution, released = course
+    _, _, _, released = course
     score, maximum, grades = autograde(course, "untouched", released, monkeypatch)
-    assert (score, maximum) == (0, sum(declared_points(solution).values()))
-    assert set(grades.values()) == {0}
+    assert (score, maximum) == (0, 7) and set(grades.values()) == {0}
 
 
 def test_one_wrong_answer_loses_exactly_that_exercises_points(course, monkeypatch):
-    _, _, solution, _ = course
-    grade_id, source = WRONG_ANSWER
-    wrong = answered_with(nbformat.from_dict(solution), grade_id, source)
-    score, maximum, grades = autograde(course, "wrong", wrong, monkeypatch)
-    points = declared_points(solution)
-    assert grades == {**points, f"check_{grade_id}": 0}
-    assert score == maximum - points[f"check_{grade_id}"]
+    _, _, solved, _ = course
+    wrong = answered_with(solved, encode_boxes=PATCHED_WRONG_CODER)
+    score, _, grades = autograde(course, "wrong", wrong, monkeypatch)
+    assert grades == {**CHECKS, "check_encode_boxes": 0} and score == 5
 
+
+def test_tampering_scores_only_what_the_honest_answers_earn(course, monkeypatch):
+    """box_iou: honest, beside every tamper (the kernel's checks rebound, their results forged,
+    numpy patched, SEGKERAS_GRADING=0); match_anchors: loops forever; encode_boxes: honest after
+    a sys.exit(); and a cell of its own with a crashing import. Untampered, the kernel would
+    print 7/7."""
+    _, _, solved, released = course
+    tampered = answered_with(
+        released, box_iou=TAMPERS + solution_source("box_iou"),
+        match_anchors=LOOPING_IOU.replace("box_iou(boxes_a, boxes_b)",
+                                          "match_anchors(anchors, gt_boxes, gt_valid)"),
+        encode_boxes="import sys\nsys.exit()\n" + solution_source("encode_boxes"))
+    tampered.cells.insert(1, nbformat.v4.new_code_cell("import no_such_module_anywhere"))
+    score, maximum, grades = autograde(course, "tampered", tampered, monkeypatch)
+    assert grades == {**CHECKS, "check_match_anchors": 0} and (score, maximum) == (4, 7)

@@ -58,6 +58,6 @@ def autograde_preprocessors() -> list[type]:
     """nbgrader's autograde preprocessors with :class:`SegkerasGrades` right after ``Execute``."""
     from nbgrader.converters import Autograde
 
-    default = list(Autograde.autograde_preprocessors.default_value)
+    default = list(Autograde.class_traits()["autograde_preprocessors"].default())
     return default[:default.index(Execute) + 1] + [SegkerasGrades] \
         + default[default.index(Execute) + 1:]

@@ -210,7 +210,7 @@ def answer_sources(notebook: nbformat.NotebookNode, spec: dict) -> dict[str, str
             for name in names:
                 defining = [cell for cell in code
                             if f"def {name}(" in cell.source
-                            and name in _defined(cell.source)]
+                            and (name in _defined(cell.source) or not _parses(cell.source))]
                 if defining and defining[-1] not in cells:
                     cells.append(defining[-1])
             cells.sort(key=code.index)
