@@ -4,7 +4,7 @@
 
 Encoder MobileNetV2 from random initialisation (weights=None: no ImageNet weights offline),
 trained end to end with the head on ``shapes.generate`` images; evaluated on held-out images
-(another seed) with their ground-truth boxes via ``predict_instances`` and ``mask_ap``.
+(another seed) with their ground-truth boxes via ``predict_masks_in_boxes`` and ``mask_ap``.
 Prints the training time and AP / AP50 / AP75 (target: AP50 >= 0.90, AP >= 0.60 in <= 10 CPU
 minutes). The budget is CPU time of this process (``time.process_time``, all threads), so the
 result does not depend on what else runs on the machine; wall time is printed too.
@@ -27,7 +27,7 @@ from segkeras.evaluate.instances import mask_ap  # noqa: E402
 from segkeras.models.mask_head import (  # noqa: E402
     MaskedBinaryCrossentropy,
     instance_segmenter,
-    predict_instances,
+    predict_masks_in_boxes,
 )
 
 
@@ -99,7 +99,7 @@ def main() -> None:
         model.save(args.save)
     boxes = [objects.boxes for objects in held_out.instances]
     class_ids = [objects.class_ids for objects in held_out.instances]
-    masks = predict_instances(model, held_out.images, boxes, class_ids)
+    masks = predict_masks_in_boxes(model, held_out.images, boxes, class_ids)
     scores = mask_ap(held_out, masks)
     print(f"backend={keras.backend.backend()} {model.name} level={args.feature_level} "
           f"head_channels={args.head_channels} params={model.count_params():,}")
