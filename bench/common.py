@@ -134,12 +134,14 @@ def code_changed(paths: tuple[str, ...]) -> str | None:
 
 def staleness(measured: str, paths: tuple[str, ...]) -> str:
     """The first line of a section measured before the code it measures last changed, else ''."""
-    changed = code_changed(paths)
-    if changed is None or changed <= measured:
+    changed = {path: code_changed((path,)) for path in paths}
+    later = {path: when for path, when in changed.items() if when and when > measured}
+    if not later:
         return ""
-    return (f"**Older than the code it measures**: measured {measured}; "
-            f"{', '.join(f'`{path}`' for path in paths)} modified since (last {changed}); "
-            "re-measure with the command below.")
+    return (f"**Older than the code it measures**: measured {measured}; modified since: "
+            + ", ".join(f"`{path}` ({when})" for path, when in sorted(later.items(),
+                                                                      key=lambda kv: kv[1]))
+            + "; re-measure with the command below.")
 
 
 if __name__ == "__main__":  # a worker: python bench/common.py '{"module": ..., kwargs}'

@@ -94,9 +94,11 @@ def _mask_rcnn_section() -> tuple[str, list[str] | None]:
         return text + s8_mask_rcnn.render(results), None
     measured = s8_mask_rcnn.measured(results)
     stale = common.staleness(measured, s8_mask_rcnn.CODE)
-    text += ((f"{stale}\n\n" if stale else "") + f"_Measured {measured[:10]} by `"
-             + "` and `".join(s8_mask_rcnn.MEASURED_BY) + f"` (`{script(s8_mask_rcnn)}` renders "
-             "it; not re-measured by `bench/run.py`)._\n\n" + s8_mask_rcnn.render(results))
+    text += ((f"{stale}\n\n" if stale else "") + f"_Measured {measured[:10]} by the commands "
+             "recorded below (scripts since renamed `bench/s8_mask_rcnn_train.py` and "
+             "`bench/s8_mask_rcnn_torchvision.py`); rendered by "
+             f"`{script(s8_mask_rcnn)}`, never re-measured by `bench/run.py`._\n\n"
+             + s8_mask_rcnn.render(results))
     number, compared = s8_mask_rcnn.headline(results)
     return text, ["8", number, compared,
                   measured[:10] + (" (older than the code)" if stale else "")]
