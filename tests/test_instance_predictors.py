@@ -19,15 +19,10 @@ from segkeras.models.mask_head import instance_segmenter, mask_branch, predict_m
 from segkeras.models.mask_rcnn import MaskRCNN, mask_rcnn, predict_instances
 from segkeras.models.mask_rcnn.model import OPTIONS
 
-SMALL = dict(anchor_sizes=(16, 32), fpn_channels=16, box_head_units=32, mask_head_channels=16,
-             rpn_pre_nms=100, rpn_post_nms_train=40, rpn_post_nms_test=20, rois_per_image=16,
-             max_detections=10)
-
 
 @pytest.fixture(scope="module")
-def detector():
-    keras.utils.set_random_seed(0)
-    return mask_rcnn(4, "mobilenetv2", weights=None, input_shape=(64, 64, 3), seed=0, **SMALL)
+def detector(small_mask_rcnn):
+    return small_mask_rcnn
 
 
 @pytest.fixture(scope="module")
