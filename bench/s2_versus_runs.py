@@ -1,7 +1,7 @@
 """segkeras' U-Net against the TensorFlow segmentation tutorial's U-Net, over several seeds.
 
-    python bench/versus.py quality --seeds 0 1 2 --out results/versus_quality.json
-    python bench/versus.py speed --out results/versus_speed.json
+    python bench/s2_versus_runs.py quality --seeds 0 1 2 --out results/versus_quality.json
+    python bench/s2_versus_runs.py speed --out results/versus_speed.json
 
 ``quality``: held-out mean IoU after a fixed number of steps, one fresh process per (model, seed),
 with per-class IoU, the share of pixels predicted as each class, and the mIoU of the same weights
@@ -38,13 +38,13 @@ LIGHT_DECODER = (64, 48, 32, 16, 16)  # the demo's and the labs' decoder widths
 MODELS = ("segkeras", "reference_bn099", "reference_bn0999", "reference_tutorial")
 RECIPE = {"size": 64, "batch": 8, "steps": 1500, "n_train": 3000, "n_val": 256,
           "learning_rate": 5e-3, "schedule": "cosine", "loss": "cross-entropy + Dice"}
-"""The demo's recipe (``segkeras.cli.DEMO_RECIPE``: 3000 images seen 4 times at batch 8, Adam 5e-3,
-cross-entropy + Dice) for every model, so that only the architecture and the BatchNorm treatment
-differ. ``schedule``: the learning rate decays to 0 over the steps (cosine), so that the score is
-the end of a settled run rather than a snapshot of Adam's noise at full rate. (An earlier recipe,
-batch 16 x 500 steps at 1e-3 with cross-entropy alone, left every model labelling nearly every
-pixel background: segkeras 0.233 +- 0.009, the reference 0.198; results/versus_quality_[a-e].json.)
-"""
+"""The demo's recipe (``segkeras.cli.demo.DEMO_RECIPE``: 3000 images seen 4 times at batch 8, Adam
+5e-3, cross-entropy + Dice) for every model, so that only the architecture and the BatchNorm
+treatment differ. ``schedule``: the learning rate decays to 0 over the steps (cosine), so that the
+score is the end of a settled run rather than a snapshot of Adam's noise at full rate. (An earlier
+recipe, batch 16 x 500 steps at 1e-3 with cross-entropy alone, left every model labelling nearly
+every pixel background: segkeras 0.233 +- 0.009, the reference 0.198;
+results/versus_quality_[a-e].json.)"""
 TUTORIAL_SIZE = 128
 
 
@@ -212,7 +212,7 @@ def main() -> None:
             os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
             with open(args.out, "w", encoding="utf-8") as out:
                 json.dump({"recipe": RECIPE, "tutorial_size": TUTORIAL_SIZE,
-                           "command": "python bench/versus.py " + " ".join(sys.argv[1:]),
+                           "command": "python bench/s2_versus_runs.py " + " ".join(sys.argv[1:]),
                            "records": records}, out, indent=1)
 
 
