@@ -160,28 +160,12 @@ def test_version_and_n_help_say_what_they_mean(capsys):
         assert "pets and COCO: at most that many" in " ".join(capsys.readouterr().out.split())
 
 
-def test_a_command_module_plugs_in_with_add_parser_and_run(monkeypatch, capsys):
-    """The hook the grader's ``segkeras.grading.cli`` uses: ``add_parser(commands)`` and a
-    ``run(args)`` whose exit status main returns; a SegkerasError is one line and exit 2."""
-    import types
-
-    from segkeras import cli
-    from segkeras.errors import SegkerasError
-
-    def run(args):
-        if args.fail:
-            raise SegkerasError("no such lab: 99\nsecond line")
-        return 1
-
-    def add_parser(commands):
-        grade = commands.add_parser("grade", help="grade submissions")
-        grade.add_argument("--fail", action="store_true")
-        grade.set_defaults(run=run)
-
-    module = types.SimpleNamespace(add_parser=add_parser)
-    monkeypatch.setattr(cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, module))
-    assert main(["grade"]) == 1
-    assert main(["grade", "--fail"]) == 2
-    assert error_line(capsys) == "segkeras grade: error: no such lab: 99 second line"
+def test_the_grade_command_is_wired_in(capsys, tmp_path):
+    """``segkeras grade`` (the grader's ``segkeras.grading.cli``) is a command like the others:
+    listed in --help, its errors one line with exit 2."""
     assert main(["--help"]) == 0
-    assert "grade submissions" in capsys.readouterr().out
+    assert "grade submitted notebooks of a lab" in " ".join(capsys.readouterr().out.split())
+    assert main(["grade", "99", str(tmp_path)]) == 2
+    assert "no lab '99'" in error_line(capsys)
+    assert main(["grade", "6", str(tmp_path / "missing")]) == 2
+    assert "not a notebook or a folder of notebooks" in error_line(capsys)

@@ -259,10 +259,12 @@ def labs() -> dict[str, Lab]:
 
 
 def lab_module(lab: str):
-    """The checks module of lab ``lab`` (its name, e.g. ``06_boxes_to_masks``, or its module's,
-    e.g. ``detection``)."""
+    """The checks module of lab ``lab`` (its name, e.g. ``06_boxes_to_masks``, its number,
+    ``06`` or ``6``, or its checks module's name, ``detection``)."""
     for module in _lab_modules():
-        if lab in (module.LAB.name, module.__name__.rpartition(".")[2]):
+        number = module.LAB.name.partition("_")[0]
+        if lab in (module.LAB.name, module.__name__.rpartition(".")[2], number) \
+                or (lab.isdigit() and int(lab) == int(number)):
             return module
     raise KeyError(lab)
 

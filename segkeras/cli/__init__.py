@@ -1,11 +1,12 @@
-"""Command line: ``python -m segkeras {demo,train,evaluate,predict,data,backbones}``.
+"""Command line: ``python -m segkeras {demo,train,evaluate,predict,data,backbones,grade}``.
 
 One module per task, each with ``add_parser(commands)`` registering its commands (their flags and
 the checks made before any work) and ``set_defaults(run=...)`` pointing at the function that does
 the work: :mod:`~segkeras.cli.demo`; :mod:`~segkeras.cli.model_commands` (``train``,
 ``evaluate``, ``predict``), which hands each model to :mod:`~segkeras.cli.semantic` or
 :mod:`~segkeras.cli.instances` (Mask R-CNN) by its task; :mod:`~segkeras.cli.data` (``data``,
-``backbones``); shared checks and loading in :mod:`~segkeras.cli.common`.
+``backbones``); :mod:`segkeras.grading.cli` (``grade``); shared checks and loading in
+:mod:`~segkeras.cli.common`.
 
 Every user error (missing file, bad size, unknown name...) prints one line on stderr and exits 2.
 """
@@ -18,13 +19,13 @@ import sys
 
 from segkeras.cli import common, data, demo, model_commands
 from segkeras.errors import SegkerasError
+from segkeras.grading import cli as grading_cli
 
 EXIT_USAGE = 2
 
-COMMAND_MODULES = (demo, model_commands, data)
+COMMAND_MODULES = (demo, model_commands, data, grading_cli)
 """The modules whose ``add_parser(commands)`` :func:`build_parser` calls, in ``--help`` order.
-A command's ``run(args)`` returns None or an exit status. Hook for ``grade``: append
-``segkeras.grading.cli`` (its ``add_parser`` must ``set_defaults(run=run)``)."""
+A command's ``run(args)`` returns None or an exit status."""
 
 
 class _Parser(argparse.ArgumentParser):

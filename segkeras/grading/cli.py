@@ -28,6 +28,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="seconds per exercise (default: the lab's, 30 s)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an earlier grading in --out")
+    parser.set_defaults(run=run)
     return parser
 
 

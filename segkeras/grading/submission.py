@@ -159,7 +159,7 @@ def lab_name(lab: str) -> str:
     try:
         return core.lab_module(lab).LAB.name
     except KeyError:
-        known = ", ".join(f"{name}" for name in core.labs())
+        known = ", ".join(sorted(core.labs()))
         raise SegkerasError(f"no lab {lab!r}: one of {known}") from None
 
 
