@@ -444,6 +444,19 @@ class EpochCheckpoint(keras.callbacks.Callback):
             "stage_boundary": self.record.stage_boundary})
 
 
+def interrupted_message(interrupted, checkpoint) -> str:
+    """One line for a run stopped by Ctrl-C or SIGTERM (:class:`segkeras.runs.Interrupted`):
+    which epochs the checkpoint holds and how to continue."""
+    name = str(interrupted)
+    if checkpoint is None or not os.path.isfile(checkpoint):
+        return f"interrupted by {name} before the first epoch ended; nothing was saved"
+    state, _, _ = load_checkpoint(checkpoint)
+    plan = state.get("plan", {})
+    total = plan.get("head_epochs", 0) + plan.get("finetune_epochs", 0) or plan.get("epochs")
+    return (f"interrupted by {name}: epochs 1-{state['epochs_done']} of {total} are saved in "
+            f"{checkpoint}; run the same command with --resume to continue")
+
+
 def _resume_point(checkpoint, plan: dict) -> tuple[int, dict, list, list]:
     """(epochs done, history, weights, optimizer values) of ``checkpoint`` if its plan is
     ``plan``; SegkerasError when there is no checkpoint or it was made with other settings."""
