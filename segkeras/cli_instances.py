@@ -57,15 +57,22 @@ RECALIBRATION_BATCHES = 25
 training (``MaskRCNN.recalibrate_batchnorm``, as bench/train_mask_rcnn.py does)."""
 
 
-def fit(model: MaskRCNN, dataset, epochs: int, learning_rate: float, callbacks=()):
+def fit(model: MaskRCNN, dataset, epochs: int, learning_rate: float, callbacks=(),
+        checkpoint=None, resume: bool = False):
     """``model.fit`` end to end (encoder, RPN, box and mask heads) with Adam, the gradient norm
     clipped at 10; then a from-scratch encoder's BatchNorm statistics are recomputed on up to
-    :data:`RECALIBRATION_BATCHES` batches. Returns the ``keras.callbacks.History``."""
+    :data:`RECALIBRATION_BATCHES` batches. ``checkpoint``: a file saved at every epoch end;
+    ``resume``: continue from it (:class:`segkeras.train.ResumableRun`). Returns the
+    :class:`~segkeras.train.TrainingHistory`."""
     import keras
 
+    from segkeras.train import ResumableRun
+
     model.compile(keras.optimizers.Adam(learning_rate, clipnorm=10.0), jit_compile=False)
-    history = model.fit(dataset, epochs=epochs, callbacks=list(callbacks), shuffle=False,
-                        verbose=2)  # the dataset shuffles
+    run = ResumableRun(checkpoint, {"epochs": epochs, "learning_rate": learning_rate},
+                       resume, dataset)
+    run.fit(model, dataset, 0, epochs, callbacks, verbose=2)  # the dataset shuffles
+    history = run.finish(model)
     if all(math.isfinite(loss) for loss in history.history.get("loss", [])):
         model.recalibrate_batchnorm(dataset.take(RECALIBRATION_BATCHES))
     return history

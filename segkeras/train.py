@@ -471,6 +471,50 @@ def _resume_point(checkpoint, plan: dict) -> tuple[int, dict, list, list]:
     return int(state["epochs_done"]), state.get("history", {}), weights, optimizer
 
 
+class ResumableRun:
+    """The epochs of one training run (one or several ``fit`` calls, e.g. two stages), with a
+    checkpoint at every epoch end and, with ``resume``, continued from it: the finished epochs
+    are skipped, their history, weights and (inside a stage) optimizer state restored, and the
+    training data's per-epoch order advanced past them (:func:`skip_epochs`). ``plan`` (the
+    settings that shape the run) must be the checkpoint's."""
+
+    def __init__(self, checkpoint, plan: dict, resume: bool = False, train=None):
+        self.checkpoint, self.plan = checkpoint, plan
+        self.history = TrainingHistory()
+        self._restored = None
+        if resume:
+            done, self.history.history, *self._restored = _resume_point(checkpoint, plan)
+            self.history.epoch = list(range(done))
+            skip_epochs(train, done)
+
+    def fit(self, model: keras.Model, train, first: int, epochs: int, callbacks=None,
+            **fit_arguments) -> None:
+        """``model.fit`` (compiled for these epochs) over the run's epochs ``first`` to
+        ``first + epochs``, skipping those already done."""
+        start = max(first, len(self.history.epoch))
+        if start >= first + epochs:
+            return  # finished before the interruption
+        callbacks = list(callbacks or [])
+        if self.checkpoint is not None:
+            callbacks.append(EpochCheckpoint(self.checkpoint, self.history, {"plan": self.plan}))
+        if self._restored is not None:  # the optimizer state only inside its own stage
+            weights, optimizer_values = self._restored
+            restore_checkpoint(model, weights, optimizer_values if start > first else [],
+                               self.checkpoint)
+            self._restored = None
+        history = model.fit(train, initial_epoch=start, epochs=first + epochs,
+                            callbacks=callbacks, shuffle=False, **fit_arguments)
+        self.history.extend(history)
+
+    def finish(self, model: keras.Model) -> TrainingHistory:
+        """The run's history; a run resumed after its last epoch gets the checkpoint's
+        weights."""
+        if self._restored is not None:
+            model.set_weights(self._restored[0])
+            self._restored = None
+        return self.history
+
+
 def fit_two_stage(
     model: keras.Model,
     train,
@@ -547,53 +591,29 @@ def fit_two_stage(
             if isinstance(layer, keras.layers.BatchNormalization))
     train, val = targets_for_outputs(model, train), targets_for_outputs(model, val)
     steps = steps_per_epoch(train)
-    result = TrainingHistory()
     if finetune_learning_rate is None:
         finetune_learning_rate = learning_rate / 10 if head_epochs else learning_rate
     plan = {"head_epochs": head_epochs, "finetune_epochs": finetune_epochs,
             "learning_rate": learning_rate, "finetune_learning_rate": finetune_learning_rate,
             "schedule": schedule, "steps": steps}
-    done, restored = 0, None
-    if resume:
-        done, history_so_far, *restored = _resume_point(checkpoint, plan)
-        result.history = history_so_far
-        result.epoch = list(range(done))
-        skip_epochs(train, done)
+    run = ResumableRun(checkpoint, plan, resume, train)
     scope = strategy.scope if strategy is not None else contextlib.nullcontext
 
     def run_stage(epochs: int, rate: float, first: int) -> None:
-        """Epochs ``first``..``first + epochs`` (absolute), skipping those already done."""
-        nonlocal restored
         with scope():
             compile_model(model, _learning_rate(rate, schedule, epochs, steps), loss, metrics,
                           jit_compile, loss_weights=loss_weights,
                           steps_per_execution=steps_per_execution)
-        start = max(first, len(result.epoch))
-        if start >= first + epochs:
-            return  # finished before the interruption
-        stage_callbacks = list(callbacks or [])
-        if checkpoint is not None:
-            stage_callbacks.append(EpochCheckpoint(checkpoint, result, {"plan": plan}))
-        with scope():
-            if restored is not None:  # this stage's optimizer state only from inside it
-                weights, optimizer_values = restored
-                restore_checkpoint(model, weights, optimizer_values if start > first else [],
-                                   checkpoint)
-                restored = None
-            history = model.fit(train, validation_data=val, initial_epoch=start,
-                                epochs=first + epochs, callbacks=stage_callbacks,
-                                verbose=verbose, shuffle=False)
-        result.extend(history)
+            run.fit(model, train, first, epochs, callbacks, validation_data=val,
+                    verbose=verbose)
 
     if head_epochs:
         backbones.freeze(encoder)
         run_stage(head_epochs, learning_rate, 0)
-    result.stage_boundary = head_epochs
+    run.history.stage_boundary = head_epochs
     if finetune_epochs:
         if encoder is not None:
             backbones.unfreeze(encoder, from_layer=unfreeze_from,
                                keep_batchnorm_frozen=keep_batchnorm_frozen)
         run_stage(finetune_epochs, finetune_learning_rate, head_epochs)
-    if restored is not None:  # every epoch was done before the interruption
-        model.set_weights(restored[0])
-    return result
+    return run.finish(model)
