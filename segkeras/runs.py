@@ -169,14 +169,21 @@ def training_metrics(model_path: str | os.PathLike, num_categories: int | None =
     return metrics
 
 
-def check_existing_run(out: str | os.PathLike, overwrite: bool, flag: str = "--out") -> None:
-    """SegkerasError when ``out`` already holds a run (a model or metrics) and ``overwrite`` is
-    False: an earlier run is never replaced without being asked."""
-    found = [name for name in RUN_FILES if (Path(out) / name).exists()]
+DATASET_FILES = ("annotations.json", "images", "masks")
+"""What ``segkeras data shapes`` writes into its ``--out`` folder."""
+
+
+def check_existing_run(out: str | os.PathLike, overwrite: bool, flag: str = "--out",
+                       names: tuple[str, ...] = RUN_FILES, resumable: bool = True) -> None:
+    """SegkerasError when ``out`` already holds any of ``names`` (by default a run's model,
+    metrics, history) and ``overwrite`` is False: earlier results are never replaced without
+    being asked (``DATASET_FILES`` with ``resumable=False`` for a written dataset)."""
+    found = [name for name in names if (Path(out) / name).exists()]
     if found and not overwrite:
-        raise SegkerasError(f"{flag} {out} already holds a run ({', '.join(found)}); pass "
-                            "--overwrite to replace it, --resume to continue it, or choose "
-                            f"another {flag}")
+        what = "a run" if resumable else "a dataset"
+        resume = ", --resume to continue it" if resumable else ""
+        raise SegkerasError(f"{flag} {out} already holds {what} ({', '.join(found)}); pass "
+                            f"--overwrite to replace it{resume}, or choose another {flag}")
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from segkeras.errors import SegkerasError
+from segkeras.runs import atomic_path
 
 
 def _voc_palette() -> np.ndarray:
@@ -111,7 +112,8 @@ def write_png(path: str | os.PathLike, array: np.ndarray, palette: bool = False)
     image = Image.fromarray(np.asarray(array, dtype=np.uint8))
     if palette:
         image.putpalette(PALETTE.tobytes())  # an "L" image becomes "P" with the same values
-    image.save(path, optimize=False)
+    with atomic_path(path) as temporary:
+        image.save(temporary, format="PNG", optimize=False)
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
