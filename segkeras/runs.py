@@ -122,10 +122,13 @@ def save_run(out: str | os.PathLike, model, history: dict, metrics: dict, figure
     """A run's files in ``out``, each written atomically and each carrying the same run id:
     the model first, then ``history.json`` (and ``history.png``), ``metrics.json`` last, so that
     a kill at any moment leaves a pair that :func:`training_metrics` recognises as stale rather
-    than a new model beside the old run's class names. Returns the run id."""
+    than a new model beside the old run's class names. ``model=None``: already saved with
+    ``run_id`` (e.g. before scoring, so that a failed scoring loses no training). Returns the
+    run id."""
     run_id = run_id or new_run_id()
     out = Path(out)
-    save_model(model, out / MODEL, run_id)
+    if model is not None:
+        save_model(model, out / MODEL, run_id)
     write_json(out / HISTORY, history, run_id)
     if figure is not None:
         with atomic_path(out / "history.png") as temporary:
@@ -244,6 +247,8 @@ class Interrupted(BaseException):
     def __init__(self, signum: int):
         self.signum = signum
         self.exit_code = 128 + signum
+        self.message = f"interrupted by {signal.Signals(signum).name}"
+        """The one line to print; a command that saved something says what and where."""
         super().__init__(signal.Signals(signum).name)
 
 
