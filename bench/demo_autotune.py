@@ -32,7 +32,7 @@ def one_run(autotune: bool, reps: int, steps: int, augment: bool, warmup: int = 
     from demo_speed import demo_model
 
     from segkeras import train
-    from segkeras.cli import DEMO_RECIPE
+    from segkeras.cli.demo import DEMO_RECIPE
     from segkeras.data import shapes
     from segkeras.data.pipeline import make_dataset
     from segkeras.losses import SparseCEDice

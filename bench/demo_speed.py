@@ -22,7 +22,7 @@ def demo_model():
     """The demo's U-Net (MobileNetV2 from scratch, light decoder), seeded, not compiled."""
     import keras
 
-    from segkeras.cli import DEMO_RECIPE
+    from segkeras.cli.demo import DEMO_RECIPE
     from segkeras.models.unet import unet
 
     size = DEMO_RECIPE["image_size"]
@@ -36,7 +36,7 @@ def measure(batch: int, xla: bool, steps: int, warmup: int = 3) -> dict:
     import keras
     import numpy as np
 
-    from segkeras.cli import DEMO_RECIPE
+    from segkeras.cli.demo import DEMO_RECIPE
     from segkeras.losses import SparseCEDice
 
     size = DEMO_RECIPE["image_size"]

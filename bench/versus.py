@@ -38,13 +38,13 @@ LIGHT_DECODER = (64, 48, 32, 16, 16)  # the demo's and the labs' decoder widths
 MODELS = ("segkeras", "reference_bn099", "reference_bn0999", "reference_tutorial")
 RECIPE = {"size": 64, "batch": 8, "steps": 1500, "n_train": 3000, "n_val": 256,
           "learning_rate": 5e-3, "schedule": "cosine", "loss": "cross-entropy + Dice"}
-"""The demo's recipe (``segkeras.cli.DEMO_RECIPE``: 3000 images seen 4 times at batch 8, Adam 5e-3,
-cross-entropy + Dice) for every model, so that only the architecture and the BatchNorm treatment
-differ. ``schedule``: the learning rate decays to 0 over the steps (cosine), so that the score is
-the end of a settled run rather than a snapshot of Adam's noise at full rate. (An earlier recipe,
-batch 16 x 500 steps at 1e-3 with cross-entropy alone, left every model labelling nearly every
-pixel background: segkeras 0.233 +- 0.009, the reference 0.198; results/versus_quality_[a-e].json.)
-"""
+"""The demo's recipe (``segkeras.cli.demo.DEMO_RECIPE``: 3000 images seen 4 times at batch 8, Adam
+5e-3, cross-entropy + Dice) for every model, so that only the architecture and the BatchNorm
+treatment differ. ``schedule``: the learning rate decays to 0 over the steps (cosine), so that the
+score is the end of a settled run rather than a snapshot of Adam's noise at full rate. (An earlier
+recipe, batch 16 x 500 steps at 1e-3 with cross-entropy alone, left every model labelling nearly
+every pixel background: segkeras 0.233 +- 0.009, the reference 0.198;
+results/versus_quality_[a-e].json.)"""
 TUTORIAL_SIZE = 128
 
 

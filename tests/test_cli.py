@@ -148,3 +148,40 @@ def test_data_folder_without_annotations(tmp_path, capsys):
                  "--out", str(tmp_path / "out")])
     assert code == 2
     assert "has no annotations.json: a COCO-format folder needs" in error_line(capsys)
+
+
+def test_version_and_n_help_say_what_they_mean(capsys):
+    import segkeras
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"segkeras {segkeras.__version__}"
+    for command in ("train", "evaluate"):
+        assert main([command, "--help"]) == 0
+        assert "pets and COCO: at most that many" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_command_module_plugs_in_with_add_parser_and_run(monkeypatch, capsys):
+    """The hook the grader's ``segkeras.grading.cli`` uses: ``add_parser(commands)`` and a
+    ``run(args)`` whose exit status main returns; a SegkerasError is one line and exit 2."""
+    import types
+
+    from segkeras import cli
+    from segkeras.errors import SegkerasError
+
+    def run(args):
+        if args.fail:
+            raise SegkerasError("no such lab: 99\nsecond line")
+        return 1
+
+    def add_parser(commands):
+        grade = commands.add_parser("grade", help="grade submissions")
+        grade.add_argument("--fail", action="store_true")
+        grade.set_defaults(run=run)
+
+    module = types.SimpleNamespace(add_parser=add_parser)
+    monkeypatch.setattr(cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, module))
+    assert main(["grade"]) == 1
+    assert main(["grade", "--fail"]) == 2
+    assert error_line(capsys) == "segkeras grade: error: no such lab: 99 second line"
+    assert main(["--help"]) == 0
+    assert "grade submissions" in capsys.readouterr().out

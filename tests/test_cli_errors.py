@@ -7,8 +7,8 @@ import keras
 import numpy as np
 import pytest
 
-from segkeras import cli, train
-from segkeras.cli import main
+from segkeras import train
+from segkeras.cli import common, demo, main
 from segkeras.data import sources
 from segkeras.data.images import write_png
 
@@ -27,8 +27,8 @@ def no_work(monkeypatch):
         raise AssertionError("argument errors must be found before this")
 
     monkeypatch.setattr(sources, "load", forbidden)
-    monkeypatch.setattr(cli, "_build_model", forbidden)
-    monkeypatch.setattr(cli, "_load_model", forbidden)
+    monkeypatch.setattr(common, "build_model", forbidden)
+    monkeypatch.setattr(common, "load_model", forbidden)
     monkeypatch.setattr(train, "fit_two_stage", forbidden)
 
 
@@ -59,7 +59,7 @@ def test_train_lr_nan_is_refused(no_work, tmp_path, capsys):
 
 
 def test_train_stops_on_a_nan_loss_exits_2_and_saves_nothing(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "_build_model", lambda args, classes, weights: tiny_model())
+    monkeypatch.setattr(common, "build_model", lambda args, classes, weights: tiny_model())
     out = tmp_path / "out"
     code = main([*TRAIN, "--batch-size", "2", "--epochs", "3", "--lr", "1e38", "--out", str(out)])
     assert code == 2
@@ -176,7 +176,7 @@ def test_messages_name_cli_flags_not_api_arguments(tmp_path, capsys, monkeypatch
     assert "Oxford-IIIT Pet: cannot download" in line and "--data pets:FOLDER" in line
     assert "root=" not in line
     assert not (tmp_path / "pets").exists()
-    assert cli._in_flag_terms("Need head_epochs >= 0 and finetune_epochs >= 0") == \
+    assert common.in_flag_terms("Need head_epochs >= 0 and finetune_epochs >= 0") == \
         "Need --epochs >= 0 and --finetune-epochs >= 0"
 
 
@@ -197,7 +197,7 @@ def test_pets_folder_as_data_source(tmp_path, capsys, monkeypatch):
     data = sources.load(f"pets:{root}", n=3, image_size=32)
     assert len(data) == 3 and data.images.shape == (3, 32, 32, 3)
     assert data.extra["root"] == str(root) and (data.masks == 1).all()
-    monkeypatch.setattr(cli, "_build_model", lambda args, classes, weights: tiny_model(32, 3))
+    monkeypatch.setattr(common, "build_model", lambda args, classes, weights: tiny_model(32, 3))
     out = tmp_path / "out"
     assert main([*TRAIN, "--data", f"pets:{root}", "--n", "4", "--epochs", "1",
                  "--batch-size", "2", "--out", str(out)]) == 0
@@ -206,7 +206,7 @@ def test_pets_folder_as_data_source(tmp_path, capsys, monkeypatch):
 
 
 def test_demo_and_data_check_out_before_working(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "run_demo", lambda **kwargs: pytest.fail("trained before --out"))
+    monkeypatch.setattr(demo, "run_demo", lambda **kwargs: pytest.fail("trained before --out"))
     a_file = tmp_path / "file.txt"
     a_file.write_text("x")
     assert main(["demo", "--quick", "--out", str(a_file)]) == 2

@@ -10,8 +10,8 @@ import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from segkeras import cli, cli_instances
-from segkeras.cli import main
+from segkeras.cli import common, main
+from segkeras.cli import instances as cli_instances
 from segkeras.data import shapes, sources
 from segkeras.data.core import Instances, SegmentationData
 from segkeras.data.images import read_rgb, write_png
@@ -62,7 +62,7 @@ def no_training(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("argument errors must be found before this")
 
-    monkeypatch.setattr(cli, "_build_model", forbidden)
+    monkeypatch.setattr(common, "build_model", forbidden)
     monkeypatch.setattr(cli_instances, "fit", forbidden)
 
 

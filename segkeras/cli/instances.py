@@ -1,16 +1,20 @@
-"""The command line's instance half (Mask R-CNN, He et al., ICCV 2017): train on instance data,
-score COCO box and mask AP, draw detections and write them as COCO-format results.
-
-:mod:`segkeras.cli` parses and validates the arguments and calls these for models of the
-``"instances"`` task (:mod:`segkeras.models.registry`).
+"""``train``, ``evaluate`` and ``predict`` for Mask R-CNN (He et al., ICCV 2017): train end to end
+on instance data, score COCO box and mask AP, draw detections and write them as COCO-format
+results. :mod:`segkeras.cli.model_commands` parses the arguments and hands models of the
+``"instances"`` task (:mod:`segkeras.models.registry`) to ``run_train``, ``run_evaluate`` and
+``run_predict``.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
+import os
 
 import numpy as np
 
+from segkeras.cli import common
 from segkeras.data.core import Instances, SegmentationData
 from segkeras.errors import SegkerasError
 from segkeras.models.mask_rcnn import (
@@ -108,11 +112,6 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def predict(model: MaskRCNN, image: np.ndarray) -> dict:
-    """One image's detections at its own resolution (see ``predict_instances``)."""
-    return predict_instances(model, [image])[0]
-
-
 def coco_results(detections: dict, image_id: int,
                  category_ids: list[int] | None = None) -> list[dict]:
     """One image's detections in the COCO results format: ``image_id``, ``category_id``,
@@ -147,3 +146,69 @@ def overlay(image: np.ndarray, detections: dict, min_score: float,
     shown = Instances(detections["masks"][keep], detections["boxes"][keep],
                       detections["class_ids"][keep])
     return viz.instance_overlay(image, shown, class_names, scores=detections["scores"][keep])
+
+
+def run_train(args: argparse.Namespace) -> None:
+    """Trained end to end for --epochs + --finetune-epochs epochs, then scored (box and mask AP)
+    on the held-out images; writes model.keras, metrics, history to ``--out``."""
+    import keras
+
+    from segkeras.train import TrainingHistory
+
+    data = common.load_data(args.data, args.n, args.image_size, args.seed, split="train")
+    check_data(data, f"--data {args.data}")
+    train_data, val_data = data.split(args.val_fraction)
+    check_data(val_data, f"the --val-fraction {args.val_fraction:g} of --data {args.data} held "
+                         "out for validation")
+    weights = None if args.weights == "none" else args.weights
+    model = common.build_model(args, data.num_classes, weights)
+    epochs = args.epochs + args.finetune_epochs
+    parameters = sum(math.prod(weight.shape) for weight in model.weights)
+    print(f"{model.name}: {parameters:,} parameters, {len(train_data)} training and "
+          f"{len(val_data)} validation images; training end to end for {epochs} epochs.")
+    with common.warnings_in_flag_terms("train"):
+        dataset = training_dataset(model, train_data, args.batch_size, args.max_instances,
+                                   args.seed)
+    history = fit(model, dataset, epochs, args.lr, callbacks=[keras.callbacks.TerminateOnNaN()])
+    common.check_finite_loss(history, args.lr)
+    model.save(os.path.join(args.out, "model.keras"))  # before scoring: never lose the training
+    result = evaluate(model, val_data, args.batch_size)
+    result.update(classes=data.class_names, category_ids=data.extra.get("category_ids"))
+    print(format_table(result))
+    record = TrainingHistory()
+    record.extend(history)
+    record.stage_boundary = len(record.epoch)
+    common.save_outputs(args.out, model, record, result)
+    print(f"Wrote {args.out}/model.keras, metrics.json, history.json, history.png "
+          f"({common.elapsed()}).")
+
+
+def run_evaluate(model: MaskRCNN, data: SegmentationData, args: argparse.Namespace,
+                 size: int) -> tuple[dict, str]:
+    """:func:`evaluate` after checking ``data`` has the model's classes: (scores, table)."""
+    common.check_num_classes(num_classes(model), data, args.data)
+    check_data(data, f"--data {args.data}")
+    result = evaluate(model, data, args.batch_size)
+    return result, format_table(result)
+
+
+def run_predict(model: MaskRCNN, args: argparse.Namespace, images) -> None:
+    """An overlay per image (``STEM_instances.png``) and every detection of all images in one
+    COCO results file (--json), ``image_id`` = the image's position on the command line."""
+    common.model_size(model, args.image_size)  # a given --image-size must be the model's
+    metrics = common.training_metrics(args.model)
+    threshold = 0.5 if args.score_threshold is None else args.score_threshold
+    json_path = args.json or os.path.join(args.out or os.path.dirname(
+        os.path.abspath(args.images[0])), "detections.json")
+    results = []
+    for position, path, image in images:
+        detections = predict_instances(model, [image])[0]  # at the image's own resolution
+        results.extend(coco_results(detections, position, metrics.get("category_ids")))
+        target = common.output_path(args, path, "_instances.png")
+        overlay(image, detections, threshold, metrics.get("classes")).savefig(target, dpi=100)
+        shown = int((detections["scores"] >= threshold).sum())
+        print(f"{path} -> {target} ({shown} objects scoring >= {threshold:g}; image_id "
+              f"{position})")
+    with open(json_path, "w") as file:
+        json.dump(results, file)
+    print(f"Wrote {len(results)} detections to {json_path} (COCO results format).")

@@ -1,0 +1,63 @@
+"""Command line: ``python -m segkeras {demo,train,evaluate,predict,data,backbones}``.
+
+One module per task, each with ``add_parser(commands)`` registering its commands (their flags and
+the checks made before any work) and ``set_defaults(run=...)`` pointing at the function that does
+the work: :mod:`~segkeras.cli.demo`; :mod:`~segkeras.cli.model_commands` (``train``,
+``evaluate``, ``predict``), which hands each model to :mod:`~segkeras.cli.semantic` or
+:mod:`~segkeras.cli.instances` (Mask R-CNN) by its task; :mod:`~segkeras.cli.data` (``data``,
+``backbones``); shared checks and loading in :mod:`~segkeras.cli.common`.
+
+Every user error (missing file, bad size, unknown name...) prints one line on stderr and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from segkeras.cli import common, data, demo, model_commands
+from segkeras.errors import SegkerasError
+
+EXIT_USAGE = 2
+
+COMMAND_MODULES = (demo, model_commands, data)
+"""The modules whose ``add_parser(commands)`` :func:`build_parser` calls, in ``--help`` order.
+A command's ``run(args)`` returns None or an exit status. Hook for ``grade``: append
+``segkeras.grading.cli`` (its ``add_parser`` must ``set_defaults(run=run)``)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit 2), like every other CLI error."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from segkeras import __version__
+
+    parser = _Parser(
+        prog="python -m segkeras",
+        description="Segmentation with Keras 3: FCN, U-Net, hourglass, DeconvNet, Mask R-CNN.",
+    )
+    parser.add_argument("--version", action="version", version=f"segkeras {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMAND_MODULES:
+        module.add_parser(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # argparse: usage errors exit 2, --help and --version exit 0
+        return int(exit_.code or 0)
+    try:
+        status = args.run(args)
+    except (SegkerasError, FileNotFoundError, NotADirectoryError, PermissionError) as error:
+        message = " ".join(common.in_flag_terms(str(error)).split())  # one line
+        print(f"segkeras {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    return int(status or 0)

@@ -1,0 +1,38 @@
+"""``data`` (write a dataset to disk) and ``backbones`` (list the registered encoders)."""
+
+from __future__ import annotations
+
+import argparse
+
+from segkeras.cli import common
+
+
+def add_parser(commands) -> None:
+    data = commands.add_parser("data", help="write a dataset to disk")
+    kinds = data.add_subparsers(dest="kind", required=True, metavar="KIND")
+    shapes = kinds.add_parser("shapes", help="the built-in shapes as PNGs + COCO annotations")
+    shapes.add_argument("--n", type=common.positive, default=500, help="number of images")
+    shapes.add_argument("--out", required=True)
+    shapes.add_argument("--image-size", type=common.positive, default=128)
+    shapes.add_argument("--seed", type=int, default=0)
+    shapes.set_defaults(run=_cmd_data_shapes)
+
+    backbones = commands.add_parser("backbones", help="list the registered encoders")
+    backbones.add_argument("--size", type=common.positive, default=64,
+                           help="probe input size (default 64)")
+    backbones.set_defaults(run=_cmd_backbones)
+
+
+def _cmd_data_shapes(args: argparse.Namespace) -> None:
+    from segkeras.data import shapes
+
+    common.check_output_folder(args.out, "--out")
+    paths = shapes.export(args.n, args.out, image_size=args.image_size, seed=args.seed)
+    print(f"Wrote {args.n} images to {paths['images']}, masks to {paths['masks']} and "
+          f"{paths['annotations']}.")
+
+
+def _cmd_backbones(args: argparse.Namespace) -> None:
+    from segkeras import backbones
+
+    print(backbones.table(input_size=args.size))
