@@ -432,6 +432,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         for key, value in (logs or {}).items():
             self.logs.setdefault(key, []).append(float(value))
+        if not math.isfinite(self.logs.get("loss", [0.0])[-1]):
+            return  # a diverged epoch: the last good checkpoint stays
         history = keras.callbacks.History()
         history.history, history.epoch = self.logs, list(range(len(next(iter(
             self.logs.values()), []))))
