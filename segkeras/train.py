@@ -455,8 +455,10 @@ def interrupted_message(interrupted, checkpoint) -> str:
     state, _, _ = load_checkpoint(checkpoint)
     plan = state.get("plan", {})
     total = plan.get("head_epochs", 0) + plan.get("finetune_epochs", 0) or plan.get("epochs")
-    return (f"interrupted by {name}: epochs 1-{state['epochs_done']} of {total} are saved in "
-            f"{checkpoint}; run the same command with --resume to continue")
+    done = state["epochs_done"]
+    saved = f"epochs 1-{done} of {total} are" if done > 1 else f"epoch 1 of {total} is"
+    return (f"interrupted by {name}: {saved} saved in {checkpoint}; run the same command with "
+            "--resume to continue")
 
 
 def _resume_point(checkpoint, plan: dict) -> tuple[int, dict, list, list]:
