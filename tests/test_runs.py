@@ -247,3 +247,27 @@ def test_signal_mid_epoch_keeps_the_checkpoint_and_exits(tmp_path, signum, code)
     state, weights, optimizer = load_checkpoint(checkpoint)
     assert state["epochs_done"] >= 2 and len(weights) == 4 and optimizer
     assert f"epochs 1-{state['epochs_done']} of 50 are saved" in last
+
+
+def test_sigkill_during_training_leaves_a_whole_checkpoint(tmp_path):
+    """SIGKILL (no handler runs) at several moments of a training that saves every epoch: the
+    checkpoint on disk is always a whole one, never a truncated file."""
+    checkpoint = tmp_path / "checkpoint.npz"
+    trainer = subprocess.Popen([sys.executable, "-c", TRAINER, str(checkpoint)],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                               env=ENV)
+    from segkeras.train import load_checkpoint
+
+    seen = 0
+    for line in trainer.stdout:
+        if line.startswith("epoch") and int(line.split()[1]) >= 2:
+            state, weights, _ = load_checkpoint(checkpoint)  # read while the next one is written
+            assert len(weights) == 4
+            seen += 1
+            if seen == 3:
+                break
+    time.sleep(0.05)
+    trainer.send_signal(signal.SIGKILL)
+    trainer.wait()
+    state, weights, optimizer = load_checkpoint(checkpoint)
+    assert state["epochs_done"] >= 3 and len(weights) == 4 and optimizer
