@@ -62,7 +62,7 @@ def atomic_write_text(target: str | os.PathLike, text: str, encoding: str = "utf
 RUN_FILE = "segkeras_run.json"
 """The entry a run's id is stored under inside a saved ``.keras`` archive (Keras ignores it)."""
 MODEL, METRICS, HISTORY = "model.keras", "metrics.json", "history.json"
-RUN_FILES = (MODEL, METRICS, HISTORY, "history.png")
+RUN_FILES = (MODEL, METRICS, HISTORY, "history.png", "checkpoint.npz")
 LOCK = ".segkeras.lock"
 
 
@@ -75,23 +75,30 @@ def _no_space(error: OSError) -> bool:
     return getattr(error, "errno", None) == errno.ENOSPC
 
 
+@contextlib.contextmanager
+def full_disk_reported(target: str | os.PathLike) -> Iterator[None]:
+    """Turn ENOSPC inside the block (an atomic write of ``target``) into one SegkerasError line
+    saying that the previous file is intact."""
+    try:
+        yield
+    except OSError as error:
+        if not _no_space(error):
+            raise
+        raise SegkerasError(f"no space left on the device to write {target}; the previous "
+                            f"{Path(target).name} (if any) is intact: free some space and run "
+                            "again") from error
+
+
 def save_model(model, target: str | os.PathLike, run_id: str | None = None) -> Path:
     """``model.save`` to ``target`` atomically; with ``run_id``, the id is stored inside the
     archive (:func:`model_run_id` reads it). A full disk leaves the previous file intact and is
     one SegkerasError line."""
     target = Path(target)
-    try:
-        with atomic_path(target) as temporary:
-            model.save(temporary)
-            if run_id is not None:
-                with zipfile.ZipFile(temporary, "a") as archive:
-                    archive.writestr(RUN_FILE, json.dumps({"run_id": run_id}))
-    except OSError as error:
-        if not _no_space(error):
-            raise
-        raise SegkerasError(f"no space left on the device to write {target}; the previous "
-                            f"{target.name} (if any) is intact: free some space and run again"
-                            ) from error
+    with full_disk_reported(target), atomic_path(target) as temporary:
+        model.save(temporary)
+        if run_id is not None:
+            with zipfile.ZipFile(temporary, "a") as archive:
+                archive.writestr(RUN_FILE, json.dumps({"run_id": run_id}))
     return target
 
 
@@ -108,13 +115,8 @@ def write_json(target: str | os.PathLike, content, run_id: str | None = None) ->
     """``content`` as indented JSON, atomically; a dict gets ``run_id`` added when given."""
     if run_id is not None and isinstance(content, dict):
         content = {**content, "run_id": run_id}
-    try:
+    with full_disk_reported(target):
         return atomic_write_text(target, json.dumps(content, indent=2))
-    except OSError as error:
-        if not _no_space(error):
-            raise
-        raise SegkerasError(f"no space left on the device to write {target}; the previous file "
-                            "(if any) is intact: free some space and run again") from error
 
 
 def save_run(out: str | os.PathLike, model, history: dict, metrics: dict, figure=None,

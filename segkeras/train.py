@@ -356,14 +356,14 @@ def save_checkpoint(path, model: keras.Model, state: dict) -> None:
     history so far, the run's plan)."""
     import numpy as np
 
-    from segkeras.runs import atomic_path
+    from segkeras.runs import atomic_path, full_disk_reported
 
     arrays = {f"w{i}": value for i, value in enumerate(model.get_weights())}
     optimizer = getattr(model, "optimizer", None)
     if optimizer is not None and optimizer.built:
         arrays.update({f"o{i}": keras.ops.convert_to_numpy(variable)
                        for i, variable in enumerate(optimizer.variables)})
-    with atomic_path(path) as temporary, open(temporary, "wb") as file:
+    with full_disk_reported(path), atomic_path(path) as temporary, open(temporary, "wb") as file:
         np.savez(file, state=np.array(json.dumps(state)), **arrays)
 
 

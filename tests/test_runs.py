@@ -92,6 +92,11 @@ def test_existing_run_is_kept_unless_overwrite(tmp_path):
     with pytest.raises(SegkerasError, match="already holds a run .*pass --overwrite"):
         runs.check_existing_run(tmp_path, overwrite=False)
     runs.check_existing_run(tmp_path, overwrite=True)
+    (tmp_path / "metrics.json").unlink()
+    (tmp_path / "checkpoint.npz").write_bytes(b"")  # an interrupted run: resume or overwrite
+    with pytest.raises(SegkerasError, match=r"already holds a run \(checkpoint.npz\); pass "
+                                            "--overwrite to replace it, --resume to continue it"):
+        runs.check_existing_run(tmp_path, overwrite=False)
 
 
 def test_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path):
