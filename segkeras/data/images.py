@@ -161,6 +161,81 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.stack([np.asarray(channel) for channel in channels], axis=-1)
 
 
+def check_sides(min_side, max_side) -> tuple[int, int]:
+    """``(min_side, max_side)`` if both are positive ints with ``min_side <= max_side``, else
+    SegkerasError."""
+    for name, value in (("min_side", min_side), ("max_side", max_side)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise SegkerasError(f"{name} must be a positive int (pixels), got {value!r}")
+    if min_side > max_side:
+        raise SegkerasError(f"min_side={min_side} is larger than max_side={max_side}; the shorter "
+                            "side cannot exceed the longer")
+    return int(min_side), int(max_side)
+
+
+def fit_size(height: int, width: int, min_side: int, max_side: int,
+             canvas: tuple[int, int] | None = None) -> tuple[int, int]:
+    """The (H, W) of an image resized keeping its aspect ratio: the shorter side ``min_side``
+    unless that makes the longer side exceed ``max_side`` (Faster R-CNN's rule), and the whole
+    inside ``canvas`` (H, W) when given (a model with a fixed input). Sides are at least 1."""
+    scale = min(min_side / min(height, width), max_side / max(height, width))
+    if canvas is not None:
+        scale = min(scale, canvas[0] / height, canvas[1] / width)
+    return (min(max(1, round(height * scale)), canvas[0] if canvas else max_side),
+            min(max(1, round(width * scale)), canvas[1] if canvas else max_side))
+
+
+def letterbox(image: np.ndarray, size: tuple[int, int], canvas: tuple[int, int]) -> np.ndarray:
+    """``image`` resized (:func:`resize_image`) to ``size`` (H, W), aspect ratio kept by the
+    caller (:func:`fit_size`), at the top left of a zero (black) ``canvas`` (H, W): the pixels
+    keep their coordinates up to the scale, the padding is below and right of them."""
+    resized = resize_image(image, size)
+    if resized.shape[:2] == tuple(canvas):
+        return resized
+    padded = np.zeros((*canvas, resized.shape[-1]), resized.dtype)
+    padded[: size[0], : size[1]] = resized
+    return padded
+
+
+def bilinear_weights(source: int, target: int) -> np.ndarray:
+    """(target, source) float32 weights resampling ``source`` samples to ``target`` bilinearly
+    (pixel centres at +0.5, edges clamped: ``tf.image.resize``'s bilinear without
+    anti-aliasing); ``weights @ values`` resizes along the first axis."""
+    coords = np.clip((np.arange(target) + 0.5) * (source / target) - 0.5, 0, source - 1)
+    low = np.floor(coords).astype(int)
+    high = np.minimum(low + 1, source - 1)
+    weights = np.zeros((target, source), np.float32)
+    rows = np.arange(target)
+    np.add.at(weights, (rows, low), 1.0 - (coords - low))
+    np.add.at(weights, (rows, high), coords - low)
+    return weights
+
+
+def upsampled_argmax(logits: np.ndarray, size: tuple[int, int], rows_per_block: int = 512):
+    """(H, W) uint8 class ids: (h, w, C) ``logits`` resized bilinearly to ``size`` (H, W), the
+    argmax taken there (the first class on ties, as ``np.argmax``). Computed class by class on
+    blocks of rows, so memory grows with H x W, not with H x W x C."""
+    logits = np.asarray(logits, np.float32)
+    height, width = size
+    if logits.shape[-1] > 256:
+        raise SegkerasError(f"{logits.shape[-1]} classes do not fit in uint8 class ids")
+    row_weights = bilinear_weights(logits.shape[0], height)
+    col_weights = bilinear_weights(logits.shape[1], width).T
+    ids = np.zeros((height, width), np.uint8)
+    for top in range(0, height, rows_per_block):
+        rows = row_weights[top: top + rows_per_block]
+        best = None
+        for c in range(logits.shape[-1]):
+            plane = rows @ logits[..., c] @ col_weights
+            if best is None:
+                best = plane
+                continue
+            better = plane > best
+            ids[top: top + rows_per_block][better] = c
+            np.maximum(best, plane, out=best)
+    return ids
+
+
 def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """A uint8 label map resized to ``size`` (H, W) with nearest neighbour (no new labels)."""
     if mask.shape[:2] == tuple(size):

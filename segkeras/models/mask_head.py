@@ -179,22 +179,48 @@ def paste_masks(probabilities: np.ndarray, boxes: np.ndarray, height: int, width
     """(N, M, M) box-relative mask probabilities -> (N, height, width) image probabilities.
 
     Each mask is stretched bilinearly over its box (mask pixels cover the box exactly; pixel
-    centres at +0.5) and is 0 outside it, as in detectron2's ``paste_masks_in_image``.
+    centres at +0.5) and is 0 outside it, as in detectron2's ``paste_masks_in_image``. Full
+    planes for every mask: for large images use :func:`pasted_windows`.
     """
     pasted = np.zeros((len(boxes), height, width), dtype=np.float32)
-    for i, (mask, (x1, y1, x2, y2)) in enumerate(zip(probabilities, boxes, strict=True)):
-        rows = _paste_weights(y1, y2, mask.shape[0], height)
-        cols = _paste_weights(x1, x2, mask.shape[1], width)
-        pasted[i] = rows @ mask @ cols.T
+    for i, (rows, cols, window) in enumerate(pasted_windows(probabilities, boxes, height, width)):
+        pasted[i, rows, cols] = window
     return pasted
 
 
-def _paste_weights(start: float, end: float, mask_size: int, size: int) -> np.ndarray:
-    """(size, mask_size) bilinear weights of the mask pixels at each image pixel centre."""
-    weights = np.zeros((size, mask_size), dtype=np.float32)
+def pasted_windows(probabilities: np.ndarray, boxes: np.ndarray, height: int, width: int):
+    """Per mask, ``(rows, cols, window)``: :func:`paste_masks`' values of that mask on the image
+    pixels ``[rows, cols]`` (two slices) that its box reaches; every other pixel is 0. Memory
+    grows with the box, not with the image."""
+    for mask, (x1, y1, x2, y2) in zip(probabilities, boxes, strict=True):
+        rows = _window(y1, y2, mask.shape[0], height)
+        cols = _window(x1, x2, mask.shape[1], width)
+        row_weights = _paste_weights(y1, y2, mask.shape[0], height, rows)
+        col_weights = _paste_weights(x1, x2, mask.shape[1], width, cols)
+        yield rows, cols, row_weights @ mask @ col_weights.T
+
+
+def _window(start: float, end: float, mask_size: int, size: int) -> slice:
+    """The image pixels (a slice of ``range(size)``) whose centres a mask pasted over
+    ``[start, end)`` reaches: its box and half a mask pixel around it (empty for no box)."""
+    if not end > start:
+        return slice(0, 0)
+    margin = (end - start) / mask_size
+    first = min(max(int(np.floor(start - margin)) - 1, 0), size)
+    return slice(first, min(max(int(np.ceil(end + margin)) + 1, first), size))
+
+
+def _paste_weights(start: float, end: float, mask_size: int, size: int,
+                   pixels: slice | None = None) -> np.ndarray:
+    """(pixels, mask_size) bilinear weights of the mask pixels at each image pixel centre of
+    ``pixels`` (all ``size`` by default)."""
+    pixels = pixels or slice(0, size)
+    count = len(range(size)[pixels])
+    weights = np.zeros((count, mask_size), dtype=np.float32)
     if end <= start:
         return weights
-    coords = (np.arange(size) + 0.5 - start) / (end - start) * mask_size - 0.5
+    coords = (np.arange(pixels.start, pixels.start + count) + 0.5 - start) / (end - start) \
+        * mask_size - 0.5
     low = np.floor(coords)
     for tap, weight in ((low, 1.0 - (coords - low)), (low + 1, coords - low)):
         ok = (tap >= 0) & (tap < mask_size)
@@ -238,19 +264,20 @@ def _mask_probabilities(model, images, boxes, class_ids, batch_size):
 
 
 def _detector_mask_probabilities(model, images, boxes, class_ids):
-    """(N_i, 28, 28) sigmoid masks per image from a Mask R-CNN's own mask branch."""
-    size = model.image_size
+    """(N_i, 28, 28) sigmoid masks per image from a Mask R-CNN's own mask branch, each image
+    resized as :func:`~segkeras.models.mask_rcnn.predict_instances` resizes it."""
+    from segkeras.models.mask_rcnn.inference import model_input
+
     probabilities = []
     for image, image_boxes, ids in zip(images, boxes, class_ids, strict=True):
         if len(ids) == 0:
             probabilities.append(np.zeros((0, MASK_SIZE, MASK_SIZE), np.float32))
             continue
-        height, width = np.shape(image)[:2]
-        scale = np.array([size[1] / width, size[0] / height] * 2, np.float32)
-        features = model.features(resize_image(image, size)[None], training=False)
-        pooled = model.mask_align(features, image_boxes * scale, np.zeros(len(ids), np.int32))
-        logits = np.asarray(ops.convert_to_numpy(model.mask_head(pooled, training=False)))
-        probabilities.append(_sigmoid(np.moveaxis(logits, -1, 1)[np.arange(len(ids)), ids]))
+        resized, scale = model_input(model, image)
+        features = model.features(resized[None], training=False)
+        logits = model.detection_mask_logits(features, image_boxes * scale,
+                                             np.zeros(len(ids), np.int32), ids)
+        probabilities.append(_sigmoid(np.asarray(ops.convert_to_numpy(logits))))
     return probabilities
 
 
@@ -312,10 +339,14 @@ def predict_masks_in_boxes(
     for image, image_boxes, image_valid, image_probabilities in zip(
         images, clipped, valid, probabilities, strict=True
     ):
-        pasted = paste_masks(image_probabilities, image_boxes, *np.shape(image)[:2])
-        pasted *= image_valid[:, None, None]
-        binary = pasted >= 0.5
-        area = binary.sum(axis=(1, 2))
+        height, width = np.shape(image)[:2]
+        binary = np.zeros((len(image_boxes), height, width), bool)
+        image_scores = np.zeros(len(image_boxes))
+        windows = pasted_windows(image_probabilities, image_boxes, height, width)
+        for i, (rows, cols, window) in enumerate(windows):
+            inside = (window >= 0.5) & image_valid[i]
+            binary[i, rows, cols] = inside
+            image_scores[i] = window[inside].sum() / max(inside.sum(), 1)  # 0 if empty
         masks.append(binary)
-        scores.append((pasted * binary).sum(axis=(1, 2)) / np.maximum(area, 1))  # 0 if empty
+        scores.append(image_scores)
     return (masks, scores) if return_scores else masks

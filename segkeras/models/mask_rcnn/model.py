@@ -153,26 +153,54 @@ class MaskRCNN(keras.Model):
     def _mask_logits(self, features, boxes, class_ids, select):
         return select(self.mask_head(self._pool(self.mask_align, features, boxes)), class_ids)
 
-    def call(self, inputs, training=False):
-        image = inputs["image"] if isinstance(inputs, dict) else inputs
-        features = self.features(image, training=training)
+    def _proposals(self, features, training):
         rpn = self.rpn(features)
         anchors = ops.convert_to_tensor(self.anchors)
         cfg = self.config
         post_nms = cfg["rpn_post_nms_train"] if training else cfg["rpn_post_nms_test"]
         proposals, proposal_valid = propose(anchors, rpn["objectness"], rpn["deltas"],
                                             self.image_size, cfg["rpn_pre_nms"], post_nms)
-        if training and isinstance(inputs, dict) and "boxes" in inputs:
-            return self._training_outputs(inputs, features, rpn, anchors, proposals,
-                                          proposal_valid)
+        return rpn, anchors, proposals, proposal_valid
+
+    def _detect(self, features):
+        _, _, proposals, proposal_valid = self._proposals(features, training=False)
         class_logits, deltas = self._box_outputs(features, proposals)
-        detections = detect(proposals, proposal_valid, class_logits, deltas, self.image_size,
-                            cfg["score_threshold"], cfg["nms_threshold"], cfg["max_detections"])
-        detections["mask_logits"] = self._mask_logits(
-            features, detections["boxes"], detections["class_ids"], self.select_detection_masks)
+        cfg = self.config
+        return detect(proposals, proposal_valid, class_logits, deltas, self.image_size,
+                      cfg["score_threshold"], cfg["nms_threshold"], cfg["max_detections"])
+
+    def call(self, inputs, training=False):
+        image = inputs["image"] if isinstance(inputs, dict) else inputs
+        features = self.features(image, training=training)
+        if training and isinstance(inputs, dict) and "boxes" in inputs:
+            return self._training_outputs(inputs, features, *self._proposals(features, True))
+        detections = self._detect(features)
+        detections["mask_logits"] = ops.cast(self._mask_logits(
+            features, detections["boxes"], detections["class_ids"], self.select_detection_masks),
+            "float32")
         return detections
 
-    def _training_outputs(self, inputs, features, rpn, anchors, proposals, proposal_valid):
+    def detect(self, images):
+        """The detections of :meth:`call` without their masks, and the feature map they were
+        found on: ``{"boxes", "scores", "class_ids", "valid", "features"}``. With
+        :meth:`detection_mask_logits` on the kept rows only, this is ``call`` without running
+        the mask branch on padding and low-scoring slots."""
+        features = self.features(images, training=False)
+        return {**self._detect(features), "features": features}
+
+    def detection_mask_logits(self, features, boxes, image_indices, class_ids):
+        """(K, 28, 28) float32 mask logits of K boxes (input pixels), each in the feature map
+        of its image (``image_indices`` (K,) into ``features`` from :meth:`detect`), for its
+        class id (K,)."""
+        pooled = self.mask_align(features, ops.cast(boxes, "float32"),
+                                 ops.cast(image_indices, "int32"))
+        logits = self.mask_head(pooled, training=False)
+        ids = ops.clip(ops.cast(class_ids, "int32"), 0, ops.shape(logits)[-1] - 1)
+        chosen = ops.take_along_axis(logits, ids[:, None, None, None], axis=-1)[..., 0]
+        return ops.cast(chosen, "float32")
+
+    def _training_outputs(self, inputs, features, rpn, anchors, proposals,
+                          proposal_valid):
         cfg = self.config
         gt_boxes = clip_to_image(inputs["boxes"], *self.image_size)
         gt_class_ids = ops.cast(inputs["class_ids"], "int32")
