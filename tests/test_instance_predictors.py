@@ -79,15 +79,16 @@ def test_both_predictors_refuse_the_same_pixels(case, detector, segmenter):
 
 def test_masks_in_boxes_of_a_detector_are_its_mask_branch_pasted(detector):
     """predict_masks_in_boxes on a MaskRCNN: the detector's RoIAlign and mask branch on the
-    boxes scaled to its input, each box's class channel, pasted at the image's size."""
-    from segkeras.data.images import resize_image
+    boxes scaled to its input (the image resized keeping its aspect ratio: 48x80 -> 38x64, padded
+    to 64x64), each box's class channel, pasted at the image's size."""
+    from segkeras.data.images import letterbox
     from segkeras.models.mask_head import paste_masks
 
     image = np.random.default_rng(0).integers(0, 256, (48, 80, 3), dtype=np.uint8)
     boxes, ids = np.array([[4, 4, 60, 40], [10, 0, 30, 20]], np.float32), np.array([2, 3])
     (masks,) = predict_masks_in_boxes(detector, [image], [boxes], [ids])
-    scale = np.array([64 / 80, 64 / 48] * 2, np.float32)
-    features = detector.features(resize_image(image, (64, 64))[None], training=False)
+    scale = np.array([64 / 80, 38 / 48] * 2, np.float32)
+    features = detector.features(letterbox(image, (38, 64), (64, 64))[None], training=False)
     pooled = detector.mask_align(features, boxes * scale, np.zeros(2, np.int32))
     logits = ops.convert_to_numpy(detector.mask_head(pooled, training=False))
     own = np.moveaxis(logits, -1, 1)[np.arange(2), ids]

@@ -117,35 +117,69 @@ def coco_results(detections: dict, image_id: int,
     """One image's detections in the COCO results format: ``image_id``, ``category_id``,
     ``bbox`` ``[x, y, w, h]``, ``score`` and ``segmentation`` (RLE, counts as text).
 
-    ``category_ids``: the dataset's category id of class 1, 2, ... (the COCO loader's
-    ``extra["category_ids"]``); None keeps the model's class ids."""
-    from pycocotools import mask as mask_utils
-
+    ``detections["masks"]``: (D, H, W) bool, or RLE dicts (``predict_instances(...,
+    mask_format="rle")``). ``category_ids``: the dataset's category id of class 1, 2, ... (the
+    COCO loader's ``extra["category_ids"]``); None keeps the model's class ids."""
     results = []
     for box, class_id, score, mask in zip(detections["boxes"], detections["class_ids"],
                                           detections["scores"], detections["masks"],
                                           strict=True):
-        rle = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
         x1, y1, x2, y2 = (round(float(value), 2) for value in box)
         category = int(class_id) if category_ids is None else int(category_ids[class_id - 1])
         results.append({"image_id": int(image_id), "category_id": category,
                         "bbox": [x1, y1, round(x2 - x1, 2), round(y2 - y1, 2)],
-                        "score": round(float(score), 4),
-                        "segmentation": {"size": [int(side) for side in rle["size"]],
-                                         "counts": rle["counts"].decode("ascii")}})
+                        "score": round(float(score), 4), "segmentation": _rle(mask)})
     return results
+
+
+def _rle(mask) -> dict:
+    """A boolean mask (or an RLE dict, kept) as COCO RLE with text counts."""
+    if isinstance(mask, dict):
+        return mask
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
+    return {"size": [int(side) for side in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+OVERLAY_SIDE = 1024
+"""The longest side, in pixels, of the picture an overlay draws (the figure is 500 px wide):
+larger photos are shown downscaled, so drawing costs no more memory than a 1-megapixel image."""
 
 
 def overlay(image: np.ndarray, detections: dict, min_score: float,
             class_names: list[str] | None = None):
-    """A figure of the detections scoring at least ``min_score``: masks, boxes, class names
-    and scores (:func:`segkeras.viz.instance_overlay`)."""
+    """A figure of the detections scoring at least ``min_score``: masks (bool or RLE), boxes,
+    class names and scores (:func:`segkeras.viz.instance_overlay`), the photo downscaled to
+    :data:`OVERLAY_SIDE`."""
     from segkeras import viz
+    from segkeras.data.images import resize_image
 
-    keep = np.asarray(detections["scores"]) >= min_score
-    shown = Instances(detections["masks"][keep], detections["boxes"][keep],
-                      detections["class_ids"][keep])
-    return viz.instance_overlay(image, shown, class_names, scores=detections["scores"][keep])
+    height, width = image.shape[:2]
+    scale = min(1.0, OVERLAY_SIDE / max(height, width))
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    rows = (np.arange(size[0]) + 0.5) * height // size[0]  # nearest neighbour: mask pixels
+    cols = (np.arange(size[1]) + 0.5) * width // size[1]
+    rows, cols = rows.astype(int), cols.astype(int)
+    keep = np.flatnonzero(np.asarray(detections["scores"]) >= min_score)
+    masks = np.zeros((len(keep), *size), bool)
+    for row, index in enumerate(keep):
+        masks[row] = _mask_array(detections["masks"][index])[rows[:, None], cols]
+    factor = np.array([size[1] / width, size[0] / height] * 2)
+    boxes = np.asarray(detections["boxes"])[keep] * factor
+    shown = Instances(masks, boxes.astype(np.float32), np.asarray(detections["class_ids"])[keep])
+    return viz.instance_overlay(resize_image(image, size), shown, class_names,
+                                scores=np.asarray(detections["scores"])[keep])
+
+
+def _mask_array(mask) -> np.ndarray:
+    """A (H, W) bool mask from a bool array or a COCO RLE dict."""
+    if not isinstance(mask, dict):
+        return np.asarray(mask, bool)
+    from pycocotools import mask as mask_utils
+
+    return mask_utils.decode({"size": mask["size"], "counts": mask["counts"].encode("ascii")}
+                             ).astype(bool)
 
 
 def run_train(args: argparse.Namespace) -> None:
@@ -204,7 +238,9 @@ def run_predict(model: MaskRCNN, args: argparse.Namespace, images) -> None:
     results = []
     for position, path, image in images:
         try:
-            detections = predict_instances(model, [image])[0]  # at the image's own resolution
+            detections = predict_instances(  # boxes and masks in the image's own pixels
+                model, [image], min_side=args.min_side, max_side=args.max_side,
+                mask_format="rle")[0]
         except SegkerasError as error:  # reported at the end, the other images predicted
             images.skipped.append(f"{path}: {error}")
             continue

@@ -87,6 +87,13 @@ def add_parser(commands) -> None:
                          "or beside the first image)")
     predict.add_argument("--image-size", type=common.positive,
                          help="default: the model's input size (128 if it takes any size)")
+    predict.add_argument("--min-side", type=common.positive,
+                         help="resize each image, aspect ratio kept, so its shorter side is "
+                         "this (default: the model's input size, or --image-size)...")
+    predict.add_argument("--max-side", type=common.positive,
+                         help="...unless its longer side would exceed this (default: the "
+                         "model's input size, or twice --image-size for a model of any size); "
+                         "results come back at the image's own size")
     predict.set_defaults(run=_cmd_predict)
 
 

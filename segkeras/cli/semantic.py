@@ -90,38 +90,26 @@ def run_evaluate(model, data, args: argparse.Namespace, size: int) -> tuple[dict
 
 def run_predict(model, args: argparse.Namespace, images) -> None:
     """``STEM_mask.png`` (class ids, palette) and ``STEM_overlay.png`` per image, at the image's
-    own size."""
-    import numpy as np
-
+    own size: the image resized keeping its aspect ratio, the logits resized back bilinearly
+    and the argmax taken there (:func:`segkeras.models.semantic_predict.predict_semantic`)."""
     from segkeras import runs, viz
-    from segkeras.data.images import resize_image, write_png
+    from segkeras.data.images import write_png
+    from segkeras.models.semantic_predict import last_output, predict_semantic
     from segkeras.train import model_num_classes
 
     for flag, value in (("--json", args.json), ("--score-threshold", args.score_threshold)):
         if value is not None:
             raise SegkerasError(f"{flag} is for Mask R-CNN models; {args.model} is a semantic "
                                 f"segmentation model: leave {flag} out")
-    model = _last_output(model)
+    model = last_output(model)
     size = common.model_size(model, args.image_size)
+    fixed = None not in model.input_shape[1:3]
     class_names = runs.training_metrics(args.model, model_num_classes(model) - 1).get("classes")
     for _, path, image in images:
-        height, width = image.shape[:2]
-        logits = model.predict_on_batch(resize_image(image, (size, size))[None])
-        small = np.argmax(logits[0], axis=-1).astype(np.uint8)
-        rows = np.arange(height) * size // height
-        cols = np.arange(width) * size // width
-        mask = small[rows[:, None], cols[None, :]]  # nearest neighbour back to the original size
+        (mask,) = predict_semantic(model, [image], args.min_side or (None if fixed else size),
+                                   args.max_side)
         write_png(common.output_path(args, path, "_mask.png"), mask, palette=True)
         target = common.output_path(args, path, "_overlay.png")
         with runs.atomic_path(target) as temporary:
             viz.overlay(image, mask, class_names=class_names).savefig(temporary, dpi=100)
         print(f"{path} -> {target}")
-
-
-def _last_output(model):
-    """The model predicting only its last (for a stacked hourglass: most refined) logits."""
-    if len(model.outputs) == 1:
-        return model
-    import keras
-
-    return keras.Model(model.input, model.outputs[-1], name=f"{model.name}_last")
