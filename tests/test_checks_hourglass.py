@@ -130,8 +130,13 @@ def test_recursions_pass_however_they_are_wrapped_or_where_they_stop():
                              layers.UpSampling2D(2)(low)])
 
     assert check.hourglass_module(down_to_zero, residual)
-    assert check.hourglass_module(functools.partial(make_module()), residual)
-    assert check.hourglass_module(lambda *args: make_module()(*args), residual)
+    for wrapped in (functools.partial(make_module()), lambda *args: make_module()(*args)):
+        assert check._answer(wrapped).probe(check._probe_module, 3)["nesting"] == 3
+    exec_source = "def loop(x, depth, filters, name):\n    return module(x, depth, filters, name)\n"
+    namespace = {"module": make_module()}
+    exec(compile(exec_source, "<answer>", "exec"), namespace)  # code of an exec'd cell counts
+    assert check._answer(namespace["loop"]).probe(check._probe_module, 2)["nesting"] == 2
+    assert check._answer(iterative_module).probe(check._probe_module, 3)["nesting"] == 1
 
 
 def test_a_stub_is_not_answered_yet_and_scores_zero_of_the_full_total():

@@ -226,6 +226,36 @@ def test_paste_mask_names_the_mistake():
     assert_fails(checks.paste_mask(stub), "not answered yet")
 
 
+def _thresholded_at(threshold, strict=False):
+    def paste(mask, box, height, width):
+        x1, y1, x2, y2 = (int(round(float(v))) for v in box)
+        pasted = np.zeros((height, width), bool)
+        resized = resize(mask, (y2 - y1, x2 - x1), order=1)
+        pasted[y1:y2, x1:x2] = resized > threshold if strict else resized >= threshold
+        return pasted
+
+    return paste
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.45, 0.495, 0.505, 0.6])
+def test_paste_mask_needs_the_exact_threshold(threshold):
+    assert_fails(checks.paste_mask(_thresholded_at(threshold)), "exactly 0.5")
+
+
+def test_paste_mask_accepts_strictly_above_one_half():
+    assert checks.paste_mask(_thresholded_at(0.5, strict=True))
+
+
+def test_paste_mask_cases_straddle_the_threshold():
+    cases = checks._paste_cases(np.random.default_rng(3))
+    below = [mask for mask, _ in cases if mask.max() < 0.5]
+    above = [mask for mask, _ in cases if mask.min() >= 0.5]
+    assert len(below) == 2 and len(above) == 1
+    assert max(mask.max() for mask in below) > 0.495 and above[0].min() < 0.505
+    assert any(0.3 <= mask.min() and mask.max() < 0.46 for mask in below)
+    assert sum(mask.min() < 0.5 <= mask.max() for mask, _ in cases) == len(cases) - 3
+
+
 # --- the mask loss ----------------------------------------------------------------------------
 
 def mask_loss(targets, logits):
@@ -350,6 +380,110 @@ def test_the_library_works_after_the_checks():
     assert pasted[0, :10, :10].min() > 0.99 and pasted[0, 10:, :].max() == 0
 
 
+# --- the check's own references and data are not answers --------------------------------------
+
+def _calling(function):
+    return lambda *args, **kwargs: function(*args, **kwargs)
+
+
+PRIVATE_ANSWERS = [
+    ("roi_align_box", checks.library_roi_align_box),
+    ("roi_align_box", checks._reference_roi_align),
+    ("roi_align_box", _calling(checks._roi_align)),
+    ("mask_target", checks.library_mask_target),
+    ("mask_target", lambda mask, box: checks._reference_targets([mask], [box])[0]),
+    ("mask_target", lambda mask, box: checks._pooled_masks([mask], [box])[0] >= 0.5),
+    ("select_class_masks", checks.library_select_class_masks),
+    ("mask_loss", checks.library_mask_loss),
+    ("mask_loss", lambda t, x: keras.ops.mean(checks._pixel_losses(t, x))),
+    ("paste_mask", checks.library_paste_mask),
+]
+
+
+@pytest.mark.parametrize("index", range(len(PRIVATE_ANSWERS)))
+def test_the_checks_references_handed_in_are_refused(index):
+    exercise, answer = PRIVATE_ANSWERS[index]
+    assert_fails(getattr(checks, exercise)(answer), "write it yourself",
+                 "segkeras.checks.mask_head.")
+
+
+def test_every_reference_of_the_module_is_private():
+    names = {function.__name__ for function in checks.PRIVATE}
+    assert {"library_roi_align_box", "_reference_roi_align", "_reference_targets",
+            "_roi_align", "_pooled_masks", "library_mask_target", "library_select_class_masks",
+            "library_mask_loss", "library_paste_mask", "_pixel_losses"} <= names
+    assert checks.library_roi_align_box(np.ones((4, 4, 1)), (0, 0, 2, 2)).shape == (2, 2, 1)
+
+
+def test_the_library_run_through_core_reference_is_refused():
+    from segkeras.layers import RoIAlign
+
+    def roi_align_in_reference(features, box, output_size=2, sampling_ratio=2,
+                               spatial_scale=1.0, aligned=True):
+        with core.reference():
+            layer = RoIAlign(output_size, sampling_ratio, spatial_scale, aligned)
+            pooled = layer(np.asarray(features, "float32")[None],
+                           np.asarray(box, "float32")[None], np.zeros(1, "int32"))
+        return keras.ops.convert_to_numpy(pooled)[0]
+
+    assert_fails(checks.roi_align_box(roi_align_in_reference), "write it yourself",
+                 "segkeras.checks.core.reference")
+
+
+def test_select_class_masks_reads_its_arguments_not_fixed_data():
+    fixed_ids = np.array([1, 3, 2, 3, 1, 2])
+
+    def fixed(logits, class_ids):
+        return select_class_masks(logits, np.resize(fixed_ids, len(logits)) % logits.shape[-1])
+
+    def module_data(logits, class_ids):
+        return select_class_masks(logits, checks._CLASS_IDS)
+
+    assert_fails(checks.select_class_masks(fixed))
+    assert_fails(checks.select_class_masks(module_data), "AttributeError")
+    shapes = set()
+    rng = np.random.default_rng(1)
+    for _ in range(8):
+        logits, class_ids = checks._select_case(rng)
+        shapes.add(logits.shape)
+        assert class_ids.min() >= 1 and class_ids.max() < logits.shape[-1]
+    assert len(shapes) > 1
+
+
+# --- partial credit: bilinear_sample and roi_align_box are separable parts -------------------
+
+_right_sample = bilinear_sample
+
+
+def _wrong_sample(features, y, x):
+    return _right_sample(features, x, y)
+
+
+def test_a_right_roi_align_with_a_wrong_bilinear_sample_is_recognised():
+    def roi_align_box(*args, **kwargs):  # calls the module's (here: the wrong) bilinear_sample
+        return make_roi_align(sample=lambda f, y, x: bilinear_sample(f, y, x))(*args, **kwargs)
+
+    namespace = globals()
+    right = namespace["bilinear_sample"]
+    namespace["bilinear_sample"] = _wrong_sample
+    try:
+        result = checks.roi_align_box(roi_align_box, _wrong_sample)
+    finally:
+        namespace["bilinear_sample"] = right
+    assert_fails(result, "bilinear_sample: ", "y is the row", "roi_align_box is right")
+
+
+def test_a_wrong_roi_align_with_a_right_bilinear_sample_is_recognised():
+    result = checks.roi_align_box(make_roi_align(swap_xy=True), bilinear_sample)
+    assert_fails(result, "bilinear_sample is right", "roi_align_box: ", "x and y are swapped")
+
+
+def test_both_parts_unanswered_is_not_answered():
+    assert_fails(checks.roi_align_box(stub, stub), "not answered yet")
+    assert_fails(checks.roi_align_box(stub, bilinear_sample), "bilinear_sample is right",
+                 "roi_align_box: not answered yet")
+
+
 # --- mixed precision, the fallbacks ------------------------------------------------------------
 
 @pytest.fixture
@@ -369,7 +503,7 @@ def test_the_checks_pass_right_answers_under_mixed_float16(mixed_float16):
 
 
 def test_the_fallbacks_are_the_library_answers(capsys):
-    targets, logits = checks._loss_case()
+    targets, logits = checks._loss_case(np.random.default_rng(0))
     fallbacks = {name: checks.LAB.use(name, stub) for name in checks.LAB.exercises}
     assert capsys.readouterr().out.count("has not passed its check yet (not answered)") == 5
     features = np.random.default_rng(0).normal(size=(7, 9, 3))
@@ -379,8 +513,9 @@ def test_the_fallbacks_are_the_library_answers(capsys):
     mask[10:30, 5:25] = True
     box = np.array([5, 10, 25, 30], "float32")
     assert fallbacks["mask_target"](mask, box).min() == 1
-    np.testing.assert_allclose(fallbacks["select_class_masks"](checks._LOGITS, checks._CLASS_IDS),
-                               select_class_masks(checks._LOGITS, checks._CLASS_IDS), atol=1e-5)
+    class_logits, class_ids = checks._select_case(np.random.default_rng(0))
+    np.testing.assert_allclose(fallbacks["select_class_masks"](class_logits, class_ids),
+                               select_class_masks(class_logits, class_ids), atol=1e-5)
     np.testing.assert_allclose(float(fallbacks["mask_loss"](targets, logits)),
                                _numpy_loss(targets, logits), rtol=1e-5)
     pasted = fallbacks["paste_mask"](np.ones((28, 28), "float32"), box, 40, 40)
