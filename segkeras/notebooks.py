@@ -1,12 +1,14 @@
 """Keep the notebooks in step: ``solutions/`` is the single source, ``labs/`` is generated from it.
 
 ``python -m segkeras.notebooks`` (``make labs``) stamps every solution: its Colab badge and install
-cell from :data:`REPOSITORY`, and nbgrader metadata derived from the cells (:func:`grade_metadata`).
-Then it writes each lab with nbgrader's release preprocessors (those of ``nbgrader
-generate_assignment`` except the one that writes the gradebook): solutions replaced by stubs,
-outputs cleared, cells locked, checksums computed. ``--check`` only reports labs that are out of
-date (exit 1). ``--execute NAME...`` first re-runs those solutions in full mode (what instructors
-commit, e.g. after a run on a GPU), then writes the labs.
+cell from :data:`REPOSITORY`, nbgrader metadata derived from the cells (:func:`grade_metadata`) and
+the lab's name (``metadata.segkeras.lab``). Then it writes each lab with nbgrader's release
+preprocessors (those of ``nbgrader generate_assignment`` except the one that writes the
+gradebook): solutions replaced by stubs, outputs cleared, cells locked, checksums computed; and
+the grader's files of each lab (:data:`GRADING`: the setup a worker runs before an answer, and
+the exercises' function names and points). ``--check`` only reports labs or grading files that
+are out of date (exit 1). ``--execute NAME...`` first re-runs those solutions in full mode (what
+instructors commit, e.g. after a run on a GPU), then writes the labs.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib
+import json
 import os
 import re
 import sys
@@ -22,8 +25,10 @@ from pathlib import Path
 import nbformat
 
 from segkeras.errors import SegkerasError
+from segkeras.runs import atomic_write_text
 
 REPOSITORY = "https://github.com/segkeras/segkeras"
+GRADING = Path(__file__).resolve().parent / "resources" / "grading"
 BRANCH = "main"
 SETUP_TAG = "setup"
 SETUP_CELL = """\
@@ -112,7 +117,33 @@ def grade_metadata(notebook: nbformat.NotebookNode, name: str = "") -> nbformat.
                                 "call per check cell.")
         seen.add(metadata["grade_id"])
         cell.metadata["nbgrader"] = metadata
+    lab = lab_name(notebook)
+    if lab is not None:
+        notebook.metadata["segkeras"] = {"lab": lab}
     return notebook
+
+
+def lab_name(notebook: nbformat.NotebookNode) -> str | None:
+    """The name of the lab whose checks the notebook calls (None if it calls none)."""
+    for cell in notebook.cells:
+        call = check_call(cell.source) if cell.cell_type == "code" else None
+        if call is not None:
+            return importlib.import_module(f"segkeras.checks.{call[0]}").LAB.name
+    return None
+
+
+def grading_files(solution: nbformat.NotebookNode, name: str) -> dict[Path, str]:
+    """The grader's files of a (stamped) solution: ``<lab>.py`` (the setup) and ``<lab>.json``
+    (the spec), by path; none for a notebook without checks."""
+    from segkeras.grading.submission import grading_spec
+
+    if lab_name(solution) is None:
+        return {}
+    setup, spec = grading_spec(solution, name)
+    header = (f"# The setup a grading worker runs before an answer of lab {spec['lab']}: generated "
+              f"from solutions/{name}\n# by `python -m segkeras.notebooks`; do not edit.\n\n")
+    return {GRADING / f"{spec['lab']}.py": header + setup,
+            GRADING / f"{spec['lab']}.json": json.dumps(spec, indent=1) + "\n"}
 
 
 def drop_native_logs(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
@@ -134,7 +165,7 @@ def execute(path: Path, timeout: int = 3600) -> None:
 
     notebook = _read(path)
     environment = {key: value for key, value in os.environ.items()
-                   if key not in ("SEGKERAS_QUICK", "SEGKERAS_WEIGHTS", "SEGKERAS_GRADING")}
+                   if key not in ("SEGKERAS_QUICK", "SEGKERAS_WEIGHTS")}
     client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}})
     old_environment = dict(os.environ)
@@ -194,6 +225,9 @@ def sync(solutions: Path = Path("solutions"), labs: Path = Path("labs")) -> list
         target = labs / path.name
         target.write_text(_text(lab_from_solution(solution, path.name)), encoding="utf-8")
         written += [path, target]
+        for grading, text in grading_files(solution, path.name).items():
+            atomic_write_text(grading, text)
+            written.append(grading)
     return written
 
 
@@ -201,10 +235,14 @@ def stale(solutions: Path = Path("solutions"), labs: Path = Path("labs")) -> lis
     """Names of labs that are missing or differ from what :func:`sync` would write."""
     out_of_date = []
     for path in sorted(solutions.glob("*.ipynb")):
-        expected = _text(lab_from_solution(_stamped(path), path.name))
+        solution = _stamped(path)
+        expected = _text(lab_from_solution(solution, path.name))
         target = labs / path.name
         if not target.exists() or target.read_text(encoding="utf-8") != expected:
             out_of_date.append(path.name)
+        for grading, text in grading_files(solution, path.name).items():
+            if not grading.exists() or grading.read_text(encoding="utf-8") != text:
+                out_of_date.append(str(grading.relative_to(GRADING.parents[1])))
     return out_of_date
 
 
@@ -223,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         out_of_date = stale(args.solutions, args.labs)
         for name in out_of_date:
-            print(f"labs/{name} is out of date: run `make labs`")
+            where = name if "/" in name else f"labs/{name}"
+            print(f"{where} is out of date: run `make labs`")
         return 1 if out_of_date else 0
     for name in args.execute:
         path = args.solutions / name

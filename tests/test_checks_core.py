@@ -7,14 +7,13 @@ import types
 import pytest
 
 from segkeras.checks import core
-from segkeras.checks.core import CheckFailed, Lab, forbid, reference, require
+from segkeras.checks.core import Lab, forbid, reference, require
 
 pytestmark = pytest.mark.fast
 
 
 @pytest.fixture(autouse=True)
-def fresh(monkeypatch):
-    monkeypatch.delenv(core.GRADING_VARIABLE, raising=False)
+def fresh():
     core.reset()
     yield
     core.reset()
@@ -93,7 +92,9 @@ def test_score_is_out_of_the_full_total_skipped_checks_count_zero(capsys):
     double(lambda x: 2 * x)
     capsys.readouterr()
     assert core.total() == (3, 6)
-    assert capsys.readouterr().out.strip() == "Score: 3/6 points (1/2 exercises passed)"
+    assert capsys.readouterr().out.strip() == (
+        "Score in this notebook: 3/6 points (1/2 exercises passed; the grader re-runs every "
+        "answer on its own)")
 
 
 def test_total_without_a_lab_counts_the_checks_that_ran(capsys):
@@ -103,16 +104,12 @@ def test_total_without_a_lab_counts_the_checks_that_ran(capsys):
     assert core.total() == (3, 3)
 
 
-def test_grading_mode_raises_after_printing(monkeypatch, capsys):
+def test_a_failed_check_only_prints_whatever_the_environment_says(monkeypatch, capsys):
     lab, double, _ = make_lab()
     lab.start()
-    monkeypatch.setenv(core.GRADING_VARIABLE, "1")
-    assert double(lambda x: 2 * x)
-    with pytest.raises(CheckFailed, match="double it"):
-        double(lambda x: x + 2)
+    monkeypatch.setenv("SEGKERAS_GRADING", "1")  # the old grading switch: nothing reads it
+    assert not double(lambda x: x + 2)
     assert "✗ double: 0/3 points" in capsys.readouterr().out
-    with pytest.raises(CheckFailed, match="not answered yet"):
-        double(not_answered)
 
 
 def test_declaring_a_check_of_an_undeclared_exercise_is_refused():

@@ -8,8 +8,9 @@ Usage in a notebook::
     checks.fcn.convolutionize(my_function)   # one check after each exercise
     checks.total()                           # last cell: the score out of the lab's total
 
-One module per lab, all sharing :mod:`segkeras.checks.core` (set ``SEGKERAS_GRADING=1`` for
-nbgrader: a failed check then raises).
+One module per lab, all sharing :mod:`segkeras.checks.core`. These checks are feedback: the
+grade comes from :mod:`segkeras.grading`, which runs the same judges on each answer out of the
+student's kernel.
 """
 
 from segkeras.checks import deconv, detection, fcn, hourglass, mask_head, unet
@@ -18,7 +19,6 @@ from segkeras.checks.core import (
     CheckResult,
     Lab,
     forbid,
-    grading,
     reference,
     reset,
     results,
@@ -26,6 +26,6 @@ from segkeras.checks.core import (
 )
 
 __all__ = [
-    "CheckFailed", "CheckResult", "Lab", "deconv", "detection", "fcn", "forbid", "grading",
+    "CheckFailed", "CheckResult", "Lab", "deconv", "detection", "fcn", "forbid",
     "hourglass", "mask_head", "reference", "reset", "results", "total", "unet",
 ]

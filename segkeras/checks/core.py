@@ -1,41 +1,63 @@
-"""The grading machinery shared by every lab's checks.
+"""The check machinery shared by every lab: exercises and points, judges, forbidden functions.
 
-A checks module declares its lab's exercises and points up front, then turns each check function
-(one that raises :class:`CheckFailed` with a hint) into a check::
+A checks module declares its lab's exercises and points up front (an exercise's points may be a
+dict of parts, for partial credit), then turns each **judge** into a check. A judge takes an
+:class:`~segkeras.grading.answer.Answer` (never the student's function itself) and raises
+:class:`CheckFailed` with a hint::
 
     LAB = Lab("01_fcn", {"convolutionize": 2, "fuse_skip": 3, "fcn_head": 4})
+    PRIVATE = (library_fuse_skip, reference_scores)   # references: refused as answers
 
-    @LAB.check("fuse_skip", fallback=_library_fuse_skip)
-    @forbid(segkeras.models.fcn.fuse)          # "write it yourself" if the answer calls it
+    @LAB.check("fuse_skip", forbid=[segkeras.models.fcn.fuse], fallback=library_fuse_skip)
     @in_float32
-    def fuse_skip(function) -> None: ...
+    def fuse_skip(answer: Answer) -> None: ...
 
     start, use, guard, total = LAB.start, LAB.use, LAB.guard, LAB.total
 
-A check prints ✓/✗ with the points and a hint, records the result and returns a
-:class:`CheckResult`. In grading mode (``SEGKERAS_GRADING=1``, set for nbgrader's autograding) a
-failed check raises after printing, so nbgrader takes the cell's points away. :func:`total` scores
-out of the current lab's full total.
+In the notebook ``checks.fcn.fuse_skip(fuse_skip)`` runs the judge on a
+:class:`~segkeras.grading.answer.LocalAnswer` and prints ✓/✗ with the points and a hint: feedback
+only. The grade is computed by :mod:`segkeras.grading` (the same judge on a ``RemoteAnswer``, the
+student's code in a worker process); nothing in the kernel decides it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import io
 import os
+import pkgutil
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import keras
 import numpy as np
 
-GRADING_VARIABLE = "SEGKERAS_GRADING"
 NOT_ANSWERED = "not answered yet: replace `raise NotImplementedError()` with your code."
+LOCAL_TIMEOUT = 120  # seconds a check may take in the student's kernel
+TIMEOUT_VARIABLE = "SEGKERAS_CHECK_TIMEOUT"  # overrides it (feedback only: grading ignores it)
+GRADING_TIMEOUT = 30  # seconds an exercise may take in the grader (a lab may raise one)
 
 
 class CheckFailed(AssertionError):
-    """Raised inside a check with the hint the student sees."""
+    """Raised by a judge with the hint the student sees; ``points`` are the points of the parts
+    that passed (partial credit), 0 by default."""
+
+    def __init__(self, hint: str, points: int = 0) -> None:
+        super().__init__(hint)
+        self.points = int(points)
+
+
+class OutOfTime(BaseException):
+    """The time limit of a check ran out (a BaseException: ``except Exception`` in an answer does
+    not swallow it)."""
+
+
+def out_of_time_message(seconds: float) -> str:
+    return f"ran out of time ({seconds:g} s): does your code loop forever?"
 
 
 @dataclass(frozen=True)
@@ -70,43 +92,67 @@ _RESULTS: dict[tuple[str | None, str], CheckResult] = {}
 _CURRENT: Lab | None = None
 
 
-def grading() -> bool:
-    """True in grading mode (``SEGKERAS_GRADING=1``): failed checks raise."""
-    return os.environ.get(GRADING_VARIABLE, "").strip().lower() in ("1", "true", "yes")
+@contextlib.contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise :class:`OutOfTime` in the main thread after ``seconds`` (SIGALRM; a no-op where that
+    is unavailable: Windows, other threads)."""
+    usable = (seconds and hasattr(signal, "SIGALRM")
+              and threading.current_thread() is threading.main_thread())
+    if not usable:
+        yield
+        return
 
+    def expire(signum, frame):
+        raise OutOfTime(seconds)
 
-def _outcome(check: Callable, name: str, points: int, args: tuple, kwargs: dict) -> CheckResult:
-    """Run ``check`` and turn whatever happens into a :class:`CheckResult`."""
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
-        check(*args, **kwargs)
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def outcome(judge: Callable, name: str, points: int, answer) -> CheckResult:
+    """Run ``judge(answer)`` and turn whatever happens into a :class:`CheckResult` (the same in
+    the kernel and in the grader)."""
+    try:
+        judge(answer)
     except CheckFailed as failure:
-        return CheckResult(name, False, 0, points, str(failure))
+        return CheckResult(name, False, max(0, min(failure.points, points)), points,
+                           str(failure))
     except NotImplementedError:
         return CheckResult(name, False, 0, points, NOT_ANSWERED)
+    except OutOfTime as error:
+        return CheckResult(name, False, 0, points, out_of_time_message(error.args[0]))
     except Exception as error:  # the student's code crashed: report, don't stop
         return CheckResult(name, False, 0, points,
                            f"your code raised {type(error).__name__}: {error}")
     return CheckResult(name, True, points, points, "")
 
 
-def _report(result: CheckResult) -> CheckResult:
-    print(result)
-    if not result.passed and grading():
-        raise CheckFailed(f"{result.exercise}: {result.message}")
-    return result
+Points = int | dict[str, int]  # an exercise's points, or its parts' points
 
 
 class Lab:
-    """A lab's exercises and their points, declared up front so the score is out of the full
-    total; creates the lab's checks (:meth:`check`) and the helpers its notebook uses."""
+    """A lab's exercises and their points (or parts), declared up front so the score is out of the
+    full total; creates the lab's checks (:meth:`check`) and the helpers its notebook uses."""
 
-    def __init__(self, name: str, exercises: dict[str, int]) -> None:
-        if not exercises or any(int(points) <= 0 for points in exercises.values()):
-            raise ValueError(f"lab {name}: declare every exercise with a positive number of points")
+    def __init__(self, name: str, exercises: dict[str, Points]) -> None:
         self.name = name
-        self.exercises = {exercise: int(points) for exercise, points in exercises.items()}
-        self._checks: dict[str, Callable] = {}
-        self._fallbacks: dict[str, Callable] = {}
+        self.parts = {exercise: ({k: int(v) for k, v in points.items()}
+                                 if isinstance(points, dict) else {exercise: int(points)})
+                      for exercise, points in exercises.items()}
+        if not exercises or any(points <= 0 for parts in self.parts.values()
+                                for points in parts.values()):
+            raise ValueError(f"lab {name}: declare every exercise (and part) with a positive "
+                             "number of points")
+        self.exercises = {exercise: sum(parts.values()) for exercise, parts in self.parts.items()}
+        self.judges: dict[str, Callable] = {}
+        self.forbidden: dict[str, tuple] = {}
+        self.fallbacks: dict[str, Callable] = {}
+        self.timeouts: dict[str, float] = {}
 
     @property
     def total_points(self) -> int:
@@ -122,26 +168,42 @@ class Lab:
         _RESULTS.clear()
         print(f"Lab {self.name}: {len(self.exercises)} exercises, {self.total_points} points")
 
-    def check(self, name: str, fallback: Callable | None = None) -> Callable:
-        """Decorator: ``check`` (raising :class:`CheckFailed` with a hint) becomes the check of
-        exercise ``name``; ``fallback`` is what :meth:`use` returns until the check passes."""
+    def check(self, name: str, forbid: tuple | list = (), fallback: Callable | None = None,
+              timeout: float = GRADING_TIMEOUT) -> Callable:
+        """Decorator: ``judge(answer)`` (raising :class:`CheckFailed` with a hint) becomes the
+        check of exercise ``name``, called in the notebook with the student's function(s).
+        ``forbid``: functions, methods or classes that implement the exercise ("write it
+        yourself"); ``fallback``: what :meth:`use` returns until the check passes; ``timeout``:
+        the grader's limit for this exercise, in seconds."""
         if name not in self.exercises:
             raise ValueError(f"lab {self.name} declares no exercise {name!r}: "
                              f"one of {', '.join(self.exercises)}")
         points = self.exercises[name]
 
-        def decorate(check: Callable) -> Callable:
-            @functools.wraps(check)
-            def run(*args, **kwargs) -> CheckResult:
-                return _report(self._record(name, _outcome(check, name, points, args, kwargs)))
+        def decorate(judge: Callable) -> Callable:
+            @functools.wraps(judge)
+            def run(*functions: Callable) -> CheckResult:
+                result = self._record(name, self.run_locally(name, functions))
+                print(result)
+                return result
 
             run.points, run.exercise, run.lab = points, name, self
-            self._checks[name] = check
+            self.judges[name], self.forbidden[name] = judge, tuple(forbid)
+            self.timeouts[name] = timeout
             if fallback is not None:
-                self._fallbacks[name] = fallback
+                self.fallbacks[name] = fallback
             return run
 
         return decorate
+
+    def run_locally(self, name: str, functions: tuple[Callable, ...]) -> CheckResult:
+        """The judge of ``name`` on the student's ``functions``, in this process (feedback)."""
+        from segkeras.grading.answer import LocalAnswer
+
+        answer = LocalAnswer(name, functions, forbid=self.forbidden[name])
+        seconds = float(os.environ.get(TIMEOUT_VARIABLE) or max(LOCAL_TIMEOUT, self.timeouts[name]))
+        with time_limit(seconds):
+            return outcome(self.judges[name], name, self.exercises[name], answer)
 
     def _record(self, name: str, result: CheckResult) -> CheckResult:
         _RESULTS[(self.name, name)] = result
@@ -154,19 +216,18 @@ class Lab:
     def use(self, name: str, answer: Callable) -> Callable:
         """``answer`` if exercise ``name`` passed its check, else segkeras' version (one line
         says so). A check never run is run first, silently."""
-        if name not in self._fallbacks:
+        if name not in self.fallbacks:
             raise ValueError(f"lab {self.name}: exercise {name!r} has no fallback to use")
         result = self.result(name)
         if result is None:
             with contextlib.redirect_stdout(io.StringIO()):
-                result = self._record(name, _outcome(self._checks[name], name,
-                                                     self.exercises[name], (answer,), {}))
+                result = self._record(name, self.run_locally(name, (answer,)))
         if result.passed:
             return answer
         reason = "it failed" if result.answered else "not answered"
         print(f"✗ {name} has not passed its check yet ({reason}): the rest of the lab uses "
               "segkeras' version so it still runs")
-        return self._fallbacks[name]
+        return self.fallbacks[name]
 
     @contextlib.contextmanager
     def guard(self, name: str) -> Iterator[None]:
@@ -180,13 +241,48 @@ class Lab:
             print(f"✗ your {name} raised {type(error).__name__}: {error}")
 
     def total(self) -> tuple[int, int]:
-        """Print and return ``(points, full total)``: unanswered or unchecked exercises count 0."""
+        """Print and return ``(points, full total)`` of the checks run in this notebook:
+        unanswered or unchecked exercises count 0. Feedback only: the grader re-runs every
+        answer on its own."""
         found = [self.result(name) for name in self.exercises]
         points = sum(result.points for result in found if result is not None)
         passed = sum(bool(result) for result in found if result is not None)
-        print(f"Score: {points}/{self.total_points} points "
-              f"({passed}/{len(self.exercises)} exercises passed)")
+        print(f"Score in this notebook: {points}/{self.total_points} points "
+              f"({passed}/{len(self.exercises)} exercises passed; the grader re-runs every "
+              "answer on its own)")
         return points, self.total_points
+
+
+def labs() -> dict[str, Lab]:
+    """Every lab of :mod:`segkeras.checks`, by name (``"06_boxes_to_masks"``)."""
+    return {module.LAB.name: module.LAB for module in _lab_modules()}
+
+
+def lab_module(lab: str):
+    """The checks module of lab ``lab`` (its name, e.g. ``06_boxes_to_masks``, or its module's,
+    e.g. ``detection``)."""
+    for module in _lab_modules():
+        if lab in (module.LAB.name, module.__name__.rpartition(".")[2]):
+            return module
+    raise KeyError(lab)
+
+
+@functools.cache
+def _lab_modules() -> tuple:
+    import segkeras.checks as package
+
+    found = []
+    for info in pkgutil.iter_modules(package.__path__):
+        module = importlib.import_module(f"segkeras.checks.{info.name}")
+        if isinstance(getattr(module, "LAB", None), Lab):
+            found.append(module)
+    return tuple(found)
+
+
+def private_targets() -> tuple:
+    """The ``PRIVATE`` functions of every lab module (references, library answers): refused as
+    answers and while any answer runs."""
+    return tuple(target for module in _lab_modules() for target in getattr(module, "PRIVATE", ()))
 
 
 # --- forbidding library answers ----------------------------------------------------------------
@@ -269,36 +365,62 @@ class _Swap:
 _ACTIVE: list[_Swap] = []  # the swaps in place while a forbidding check runs
 
 
+def _new_swaps(targets) -> list[_Swap]:
+    """Swaps for ``targets`` not forbidden already (one per function, class or method)."""
+    owners = {swap.owner for swap in _ACTIVE}
+    swaps = []
+    for target in targets:
+        if _Swap.owner_of(target) not in owners:
+            owners.add(_Swap.owner_of(target))
+            swaps.append(_Swap(target))
+    return swaps
+
+
+def swap_out(targets) -> list[_Swap]:
+    """Forbid ``targets`` for good (the grader's worker, before any student code runs)."""
+    swaps = _new_swaps(targets)
+    for swap in swaps:
+        swap.on()
+    return swaps
+
+
+@contextlib.contextmanager
+def forbidding(targets) -> Iterator[None]:
+    """While the block runs, calling any of ``targets`` (functions, methods such as
+    ``segkeras.layers.RoIAlign.call``, or classes) fails with "write it yourself", however the
+    student imported them; targets already forbidden by an enclosing block stay so."""
+    swaps = _new_swaps(targets)
+    start = len(_FORBIDDEN_CALLS)
+    try:
+        for swap in swaps:
+            swap.on()
+            _ACTIVE.append(swap)
+        try:
+            yield
+        except Exception:
+            if len(_FORBIDDEN_CALLS) > start:  # however the error surfaced
+                raise CheckFailed(_write_it_yourself(_FORBIDDEN_CALLS[start])) from None
+            raise
+        if len(_FORBIDDEN_CALLS) > start:  # the answer swallowed the error
+            raise CheckFailed(_write_it_yourself(_FORBIDDEN_CALLS[start]))
+    finally:
+        for swap in reversed(swaps):
+            if swap in _ACTIVE:
+                swap.off()
+                _ACTIVE.remove(swap)
+        del _FORBIDDEN_CALLS[start:]
+
+
 def forbid(*targets) -> Callable:
-    """Decorator for a check: while it runs, calling any of ``targets`` (functions, methods such
-    as ``segkeras.layers.RoIAlign.call``, or classes) fails the check with "write it yourself",
-    however the student imported them. Compute reference values inside :func:`reference`."""
+    """Decorator for an old-style check (one that calls the student's function itself): while it
+    runs, ``targets`` are forbidden (:func:`forbidding`). Judges declare
+    ``Lab.check(..., forbid=[...])`` instead."""
 
     def decorate(check: Callable) -> Callable:
         @functools.wraps(check)
         def run(*args, **kwargs):
-            active = [swap.owner for swap in _ACTIVE]
-            start, swaps = len(_FORBIDDEN_CALLS), [  # a nested check: forbidden already
-                _Swap(target) for target in targets if _Swap.owner_of(target) not in active]
-            try:
-                for swap in swaps:
-                    swap.on()
-                    _ACTIVE.append(swap)
-                try:
-                    outcome = check(*args, **kwargs)
-                except Exception:
-                    if len(_FORBIDDEN_CALLS) > start:  # however the error surfaced
-                        raise CheckFailed(_write_it_yourself(_FORBIDDEN_CALLS[start])) from None
-                    raise
-                if len(_FORBIDDEN_CALLS) > start:  # the answer swallowed the error
-                    raise CheckFailed(_write_it_yourself(_FORBIDDEN_CALLS[start]))
-                return outcome
-            finally:
-                for swap in reversed(swaps):
-                    if swap in _ACTIVE:
-                        swap.off()
-                        _ACTIVE.remove(swap)
-                del _FORBIDDEN_CALLS[start:]
+            with forbidding(targets):
+                return check(*args, **kwargs)
 
         return run
 
@@ -382,11 +504,12 @@ def reset() -> None:
 
 def total() -> tuple[int, int]:
     """Print and return ``(points, max_points)``: out of the current lab's full total, or over
-    the checks run so far if no lab was started."""
+    the checks run so far if no lab was started (feedback: the grader re-runs every answer)."""
     if _CURRENT is not None:
         return _CURRENT.total()
     points = sum(result.points for result in _RESULTS.values())
     maximum = sum(result.max_points for result in _RESULTS.values())
     passed = sum(result.passed for result in _RESULTS.values())
-    print(f"Score: {points}/{maximum} points ({passed}/{len(_RESULTS)} exercises passed)")
+    print(f"Score in this notebook: {points}/{maximum} points ({passed}/{len(_RESULTS)} "
+          "exercises passed; the grader re-runs every answer on its own)")
     return points, maximum

@@ -2,13 +2,14 @@
 anchors to ground-truth boxes and the box coder of Faster R-CNN (Ren, He, Girshick & Sun, NIPS
 2015, Sec. 3.1.2 and eq. 2), which Mask R-CNN (He et al., ICCV 2017) trains its proposals with.
 
-Each check compares the student's function with a plain numpy reference written here (never the
-library, whose functions are forbidden while the check runs: "write it yourself"), on hand-made
-boxes where each rule shows on its own (disjoint boxes, IoU exactly 0.7 and 0.3, a padding row,
-an image without objects) and on random ones; the hint names the rule the answer breaks. Then it
-runs the answer where the model runs it: inside :func:`segkeras.models.mask_rcnn.rpn.rpn_losses`
-on a batch (``keras.ops.map`` over the images), which needs ``keras.ops`` code. The
-fallbacks are the library's versions, what the lab trains with until an exercise passes.
+Each judge compares the student's function with a plain numpy reference written here (private:
+refused as an answer; the library's and Keras' own box functions are forbidden: "write it
+yourself"), on hand-made boxes where each rule shows on its own (disjoint boxes, IoU exactly 0.7
+and 0.3, a padding row, an image without objects) and on random ones; the hint names the rule the
+answer breaks. Then it runs the answer where the model runs it: traced as a graph, and inside
+:func:`segkeras.models.mask_rcnn.rpn.rpn_losses` on a batch under ``tf.function``, comparing
+values (an answer in numpy that special-cases symbolic tensors fails there). The fallbacks are the
+library's versions, what the lab trains with until an exercise passes.
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ import functools
 from collections.abc import Callable
 
 import keras
+import keras.utils.bounding_boxes as keras_boxes
 import numpy as np
 
 import segkeras.boxes
 import segkeras.models.mask_rcnn.rpn
 import segkeras.models.mask_rcnn.sampling
-from segkeras.checks.core import CheckFailed, Lab, forbid, in_float32, reference, require
+from segkeras.checks.core import CheckFailed, Lab, in_float32, require
+from segkeras.grading.answer import Answer
+from segkeras.grading.probes import call_in_graph, call_symbolic, probe
 from segkeras.models.mask_rcnn.anchors import anchor_grid
 
 POSITIVE_IOU, NEGATIVE_IOU = 0.7, 0.3
@@ -32,15 +36,21 @@ LAB = Lab("06_boxes_to_masks", {"box_iou": 2, "match_anchors": 3, "encode_boxes"
 start, use, guard, total = LAB.start, LAB.use, LAB.guard, LAB.total
 
 
+
 def _numpy(value) -> np.ndarray:
     """A student's result (numpy array, list or backend tensor) as a numpy array."""
     return np.asarray(keras.ops.convert_to_numpy(value))
 
 
-def _call(function: Callable, *args):
-    """``function`` on float32 copies of numpy ``args`` (bool arrays stay bool)."""
-    return function(*(np.array(arg, dtype=bool if np.asarray(arg).dtype == bool else np.float32)
-                      for arg in args))
+def _inputs(*args) -> tuple[np.ndarray, ...]:
+    """float32 copies of numpy ``args`` (bool arrays stay bool)."""
+    return tuple(np.array(arg, dtype=bool if np.asarray(arg).dtype == bool else np.float32)
+                 for arg in args)
+
+
+def _call(answer: Answer, *args):
+    """The answer on float32 copies of ``args`` (bool arrays stay bool)."""
+    return answer(*_inputs(*args))
 
 
 # --- numpy references -----------------------------------------------------------------------
@@ -150,49 +160,91 @@ def _training_batch() -> dict[str, np.ndarray]:
 
 
 def _rpn_losses(**answers) -> np.ndarray:
+    """The RPN's two losses on :func:`_training_batch`, traced as a graph (as ``fit`` runs
+    them), with ``answers`` (``anchor_matcher=``, ``box_encoder=``) in place of the library's."""
     batch = _training_batch()
-    losses = segkeras.models.mask_rcnn.rpn.rpn_losses(
-        batch["anchors"], batch["objectness"], batch["deltas"], batch["gt_boxes"],
-        batch["gt_valid"], batch["uniform"], **answers)
-    return np.array([float(_numpy(loss)) for loss in losses])
+    names = ("anchors", "objectness", "deltas", "gt_boxes", "gt_valid", "uniform")
+
+    def losses(*tensors):
+        return segkeras.models.mask_rcnn.rpn.rpn_losses(*tensors, **answers)
+
+    tensors = [keras.ops.convert_to_tensor(batch[name]) for name in names]
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        losses = tf.function(losses, autograph=False)
+    return np.array([float(_numpy(loss)) for loss in losses(*tensors)])
 
 
-def _check_trains(exercise: str, **answers) -> None:
-    """The RPN's losses with the student's function equal those with the library's."""
-    with reference():
-        expected = _rpn_losses()
+@probe
+def rpn_losses_with(function: Callable, keyword: str) -> np.ndarray:
+    """The RPN's losses with the student's ``function`` as its ``keyword`` (``anchor_matcher`` or
+    ``box_encoder``): an error comes back as its message, a string."""
     try:
-        actual = _rpn_losses(**answers)
+        return _rpn_losses(**{keyword: function})
     except CheckFailed:
         raise
     except Exception as error:
+        return f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
+
+
+_library_losses = functools.lru_cache(maxsize=1)(_rpn_losses)
+
+
+def _check_trains(answer: Answer, keyword: str) -> None:
+    """The RPN's losses with the student's function equal those with the library's."""
+    expected = _library_losses()
+    actual = answer.probe(rpn_losses_with, keyword)
+    if isinstance(actual, str):
         raise CheckFailed(
-            f"your {exercise} gives the right numbers but fails where the model runs it, on "
-            f"every image of a batch in the training step ({type(error).__name__}: "
-            f"{str(error).splitlines()[0][:200]}). Write it with keras.ops only: no numpy, no "
-            "Python `if` on tensor values, no boolean indexing.") from None
+            f"your {answer.exercise} gives the right numbers but fails where the model runs it, "
+            f"on every image of a batch in the training step ({actual}). Write it with keras.ops "
+            "only: no numpy, no Python `if` on tensor values, no boolean indexing.")
     require(bool(np.allclose(actual, expected, atol=_ATOL)),
-            f"with your {exercise} the RPN's losses on a training batch are "
+            f"with your {answer.exercise} the RPN's losses on a training batch are "
             f"{np.round(actual, 4).tolist()} instead of {np.round(expected, 4).tolist()}: it "
             "must give the same results on tensors (e.g. inside model.fit) as on numpy arrays.")
 
 
-def _check_symbolic(exercise: str, function: Callable, *specs, expected_shapes) -> None:
-    """``function`` on symbolic tensors (what ``keras.ops`` code handles) -> the right shapes."""
-    inputs = [keras.KerasTensor(shape, dtype=dtype) for shape, dtype in specs]
+def _keras_ops_hint(exercise: str, where: str, error: Exception) -> str:
+    return (f"your {exercise} works on numpy arrays but not {where} ({type(error).__name__}: "
+            f"{str(error).splitlines()[0][:200] if str(error) else ''}): the model runs it inside "
+            "its training step, so write it with keras.ops only (no numpy, no Python `if` on "
+            "tensor values, no boolean indexing).")
+
+
+def _check_symbolic(answer: Answer, *specs, expected_shapes) -> None:
+    """The answer on symbolic tensors (what ``keras.ops`` code handles) -> the right shapes."""
     try:
-        outputs = function(*inputs)
+        shapes = answer.probe(call_symbolic, list(specs))
+    except CheckFailed:
+        raise
     except Exception as error:
-        raise CheckFailed(
-            f"your {exercise} works on numpy arrays but not on symbolic tensors "
-            f"({type(error).__name__}: {str(error).splitlines()[0][:200]}): the model runs it "
-            "inside its training step, so write it with keras.ops only (no numpy, no Python "
-            "`if` on tensor values, no boolean indexing).") from None
-    outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
-    shapes = tuple(tuple(getattr(output, "shape", ())) for output in outputs)
+        raise CheckFailed(_keras_ops_hint(answer.exercise, "on symbolic tensors", error)) from None
+    shapes = shapes if isinstance(shapes, tuple) and shapes and isinstance(shapes[0], tuple) \
+        else (shapes,)
     require(shapes == expected_shapes,
-            f"on symbolic tensors your {exercise} returns shapes {shapes}, expected "
+            f"on symbolic tensors your {answer.exercise} returns shapes {shapes}, expected "
             f"{expected_shapes}.")
+
+
+def _check_graph(answer: Answer, args: tuple, expected, hint: str) -> None:
+    """The answer traced as a graph (``tf.function``) gives ``expected`` on ``args``."""
+    try:
+        values = answer.probe(call_in_graph, *args)
+    except CheckFailed:
+        raise
+    except Exception as error:
+        raise CheckFailed(_keras_ops_hint(answer.exercise, "traced as a graph (as model.fit "
+                                                           "runs it)", error)) from None
+    values = values if isinstance(values, (tuple, list)) else (values,)
+    expected = expected if isinstance(expected, (tuple, list)) else (expected,)
+    require(len(values) == len(expected)
+            and all(np.shape(v) == np.shape(e) and np.allclose(np.asarray(v, np.float64), e,
+                                                                atol=_ATOL)
+                    for v, e in zip(values, expected, strict=False)),
+            f"traced as a graph (as model.fit runs it) your {answer.exercise} gives other values "
+            f"than on numpy arrays: {hint}")
 
 
 # --- exercise 1: IoU ----------------------------------------------------------------------------
@@ -237,17 +289,20 @@ def _diagnose_iou(answer: np.ndarray, a: np.ndarray, b: np.ndarray) -> str:
             "IoU = intersection / (area_a + area_b - intersection).")
 
 
-@LAB.check("box_iou", fallback=library_box_iou)
-@forbid(segkeras.boxes.box_iou)
+_KERAS_IOU = (keras_boxes.compute_iou, keras_boxes.compute_ciou)
+_KERAS_CODER = (keras_boxes.encode_box_to_deltas, keras_boxes.decode_deltas_to_boxes)
+
+
+@LAB.check("box_iou", forbid=[segkeras.boxes.box_iou, *_KERAS_IOU], fallback=library_box_iou)
 @in_float32
-def box_iou(box_iou_fn: Callable) -> None:
+def box_iou(box_iou_fn: Answer) -> None:
     """``box_iou(boxes_a (N, 4), boxes_b (M, 4))`` -> (N, M) IoU, in keras.ops."""
-    rng = np.random.default_rng(1)
+    rng = box_iou_fn.rng
     cases = [(_IOU_A, _IOU_B), (_random_boxes(rng, 9), _random_boxes(rng, 5)),
              (_IOU_A[:3], np.zeros((0, 4), np.float32))]
     for a, b in cases:
         answer = _numpy(_call(box_iou_fn, a, b)).astype(np.float64)
-        expected = reference_iou(a, b)
+        expected = reference_iou(*_inputs(a, b))
         require(answer.shape == expected.shape,
                 f"box_iou of {len(a)} and {len(b)} boxes should have shape {expected.shape} "
                 f"(one row per box of the first set), got {answer.shape}.")
@@ -256,8 +311,11 @@ def box_iou(box_iou_fn: Callable) -> None:
                            "return 0 there (keras.ops.where(union > 0, ..., 0.0)).")
         if not np.allclose(answer, expected, atol=_ATOL):
             require(False, _diagnose_iou(answer, a, b))
-    _check_symbolic("box_iou", box_iou_fn, ((7, 4), "float32"), ((5, 4), "float32"),
+    _check_symbolic(box_iou_fn, ((7, 4), "float32"), ((5, 4), "float32"),
                     expected_shapes=((7, 5),))
+    a, b = _inputs(*cases[1])
+    _check_graph(box_iou_fn, (a, b), reference_iou(a, b),
+                 "IoU = intersection / (area_a + area_b - intersection), in keras.ops.")
 
 
 # --- exercise 2: matching anchors to ground truth ---------------------------------------------
@@ -292,7 +350,7 @@ _RULES = (
 )
 
 
-def _labels_and_matches(match_fn: Callable, anchors, gt_boxes, gt_valid):
+def _labels_and_matches(match_fn: Answer, anchors, gt_boxes, gt_valid):
     result = _call(match_fn, anchors, gt_boxes, gt_valid)
     require(isinstance(result, (tuple, list)) and len(result) == 2,
             "match_anchors should return two arrays: (labels, matched).")
@@ -306,9 +364,9 @@ def _labels_and_matches(match_fn: Callable, anchors, gt_boxes, gt_valid):
     return labels.astype(int), matched.astype(int)
 
 
-def _matching_cases() -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def _matching_cases(rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray,
+                                                              np.ndarray]]:
     """Random ground truth (with a padding row) over a grid of anchors, and an empty image."""
-    rng = np.random.default_rng(2)
     anchors = anchor_grid((8, 8), 8, (16, 32), (0.5, 1.0, 2.0))
     corners = rng.uniform(0, 40, size=(4, 2))
     boxes = np.concatenate([corners, corners + rng.uniform(8, 24, size=(4, 2))], axis=1)
@@ -316,11 +374,11 @@ def _matching_cases() -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
             (anchors, boxes.astype(np.float32), np.zeros(4, bool))]
 
 
-@LAB.check("match_anchors", fallback=library_match_anchors)
-@forbid(segkeras.boxes.box_iou, segkeras.models.mask_rcnn.sampling.match_to_ground_truth,
-        segkeras.models.mask_rcnn.rpn.anchor_labels)
+@LAB.check("match_anchors", forbid=[
+    segkeras.boxes.box_iou, segkeras.models.mask_rcnn.sampling.match_to_ground_truth,
+    segkeras.models.mask_rcnn.rpn.anchor_labels, *_KERAS_IOU], fallback=library_match_anchors)
 @in_float32
-def match_anchors(match_fn: Callable) -> None:
+def match_anchors(match_fn: Answer) -> None:
     """``match_anchors(anchors (A, 4), gt_boxes (N, 4), gt_valid (N,))`` -> ``(labels,
     matched)``: Faster R-CNN's rules, checked anchor by anchor, then on random boxes, on an image
     without objects, and inside the RPN's loss."""
@@ -333,7 +391,7 @@ def match_anchors(match_fn: Callable) -> None:
     require(bool(np.array_equal(matched[positive], expected_match[positive])),
             "matched[i] should be the index (into gt_boxes) of the valid ground-truth box that "
             "anchor i overlaps most: its regression target.")
-    (grid, boxes, valid), (_, _, none_valid) = _matching_cases()
+    (grid, boxes, valid), (_, _, none_valid) = _matching_cases(match_fn.rng)
     labels, matched = _labels_and_matches(match_fn, grid, boxes, valid)
     expected, expected_match, best = reference_labels(grid, boxes, valid)
     wrong = np.flatnonzero(labels != expected)
@@ -347,9 +405,9 @@ def match_anchors(match_fn: Callable) -> None:
     labels, _ = _labels_and_matches(match_fn, grid, boxes, none_valid)
     require(bool((labels == 0).all()),
             "in an image without objects (every gt_valid False) every anchor is negative.")
-    _check_symbolic("match_anchors", match_fn, ((len(grid), 4), "float32"), ((4, 4), "float32"),
-                    ((4,), "bool"), expected_shapes=((len(grid),), (len(grid),)))
-    _check_trains("match_anchors", anchor_matcher=match_fn)
+    _check_symbolic(match_fn, ((len(grid), 4), "float32"), ((4, 4), "float32"), ((4,), "bool"),
+                    expected_shapes=((len(grid),), (len(grid),)))
+    _check_trains(match_fn, "anchor_matcher")
 
 
 # --- exercise 3: the box coder ---------------------------------------------------------------
@@ -386,13 +444,13 @@ def _diagnose_codes(answer: np.ndarray, reference_boxes, boxes, weights) -> str:
             "dh = wh log(h / ha), with x, y the centres and w, h the sizes.")
 
 
-@LAB.check("encode_boxes", fallback=library_encode_boxes)
-@forbid(segkeras.boxes.encode_boxes, segkeras.boxes.decode_boxes)
+@LAB.check("encode_boxes", forbid=[segkeras.boxes.encode_boxes, segkeras.boxes.decode_boxes,
+                                   *_KERAS_CODER], fallback=library_encode_boxes)
 @in_float32
-def encode_boxes(encode_fn: Callable) -> None:
+def encode_boxes(encode_fn: Answer) -> None:
     """``encode_boxes(reference (K, 4), boxes (K, 4), weights)`` -> (K, 4) (dx, dy, dw, dh)."""
-    rng = np.random.default_rng(3)
-    reference_boxes, boxes = _random_boxes(rng, 6), _random_boxes(rng, 6)
+    rng = encode_fn.rng
+    reference_boxes, boxes = _inputs(_random_boxes(rng, 6), _random_boxes(rng, 6))
     for weights in ((1.0, 1.0, 1.0, 1.0), (10.0, 5.0, 2.0, 4.0)):
         answer = _numpy(encode_fn(reference_boxes.astype(np.float32), boxes.astype(np.float32),
                                   weights)).astype(np.float64)
@@ -406,6 +464,14 @@ def encode_boxes(encode_fn: Callable) -> None:
     require(np.allclose(_numpy(_call(encode_fn, reference_boxes, reference_boxes)), 0.0,
                         atol=_ATOL),
             "a box coded relative to itself should give (0, 0, 0, 0) with the default weights.")
-    _check_symbolic("encode_boxes", encode_fn, ((6, 4), "float32"), ((6, 4), "float32"),
+    _check_symbolic(encode_fn, ((6, 4), "float32"), ((6, 4), "float32"),
                     expected_shapes=((6, 4),))
-    _check_trains("encode_boxes", box_encoder=encode_fn)
+    _check_graph(encode_fn, (reference_boxes, boxes), reference_codes(reference_boxes, boxes),
+                 "dx = (x - xa) / wa, ..., dw = log(w / wa), ... in keras.ops.")
+    _check_trains(encode_fn, "box_encoder")
+
+
+# Every reference and library answer of this module: refused as answers, forbidden while any
+# answer runs (the grader's worker swaps them out before the answer is even defined).
+PRIVATE = (reference_iou, _area, _xywh_to_corners, reference_labels, reference_codes, _codes,
+           library_box_iou, library_match_anchors, library_encode_boxes)
