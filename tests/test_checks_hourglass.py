@@ -12,6 +12,7 @@ from keras import layers
 from segkeras import train
 from segkeras.checks import core
 from segkeras.checks import hourglass as check
+from segkeras.grading.answer import LocalAnswer
 
 library = importlib.import_module("segkeras.models.hourglass")
 
@@ -101,14 +102,14 @@ def _fresh_score():
 
 @pytest.mark.fast
 def test_the_solutions_get_every_point(capsys):
-    assert check.hourglass_module(make_module(), residual)
+    assert check.hourglass_module(make_module())
     assert check.intermediate_supervision(stack_losses)
     assert check.final_stack(final_stack)
     assert check.total() == (6, 6)
     assert capsys.readouterr().out.count("✓") == 3
 
 
-def test_the_solution_passes_without_the_residual_argument_and_with_plus():
+def test_the_solution_passes_with_plus():
     def with_plus(x, depth, filters, name):
         low = residual(layers.MaxPooling2D(2)(x), filters, f"{name}_{depth}_down")
         low = (with_plus(low, depth - 1, filters, name) if depth > 1
@@ -129,18 +130,19 @@ def test_recursions_pass_however_they_are_wrapped_or_where_they_stop():
         return layers.Add()([residual(x, filters, f"{name}_{depth}_skip"),
                              layers.UpSampling2D(2)(low)])
 
-    assert check.hourglass_module(down_to_zero, residual)
+    assert check.hourglass_module(down_to_zero)
     for wrapped in (functools.partial(make_module()), lambda *args: make_module()(*args)):
-        assert check._answer(wrapped).probe(check._probe_module, 3)["nesting"] == 3
-    exec_source = "def loop(x, depth, filters, name):\n    return module(x, depth, filters, name)\n"
-    namespace = {"module": make_module()}
-    exec(compile(exec_source, "<answer>", "exec"), namespace)  # code of an exec'd cell counts
-    assert check._answer(namespace["loop"]).probe(check._probe_module, 2)["nesting"] == 2
-    assert check._answer(iterative_module).probe(check._probe_module, 3)["nesting"] == 1
+        assert _nesting(wrapped, 3) == 3
+    assert _nesting(iterative_module, 3) == 1
+
+
+def _nesting(module, depth):
+    answer = LocalAnswer("hourglass_module", (module,))
+    return answer.probe(check._probe_module, depth)["nesting"]
 
 
 def test_a_stub_is_not_answered_yet_and_scores_zero_of_the_full_total():
-    _fails_with(check.hourglass_module(stub, residual), "not answered yet")
+    _fails_with(check.hourglass_module(stub), "not answered yet")
     _fails_with(check.intermediate_supervision(stub), "not answered yet")
     assert check.total() == (0, 6)  # final_stack never checked: 0 of its point, still counted
 
@@ -158,7 +160,7 @@ WRONG_MODULES = {
         functools.partial(lambda x, depth, filters, name, unused=None:
                           iterative_module(x, depth, filters, name), unused=0),
         ["recursive", "nests at most 1 call"]),
-    "the profiler switched off": (_unprofiled, ["replaced the profiler"]),
+    "the profiler switched off": (_unprofiled, ["changed the profiler"]),
     "concatenation instead of addition": (make_module(concatenate=True),
                                           ["adds the full-resolution branch", "concatenate"]),
     "concatenation, then a projection": (concatenate_and_project, ["concatenate"]),
@@ -182,7 +184,7 @@ WRONG_MODULES = {
 @pytest.mark.parametrize("wrong", list(WRONG_MODULES))
 def test_wrong_hourglass_modules_fail_with_the_idea_in_the_hint(wrong):
     module, words = WRONG_MODULES[wrong]
-    _fails_with(check.hourglass_module(module, residual), *words)
+    _fails_with(check.hourglass_module(module), *words)
 
 
 def _last_only(model):
@@ -229,11 +231,6 @@ def _all_tiny(model):
     return losses, {name: 1e-9 for name in weights}
 
 
-def _through_reference(model):
-    with core.reference():
-        return _library_losses(model)
-
-
 def _library_losses(model):
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255)
     return train.per_output(model, loss), train.per_output(model, 1.0)
@@ -256,8 +253,6 @@ WRONG_LOSSES = {
     "every stack weighted 1e-9": (_all_tiny, ["weight 1.0"]),
     "the check's own fallback": (check._library_stack_losses, [
         "write it yourself", "segkeras.checks.hourglass._library_stack_losses"]),
-    "the library through checks.core.reference()": (_through_reference, [
-        "write it yourself", "segkeras.checks.core.reference"]),
     "the library's per-output losses": (_library_losses, ["write it yourself",
                                                            "segkeras.train.per_output"]),
     "the library's default loss": (_library_default_loss, ["write it yourself",
@@ -319,7 +314,7 @@ def test_a_network_built_from_the_students_module_trains():
 def test_checks_compute_in_float32_under_mixed_precision():
     keras.config.set_dtype_policy("mixed_float16")
     try:
-        assert check.hourglass_module(make_module(), residual)
+        assert check.hourglass_module(make_module())
         assert keras.config.dtype_policy().name == "mixed_float16"
     finally:
         keras.config.set_dtype_policy("float32")

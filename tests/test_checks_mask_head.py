@@ -74,10 +74,16 @@ def paste_mask(mask, box, height, width):
     return pasted
 
 
-def assert_fails(result, *words):
-    assert not result and result.points == 0, "a wrong answer must not score"
+def assert_fails(result, *words, points=0):
+    assert not result and result.points == points, f"{result.points} points, not {points}"
     for word in words:
         assert word in result.message, f"{word!r} not in hint: {result.message}"
+
+
+def roi_align_fails(roi_align_box, *words, sample=bilinear_sample, points=1):
+    """The RoIAlign check of ``roi_align_box`` (with a right ``bilinear_sample`` by default:
+    its part, 1 point, is earned) fails with ``words`` in the hint."""
+    assert_fails(checks.roi_align_box(roi_align_box, sample), *words, points=points)
 
 
 # --- RoIAlign ---------------------------------------------------------------------------------
@@ -94,7 +100,7 @@ def test_roi_align_accepts_keras_ops_answers():
 
     reference = make_roi_align()
     result = checks.roi_align_box(lambda *args, **kwargs: ops.convert_to_tensor(
-        reference(*args, **kwargs)))
+        reference(*args, **kwargs)), bilinear_sample)
     assert result
 
 
@@ -107,22 +113,22 @@ def test_roi_align_accepts_keras_ops_answers():
     (dict(one_sample=True), ["sampling_ratio x sampling_ratio samples"]),
 ])
 def test_roi_align_names_the_mistake(mistake, words):
-    assert_fails(checks.roi_align_box(make_roi_align(**mistake)), *words)
+    roi_align_fails(make_roi_align(**mistake), "bilinear_sample is right", *words)
 
 
 def test_roi_align_checks_bilinear_sampling_first():
     def unclamped(features, y, x):
         return bilinear_sample(features, y, x) if y < features.shape[0] - 1 else np.zeros(3)
 
-    assert_fails(checks.roi_align_box(make_roi_align(), lambda f, y, x: bilinear_sample(f, x, y)),
-                 "y is the row")
-    assert_fails(checks.roi_align_box(make_roi_align(), unclamped), "clamped to the last row")
+    roi_align_fails(make_roi_align(), "y is the row", "roi_align_box is right",
+                    sample=lambda f, y, x: bilinear_sample(f, x, y), points=2)
+    roi_align_fails(make_roi_align(), "clamped to the last row", sample=unclamped, points=2)
 
 
 def test_roi_align_rejects_a_wrong_shape_and_a_stub():
     flat = make_roi_align()
-    assert_fails(checks.roi_align_box(lambda *a, **k: flat(*a, **k)[..., 0]), "shape")
-    assert_fails(checks.roi_align_box(stub), "not answered yet")
+    roi_align_fails(lambda *a, **k: flat(*a, **k)[..., 0], "shape")
+    assert_fails(checks.roi_align_box(stub, stub), "not answered yet")
 
 
 # --- mask targets -----------------------------------------------------------------------------
@@ -366,9 +372,10 @@ def _delegations():
 @pytest.mark.parametrize("index", range(6))
 def test_answers_that_call_the_library_fail(index):
     exercise, answer, name = _delegations()[index]
-    result = getattr(checks, exercise)(answer)
-    assert_fails(result, "write it yourself", name)
-    assert getattr(checks, exercise)(answer) is not None  # the library works again afterwards
+    functions = (answer, bilinear_sample) if exercise == "roi_align_box" else (answer,)
+    result = getattr(checks, exercise)(*functions)
+    assert_fails(result, "write it yourself", name, points=int(exercise == "roi_align_box"))
+    assert getattr(checks, exercise)(*functions) is not None  # the library works again after
     checks.LAB.use(exercise, answer)  # the lab would not use it
 
 
@@ -403,8 +410,11 @@ PRIVATE_ANSWERS = [
 @pytest.mark.parametrize("index", range(len(PRIVATE_ANSWERS)))
 def test_the_checks_references_handed_in_are_refused(index):
     exercise, answer = PRIVATE_ANSWERS[index]
-    assert_fails(getattr(checks, exercise)(answer), "write it yourself",
-                 "segkeras.checks.mask_head.")
+    if exercise == "roi_align_box":
+        roi_align_fails(answer, "write it yourself", "segkeras.checks.mask_head.")
+    else:
+        assert_fails(getattr(checks, exercise)(answer), "write it yourself",
+                     "segkeras.checks.mask_head.")
 
 
 def test_every_reference_of_the_module_is_private():
@@ -413,21 +423,6 @@ def test_every_reference_of_the_module_is_private():
             "_roi_align", "_pooled_masks", "library_mask_target", "library_select_class_masks",
             "library_mask_loss", "library_paste_mask", "_pixel_losses"} <= names
     assert checks.library_roi_align_box(np.ones((4, 4, 1)), (0, 0, 2, 2)).shape == (2, 2, 1)
-
-
-def test_the_library_run_through_core_reference_is_refused():
-    from segkeras.layers import RoIAlign
-
-    def roi_align_in_reference(features, box, output_size=2, sampling_ratio=2,
-                               spatial_scale=1.0, aligned=True):
-        with core.reference():
-            layer = RoIAlign(output_size, sampling_ratio, spatial_scale, aligned)
-            pooled = layer(np.asarray(features, "float32")[None],
-                           np.asarray(box, "float32")[None], np.zeros(1, "int32"))
-        return keras.ops.convert_to_numpy(pooled)[0]
-
-    assert_fails(checks.roi_align_box(roi_align_in_reference), "write it yourself",
-                 "segkeras.checks.core.reference")
 
 
 def test_select_class_masks_reads_its_arguments_not_fixed_data():
@@ -470,18 +465,21 @@ def test_a_right_roi_align_with_a_wrong_bilinear_sample_is_recognised():
         result = checks.roi_align_box(roi_align_box, _wrong_sample)
     finally:
         namespace["bilinear_sample"] = right
-    assert_fails(result, "bilinear_sample: ", "y is the row", "roi_align_box is right")
+    assert_fails(result, "bilinear_sample: ", "y is the row", "roi_align_box is right", points=2)
 
 
 def test_a_wrong_roi_align_with_a_right_bilinear_sample_is_recognised():
     result = checks.roi_align_box(make_roi_align(swap_xy=True), bilinear_sample)
-    assert_fails(result, "bilinear_sample is right", "roi_align_box: ", "x and y are swapped")
+    assert_fails(result, "bilinear_sample is right", "roi_align_box: ", "x and y are swapped",
+                 points=1)
 
 
 def test_both_parts_unanswered_is_not_answered():
     assert_fails(checks.roi_align_box(stub, stub), "not answered yet")
     assert_fails(checks.roi_align_box(stub, bilinear_sample), "bilinear_sample is right",
-                 "roi_align_box: not answered yet")
+                 "roi_align_box: not answered yet", points=1)
+    assert_fails(checks.roi_align_box(make_roi_align(), stub), "bilinear_sample: not answered",
+                 "roi_align_box is right", points=2)
 
 
 # --- mixed precision, the fallbacks ------------------------------------------------------------
@@ -505,7 +503,9 @@ def test_the_checks_pass_right_answers_under_mixed_float16(mixed_float16):
 def test_the_fallbacks_are_the_library_answers(capsys):
     targets, logits = checks._loss_case(np.random.default_rng(0))
     fallbacks = {name: checks.LAB.use(name, stub) for name in checks.LAB.exercises}
-    assert capsys.readouterr().out.count("has not passed its check yet (not answered)") == 5
+    printed = capsys.readouterr().out  # roi_align_box's check takes two functions, here one
+    assert printed.count("has not passed its check yet (not answered)") == 4
+    assert "roi_align_box has not passed its check yet (it failed)" in printed
     features = np.random.default_rng(0).normal(size=(7, 9, 3))
     np.testing.assert_allclose(fallbacks["roi_align_box"](features, (1.3, 0.7, 6.2, 5.9)),
                                make_roi_align()(features, (1.3, 0.7, 6.2, 5.9)), atol=1e-5)
@@ -523,7 +523,7 @@ def test_the_fallbacks_are_the_library_answers(capsys):
 
 
 def test_the_score_adds_up_over_the_lab(capsys):
-    checks.roi_align_box(make_roi_align())
+    checks.roi_align_box(make_roi_align(), bilinear_sample)
     checks.mask_target(mask_target)
     checks.select_class_masks(lambda logits, ids: logits[..., 0])
     checks.paste_mask(paste_mask)

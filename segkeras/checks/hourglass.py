@@ -1,29 +1,26 @@
 """Checks for lab 04, stacked hourglass: the recursive hourglass module, the per-stack losses of
 intermediate supervision, the final-stack inference model.
 
-Each check is a judge: it talks to the student's function through an answer object
-(``answer(...)`` for values, ``answer.probe(probe_fn, ...)`` for what must run where the answer
-lives: building a model, compiling it with the answer's losses) and gets data back (models,
-arrays, numbers), which it compares with references that only it computes. The probes are the
-module-level functions named ``_probe_*``; they never call a reference (:data:`PRIVATE`)."""
+Each check is a judge: it talks to the student's function through an
+:class:`~segkeras.grading.answer.Answer` (``answer.probe(probe_fn, ...)`` for what must run where
+the answer lives: building a model while counting the recursion, compiling a model with the
+answer's losses) and gets data back (models, arrays, numbers), which it compares with references
+that only it computes (:data:`PRIVATE`). Inputs are drawn from ``answer.rng``."""
 
 from __future__ import annotations
 
 import collections
 import importlib
-import os
-import sys
-import sysconfig
 from collections.abc import Callable
 
 import keras
 import numpy as np
 
-import segkeras
 from segkeras import train
-from segkeras.checks._in_kernel import InKernelAnswer
 from segkeras.checks.core import Lab, answer_model, in_float32, require, require_close
 from segkeras.data.core import IGNORE_LABEL
+from segkeras.grading.answer import Answer
+from segkeras.grading.probes import answer_files, nesting, probe
 
 # the module, not the builder function of the same name that segkeras.models exports
 library = importlib.import_module("segkeras.models.hourglass")
@@ -44,72 +41,22 @@ def _library_stack_losses(model: keras.Model) -> tuple[dict, dict]:
     return train.per_output(model, train.default_loss()), train.per_output(model, 1.0)
 
 
-def _answer(function: Callable | None, *forbidden) -> InKernelAnswer | None:
-    """The student's ``function`` as an answer: ``forbidden`` and :data:`PRIVATE` refused."""
-    return None if function is None else InKernelAnswer(function, (*forbidden, *PRIVATE))
-
-
 # --- exercise 1: the recursive hourglass module ------------------------------------------------
 
-def _library_folders() -> tuple[str, ...]:
-    paths = {sysconfig.get_path(key) for key in ("stdlib", "platstdlib", "purelib", "platlib")}
-    paths.add(os.path.dirname(segkeras.__file__))
-    return tuple(os.path.realpath(path) + os.sep for path in paths)
-
-
-_LIBRARY_FOLDERS = _library_folders()
-
-
-def _written_by_the_student(code) -> bool:
-    """A code object of the notebook's (or a test's) source, not of Python, Keras or segkeras."""
-    filename = code.co_filename
-    if filename.startswith("<"):  # exec'd source: a cell, an answer; not frozen or stub code
-        return not filename.startswith(("<frozen", "<forbidden"))
-    return not os.path.realpath(filename).startswith(_LIBRARY_FOLDERS)
-
-
-def _deepest_self_nesting(function: Callable, *args):
-    """``function(*args)`` and the deepest nesting of any one code object written by the student
-    while it ran (a recursive hourglass of depth d nests d, a loop 1, whatever wraps it);
-    -1 if the answer replaced the profiler."""
-    running, deepest, written = collections.Counter(), collections.Counter(), {}
-
-    def profile(frame, event, arg):
-        if event not in ("call", "return"):
-            return
-        code = frame.f_code
-        if code not in written:
-            written[code] = _written_by_the_student(code)
-        if not written[code]:
-            return
-        if event == "call":
-            running[code] += 1
-            deepest[code] = max(deepest[code], running[code])
-        else:
-            running[code] -= 1
-
-    previous = sys.getprofile()
-    sys.setprofile(profile)
-    try:
-        result = function(*args)
-    finally:
-        replaced = sys.getprofile() is not profile
-        sys.setprofile(previous)
-    return result, -1 if replaced else max(deepest.values(), default=0)
-
-
+@probe
 def _probe_module(module: Callable, depth: int) -> dict:
-    """Probe: the answer on a symbolic (16, 16, 8) input as a model, and its recursion depth."""
+    """Probe: the answer on a symbolic (16, 16, 8) input as a model, and the deepest nesting of
+    any one function of the answer's source meanwhile (its recursion depth)."""
     inputs = keras.Input((_SIZE, _SIZE, _FILTERS), name="features")
-    output, nesting = _deepest_self_nesting(module, inputs, depth, _FILTERS, f"check{depth}")
-    return {"model": None if output is None else answer_model(inputs, output),
-            "nesting": nesting}
+    output, nested = nesting(answer_files(module),
+                             lambda: module(inputs, depth, _FILTERS, f"check{depth}"))
+    return {"model": None if output is None else answer_model(inputs, output), "nesting": nested}
 
 
-def _probe_residual_parameters(residual: Callable) -> int:
-    """Probe: the parameters of one residual module with ``filters`` channels in and out."""
+def _one_residual_parameters() -> int:
+    """The parameters of the lab's residual module with ``filters`` channels in and out."""
     inputs = keras.Input((_SIZE, _SIZE, _FILTERS), name="features")
-    return keras.Model(inputs, residual(inputs, _FILTERS, "one")).count_params()
+    return keras.Model(inputs, library._residual(inputs, _FILTERS, "one")).count_params()
 
 
 def _max_pool(x: np.ndarray) -> np.ndarray:
@@ -152,16 +99,21 @@ def _expected_residuals_per_size(depth: int) -> dict[int, int]:
     return {_SIZE: 1, **{_SIZE // 2**level: 3 for level in range(1, depth + 1)}}
 
 
-def _judge_hourglass_module(module, residual) -> None:
-    one_residual = residual.probe(_probe_residual_parameters)
+@LAB.check("hourglass_module", forbid=[library.hourglass_module],
+           fallback=library.hourglass_module, timeout=60)
+@in_float32
+def hourglass_module(module: Answer) -> None:
+    """``module(x, depth, filters, name)`` for depths 1..4: recursive (a function of the answer
+    nests ``depth`` calls); the output has the input's shape and is a sum, not a concatenation;
+    it pools ``depth`` times, holds ``3 * depth + 1`` residual modules at the paper's resolutions
+    and, with every residual an identity, computes
+    ``x + nearest_upsample(module(max_pool(x), depth - 1))``."""
+    one_residual = _one_residual_parameters()
     x = module.rng.normal(size=(2, _SIZE, _SIZE, _FILTERS)).astype("float32")
     for depth in _DEPTHS:
         built = module.probe(_probe_module, depth)
         model = built["model"]
         require(model is not None, "hourglass_module returns nothing: return the sum at the end.")
-        require(built["nesting"] >= 0,
-                "Your code replaced the profiler (sys.setprofile) that sees the recursion: "
-                "remove that.")
         require(not any(type(op).__name__ == "Concatenate" for op in model.operations),
                 "The hourglass adds the full-resolution branch to the upsampled lower one "
                 "(layers.Add()): it does not concatenate them as U-Net does.")
@@ -202,18 +154,6 @@ def _judge_hourglass_module(module, residual) -> None:
                       "upsampling x2, then add the full-resolution branch", atol=1e-3)
 
 
-@LAB.check("hourglass_module", fallback=library.hourglass_module)
-@in_float32
-def hourglass_module(module: Callable, residual: Callable | None = None) -> None:
-    """``module(x, depth, filters, name)`` for depths 1..4: recursive (a function of the answer
-    nests ``depth`` calls); the output has the input's shape and is a sum, not a concatenation;
-    it pools ``depth`` times, holds ``3 * depth + 1`` residual modules at the paper's resolutions
-    and, with every residual an identity, computes
-    ``x + nearest_upsample(module(max_pool(x), depth - 1))``."""
-    _judge_hourglass_module(_answer(module, library.hourglass_module),
-                            _answer(residual or library._residual, library.hourglass_module))
-
-
 # --- exercise 2: intermediate supervision ------------------------------------------------------
 
 def _stacked_model(num_stacks: int) -> keras.Model:
@@ -242,6 +182,7 @@ def _number(value) -> float | None:
         return None
 
 
+@probe
 def _probe_stack_losses(stack_losses: Callable, images: np.ndarray, masks: np.ndarray,
                         logits: np.ndarray) -> dict:
     """Probe: a 3-stack model, the answer's dicts for it, each loss on (masks, logits) and the
@@ -287,7 +228,12 @@ def _sparse_cross_entropy(masks: np.ndarray, logits: np.ndarray) -> float:
     return float(-np.take_along_axis(log_probs, labels, axis=-1)[..., 0][valid].mean())
 
 
-def _judge_intermediate_supervision(stack_losses) -> None:
+@LAB.check("intermediate_supervision", forbid=[train.per_output, train.default_loss],
+           fallback=_library_stack_losses)
+@in_float32
+def intermediate_supervision(stack_losses: Answer) -> None:
+    """``stack_losses(model) -> (losses, loss_weights)``: dicts keyed by the output names, a
+    sparse cross-entropy on logits ignoring 255 and weight 1.0 for every stack."""
     images, masks = _batch(stack_losses.rng)
     logits = stack_losses.rng.normal(size=(*masks.shape, _NUM_CLASSES)).astype("float32")
     report = stack_losses.probe(_probe_stack_losses, images, masks, logits)
@@ -321,17 +267,9 @@ def _judge_intermediate_supervision(stack_losses) -> None:
             f"weighted sum of the stacks' losses {total:.4f}.")
 
 
-@LAB.check("intermediate_supervision", fallback=_library_stack_losses)
-@in_float32
-def intermediate_supervision(stack_losses: Callable) -> None:
-    """``stack_losses(model) -> (losses, loss_weights)``: dicts keyed by the output names, a
-    sparse cross-entropy on logits ignoring 255 and weight 1.0 for every stack."""
-    _judge_intermediate_supervision(
-        _answer(stack_losses, train.per_output, train.default_loss))
-
-
 # --- exercise 3: the inference model -----------------------------------------------------------
 
+@probe
 def _probe_final_stack(make_final: Callable, images: np.ndarray) -> dict:
     """Probe: the answer's inference model of a 10-stack model: its output count, whether it
     shares the model's weights, its prediction and every stack's on ``images``."""
@@ -351,7 +289,11 @@ def _probe_final_stack(make_final: Callable, images: np.ndarray) -> dict:
     return report
 
 
-def _judge_final_stack(make_final) -> None:
+@LAB.check("final_stack", forbid=[library.final_stack_model], fallback=library.final_stack_model)
+@in_float32
+def final_stack(make_final: Answer) -> None:
+    """``make_final(model)``: a model with one output, the last stack's logits, sharing the
+    trained model's layers and weights."""
     images, _ = _batch(make_final.rng)
     report = make_final.probe(_probe_final_stack, images)
     require(report["model"] == "Model",
@@ -375,14 +317,6 @@ def _judge_final_stack(make_final) -> None:
     require_close(report["prediction"], report["stacks"][last],
                   f"The output should be the last stack's logits ({last} of a "
                   f"{_FINAL_STACKS}-stack model), the most refined prediction")
-
-
-@LAB.check("final_stack", fallback=library.final_stack_model)
-@in_float32
-def final_stack(make_final: Callable) -> None:
-    """``make_final(model)``: a model with one output, the last stack's logits, sharing the
-    trained model's layers and weights."""
-    _judge_final_stack(_answer(make_final, library.final_stack_model))
 
 
 PRIVATE = (_library_stack_losses, _identity_hourglass, _max_pool, _nearest_upsample,

@@ -9,11 +9,12 @@ wrong, the typical mistakes (half-pixel offset, x and y swapped, softmax over cl
 recognised by comparing it with the library run on the mistaken inputs, so the hint names them.
 The fallbacks are what the lab uses until an exercise passes.
 
-Each check is a judge: it talks to the student's function through an answer object (``answer(...)``
-for values, ``answer.probe(probe_fn, ...)`` for what must run where the answer lives: training with
-the answer as the loss, RoIAlign with an exact bilinear sampler), draws its inputs from
-``answer.rng`` (never module constants the answer could read) and compares with references that
-only it computes (:data:`PRIVATE`, refused if a student's code calls them).
+Each check is a judge: it talks to the student's function through an
+:class:`~segkeras.grading.answer.Answer` (``answer(...)`` for values, ``answer.probe(probe_fn,
+...)`` for what must run where the answer lives: training with the answer as the loss, RoIAlign
+with an exact bilinear sampler), draws its inputs from ``answer.rng`` (never module constants the
+answer could read) and compares with references that only it computes (:data:`PRIVATE`, refused
+if a student's code calls them). RoIAlign earns its two parts separately.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ import numpy as np
 import segkeras.data.instances
 import segkeras.layers
 import segkeras.models.mask_head
-from segkeras.checks._in_kernel import InKernelAnswer
 from segkeras.checks.core import NOT_ANSWERED, CheckFailed, Lab, in_float32, require
+from segkeras.grading.answer import Answer
+from segkeras.grading.probes import probe
 
 MASK_SIZE = 28
 _ATOL = 1e-4
@@ -43,11 +45,6 @@ def _numpy(value) -> np.ndarray:
 
 def _close(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and bool(np.allclose(a, b, atol=_ATOL))
-
-
-def _answer(function: Callable | None, *forbidden) -> InKernelAnswer | None:
-    """The student's ``function`` as an answer: ``forbidden`` and :data:`PRIVATE` refused."""
-    return None if function is None else InKernelAnswer(function, (*forbidden, *PRIVATE))
 
 
 def _roi_align(images, boxes, box_indices, output_size, sampling_ratio, spatial_scale, aligned):
@@ -74,8 +71,9 @@ def library_roi_align_box(features, box, output_size=2, sampling_ratio=2, spatia
                                 aligned)[0]
 
 
-LAB = Lab("05_mask_rcnn_head", {"roi_align_box": 3, "mask_target": 2, "select_class_masks": 2,
-                                "mask_loss": 2, "paste_mask": 2})
+LAB = Lab("05_mask_rcnn_head", {
+    "roi_align_box": {"bilinear_sample": 1, "roi_align_box": 2},  # separable parts
+    "mask_target": 2, "select_class_masks": 2, "mask_loss": 2, "paste_mask": 2})
 start, use, guard, total = LAB.start, LAB.use, LAB.guard, LAB.total
 # What answers exercises 1 and 2: a student's answer must not call them.
 _ROI_ALIGN_CODE = (segkeras.layers.RoIAlign.call, segkeras.data.instances.mask_targets,
@@ -129,6 +127,7 @@ def _judge_bilinear_sample(bilinear_sample, features: np.ndarray) -> None:
             "contributes 0.")
 
 
+@probe
 def _probe_roi_align_exact_sampler(roi_align_box: Callable, *args, **kwargs):
     """Probe: ``roi_align_box(*args, **kwargs)`` with the name ``bilinear_sample`` of the
     answer's module bound to an exact bilinear sampler while it runs (so a right RoIAlign earns
@@ -229,35 +228,33 @@ def _failure(judge: Callable, *args) -> str | None:
     return None
 
 
-def _judge_roi_align_box(roi_align_box, bilinear_sample=None) -> None:
-    """Two parts: ``bilinear_sample`` (if given) on its own, and ``roi_align_box`` over the
-    cases, with the student's sampler or, if that one is wrong, with an exact one."""
+@LAB.check("roi_align_box", forbid=_ROI_ALIGN_CODE, fallback=library_roi_align_box)
+def roi_align_box(roi_align_box: Answer) -> None:
+    """``roi_align_box(features, box, output_size, sampling_ratio, spatial_scale, aligned)`` on
+    one (H, W, C) map must equal :class:`segkeras.layers.RoIAlign` (2 points); the second
+    function, ``bilinear_sample(features, y, x)``, is judged on its own (1 point). A right
+    RoIAlign built on a wrong sampler earns its part: it is run again with an exact sampler."""
+    bilinear_sample = roi_align_box.using(1)
     rng = roi_align_box.rng
     features = rng.normal(size=_FEATURE_SHAPE)
     boxes = [_roi_case(rng, box, scale) for box, _, _, scale, _ in _ROI_CASES]
-    sample_hint = None if bilinear_sample is None else _failure(
-        _judge_bilinear_sample, bilinear_sample, features)
+    sample_hint = _failure(_judge_bilinear_sample, bilinear_sample, features)
     roi_hint = _failure(_judge_roi_align_cases, roi_align_box, features, boxes, False)
     if roi_hint is not None and sample_hint is not None and _failure(
             _judge_roi_align_cases, roi_align_box, features, boxes, True) is None:
         roi_hint = None
     if sample_hint is None and roi_hint is None:
         return
-    if roi_hint == NOT_ANSWERED and (bilinear_sample is None or sample_hint == NOT_ANSWERED):
+    if roi_hint == sample_hint == NOT_ANSWERED:
         raise NotImplementedError
-    parts = [f"bilinear_sample: {sample_hint}" if sample_hint else "bilinear_sample is right",
-             f"roi_align_box: {roi_hint}" if roi_hint else
-             "roi_align_box is right (checked with an exact bilinear sampler in place of yours)"]
-    raise CheckFailed(" ".join(parts) if bilinear_sample is not None else roi_hint)
-
-
-@LAB.check("roi_align_box", fallback=library_roi_align_box)
-def roi_align_box(roi_align_box: Callable, bilinear_sample: Callable | None = None) -> None:
-    """``roi_align_box(features, box, output_size, sampling_ratio, spatial_scale, aligned)`` on
-    one (H, W, C) map must equal :class:`segkeras.layers.RoIAlign`; ``bilinear_sample(features,
-    y, x)``, if given, is checked on its own (two separable parts)."""
-    _judge_roi_align_box(_answer(roi_align_box, *_ROI_ALIGN_CODE),
-                         _answer(bilinear_sample, *_ROI_ALIGN_CODE))
+    parts = LAB.parts["roi_align_box"]
+    earned = (parts["bilinear_sample"] if sample_hint is None else 0) + (
+        parts["roi_align_box"] if roi_hint is None else 0)
+    raise CheckFailed(" ".join([
+        f"bilinear_sample: {sample_hint}" if sample_hint else "bilinear_sample is right.",
+        f"roi_align_box: {roi_hint}" if roi_hint else
+        "roi_align_box is right (checked with an exact bilinear sampler in place of yours)."]),
+        points=earned)
 
 
 # --- exercise 2: mask targets ----------------------------------------------------------------
@@ -311,7 +308,11 @@ def _seed(rng: np.random.Generator) -> int:
     return int(rng.integers(2**31))
 
 
-def _judge_mask_target(mask_target_fn) -> None:
+@LAB.check("mask_target", forbid=_ROI_ALIGN_CODE, fallback=library_mask_target)
+def mask_target(mask_target_fn: Answer) -> None:
+    """``mask_target_fn(mask, box)`` -> the 28x28 binary target of an (H, W) mask over ``box``;
+    for every box at least 85 % of its pixels must equal RoIAlign-and-threshold (a bilinear
+    crop-and-resize on rounded boxes differs only along the edges)."""
     cases = _mask_target_cases(_seed(mask_target_fn.rng))
     masks, boxes = [mask for mask, _ in cases], [box for _, box in cases]
     answers = []
@@ -348,14 +349,6 @@ def _judge_mask_target(mask_target_fn) -> None:
             "threshold at 0.5.")
 
 
-@LAB.check("mask_target", fallback=library_mask_target)
-def mask_target(mask_target_fn: Callable) -> None:
-    """``mask_target_fn(mask, box)`` -> the 28x28 binary target of an (H, W) mask over ``box``;
-    for every box at least 85 % of its pixels must equal RoIAlign-and-threshold (a bilinear
-    crop-and-resize on rounded boxes differs only along the edges)."""
-    _judge_mask_target(_answer(mask_target_fn, *_ROI_ALIGN_CODE))
-
-
 # --- exercise 3: class-specific masks --------------------------------------------------------
 
 def _select_case(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -374,7 +367,11 @@ def library_select_class_masks(logits, class_ids) -> np.ndarray:
     return keras.ops.convert_to_numpy(layer(logits, np.asarray(class_ids)[None]))[0]
 
 
-def _judge_select_class_masks(select_class_masks) -> None:
+@LAB.check("select_class_masks", forbid=[segkeras.models.mask_head.SelectClassMask.call],
+           fallback=library_select_class_masks)
+def select_class_masks(select_class_masks: Answer) -> None:
+    """``select_class_masks(logits, class_ids)``: (K, 28, 28, C) logits and (K,) class ids ->
+    the (K, 28, 28) logits of each box's own class (no softmax, no sigmoid)."""
     for _ in range(2):  # two draws: an answer that ignores its arguments cannot match both
         _judge_select_case(select_class_masks, *_select_case(select_class_masks.rng))
 
@@ -410,14 +407,6 @@ def _judge_select_case(select_class_masks, logits: np.ndarray, ids: np.ndarray) 
                    "channel of each box's own class.")
 
 
-@LAB.check("select_class_masks", fallback=library_select_class_masks)
-def select_class_masks(select_class_masks: Callable) -> None:
-    """``select_class_masks(logits, class_ids)``: (K, 28, 28, C) logits and (K,) class ids ->
-    the (K, 28, 28) logits of each box's own class (no softmax, no sigmoid)."""
-    _judge_select_class_masks(_answer(select_class_masks,
-                                      segkeras.models.mask_head.SelectClassMask.call))
-
-
 # --- exercise 4: the mask loss ------------------------------------------------------------------
 
 def _loss_case(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -443,12 +432,14 @@ def library_mask_loss(targets, logits):
     return segkeras.models.mask_head.MaskedBinaryCrossentropy()(targets, logits)
 
 
+@probe
 def _probe_loss_value(mask_loss_fn: Callable, targets: np.ndarray, logits: np.ndarray):
     """Probe: the answer on backend tensors (as Keras hands them to a loss), as an array."""
     value = mask_loss_fn(keras.ops.convert_to_tensor(targets), keras.ops.convert_to_tensor(logits))
     return np.asarray(keras.ops.convert_to_numpy(value), dtype=np.float64)
 
 
+@probe
 def _probe_fit(mask_loss_fn: Callable, targets: np.ndarray, logits: np.ndarray) -> dict:
     """Probe: one training step of a tiny model with the answer as its loss (inside the
     backend's compiled step, as in the lab): the error if it fails, the logged loss, whether a
@@ -468,7 +459,13 @@ def _probe_fit(mask_loss_fn: Callable, targets: np.ndarray, logits: np.ndarray) 
                            for old, new in zip(before, model.get_weights(), strict=True))}
 
 
-def _judge_mask_loss(mask_loss_fn) -> None:
+@LAB.check("mask_loss", forbid=[segkeras.models.mask_head.MaskedBinaryCrossentropy.call],
+           fallback=library_mask_loss)
+@in_float32
+def mask_loss(mask_loss_fn: Answer) -> None:
+    """``mask_loss_fn(targets, logits)``: (B, N, 28, 28) 0/1 targets with -1 on padding rows and
+    (B, N, 28, 28) logits -> the mean per-pixel sigmoid cross-entropy over the real boxes' pixels
+    (0 if there are none); stable for large logits; trains in ``model.fit``."""
     targets, logits = _loss_case(mask_loss_fn.rng)
     answer = mask_loss_fn.probe(_probe_loss_value, targets, logits)
     require(answer.size == 1, f"mask_loss should return one number (the mean over the real "
@@ -511,16 +508,6 @@ def _judge_mask_loss(mask_loss_fn) -> None:
     require(np.isfinite(fitted["loss"]) and fitted["changed"],
             "training with your mask_loss in model.fit changes no weight: the loss must be "
             "differentiable (keras.ops, no numpy, no stop_gradient).")
-
-
-@LAB.check("mask_loss", fallback=library_mask_loss)
-@in_float32
-def mask_loss(mask_loss_fn: Callable) -> None:
-    """``mask_loss_fn(targets, logits)``: (B, N, 28, 28) 0/1 targets with -1 on padding rows and
-    (B, N, 28, 28) logits -> the mean per-pixel sigmoid cross-entropy over the real boxes' pixels
-    (0 if there are none); stable for large logits; trains in ``model.fit``."""
-    _judge_mask_loss(_answer(mask_loss_fn,
-                             segkeras.models.mask_head.MaskedBinaryCrossentropy.call))
 
 
 # --- exercise 5: pasting masks back ----------------------------------------------------------
@@ -580,7 +567,13 @@ def _threshold_hint(mask: np.ndarray) -> str:
             "at out[y1:y2, x1:x2], threshold at exactly 0.5.")
 
 
-def _judge_paste_mask(paste_mask_fn) -> None:
+@LAB.check("paste_mask", forbid=[segkeras.models.mask_head.paste_masks,
+                                 segkeras.models.mask_head._paste_weights],
+           fallback=library_paste_mask)
+def paste_mask(paste_mask_fn: Answer) -> None:
+    """``paste_mask_fn(mask, box, height, width)``: a 28x28 probability mask resized into its box
+    of an (height, width) image and thresholded at exactly 0.5; IoU >= 0.9 with
+    :func:`segkeras.models.mask_head.paste_masks`, nothing outside the box."""
     height, width = _PASTE_SIZE
     for mask, box in _paste_cases(paste_mask_fn.rng):
         truth = library_paste_mask(mask, box, height, width)
@@ -602,15 +595,6 @@ def _judge_paste_mask(paste_mask_fn) -> None:
         require(iou >= _MIN_IOU,
                 f"IoU {iou:.2f} with the expected mask for box {box.astype(int).tolist()}: "
                 + _threshold_hint(mask))
-
-
-@LAB.check("paste_mask", fallback=library_paste_mask)
-def paste_mask(paste_mask_fn: Callable) -> None:
-    """``paste_mask_fn(mask, box, height, width)``: a 28x28 probability mask resized into its box
-    of an (height, width) image and thresholded at exactly 0.5; IoU >= 0.9 with
-    :func:`segkeras.models.mask_head.paste_masks`, nothing outside the box."""
-    _judge_paste_mask(_answer(paste_mask_fn, segkeras.models.mask_head.paste_masks,
-                              segkeras.models.mask_head._paste_weights))
 
 
 PRIVATE = (_roi_align, _reference_roi_align, library_roi_align_box, _diagnose_roi_align,
