@@ -172,7 +172,8 @@ class RoIAlign(keras.layers.Layer):
     (an eager call, as in a notebook). Inside a compiled graph (``model.fit``/``predict``,
     ``tf.function``, ``jax.jit``) values are unknown when the graph is built, so such a box gives
     an all-zero crop instead of a backend error or a crop from another image. The public entry
-    points (``predict_instances``, ``make_instance_dataset``) refuse bad boxes before any graph.
+    points (``predict_masks_in_boxes``, ``make_instance_dataset``) refuse bad boxes before any
+    graph.
     """
 
     def __init__(

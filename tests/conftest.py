@@ -24,3 +24,16 @@ def _precision():
     """Every test starts under the policy CI asked for (float32 unless SEGKERAS_PRECISION)."""
     keras.config.set_dtype_policy(os.environ.get("SEGKERAS_PRECISION") or "float32")
     yield
+
+
+@pytest.fixture(scope="module")
+def small_mask_rcnn():
+    """An untrained Mask R-CNN small enough for fast tests: MobileNetV2 from scratch, 64x64
+    inputs, 4 classes, seed 0."""
+    from segkeras.models.mask_rcnn import mask_rcnn
+
+    keras.utils.set_random_seed(0)
+    return mask_rcnn(4, "mobilenetv2", weights=None, input_shape=(64, 64, 3), seed=0,
+                     anchor_sizes=(16, 32), fpn_channels=16, box_head_units=32,
+                     mask_head_channels=16, rpn_pre_nms=100, rpn_post_nms_train=40,
+                     rpn_post_nms_test=20, rois_per_image=16, max_detections=10)

@@ -18,7 +18,7 @@ from segkeras.errors import DataUnavailableError, SegkerasError
 from segkeras.layers import RoIAlign
 from segkeras.losses import SparseCEDice
 from segkeras.metrics import PerClassIoU, PixelAccuracy
-from segkeras.models.mask_head import instance_segmenter, predict_instances
+from segkeras.models.mask_head import instance_segmenter, predict_masks_in_boxes
 
 # ---------------------------------------------------------------- COCO files
 
@@ -135,29 +135,29 @@ def mask_model():
                               max_instances=2, head_channels=8)
 
 
-def test_predict_instances_on_a_grayscale_image_equals_its_rgb_copy(mask_model):
+def test_predict_masks_in_boxes_on_a_grayscale_image_equals_its_rgb_copy(mask_model):
     gray = np.random.default_rng(1).integers(0, 256, (50, 60), dtype=np.uint8)
     boxes, ids = [np.array([[5, 5, 40, 30]], "float32")], [np.array([2])]
-    masks, scores = predict_instances(mask_model, [gray], boxes, ids, return_scores=True)
-    rgb_masks, rgb_scores = predict_instances(mask_model, [np.dstack([gray] * 3)], boxes, ids,
+    masks, scores = predict_masks_in_boxes(mask_model, [gray], boxes, ids, return_scores=True)
+    rgb_masks, rgb_scores = predict_masks_in_boxes(mask_model, [np.dstack([gray] * 3)], boxes, ids,
                                               return_scores=True)
     assert masks[0].shape == (1, 50, 60)
     np.testing.assert_array_equal(masks[0], rgb_masks[0])
     np.testing.assert_allclose(scores[0], rgb_scores[0])
 
 
-def test_predict_instances_refuses_inverted_boxes_nan_pixels_and_unit_floats(mask_model):
+def test_predict_masks_in_boxes_refuses_inverted_boxes_nan_pixels_and_unit_floats(mask_model):
     image = np.full((50, 60, 3), 100, np.uint8)
     ids = [np.array([1])]
     with pytest.raises(SegkerasError, match=r"Image 0: box 0 .* x2 < x1 or y2 < y1"):
-        predict_instances(mask_model, [image], [np.array([[40, 5, 5, 30]], "float32")], ids)
+        predict_masks_in_boxes(mask_model, [image], [np.array([[40, 5, 5, 30]], "float32")], ids)
     box = [np.array([[5, 5, 40, 30]], "float32")]
     nan_image = image.astype("float32")
     nan_image[3, 3] = np.nan
     with pytest.raises(SegkerasError, match="Image 0 has NaN or infinite pixels"):
-        predict_instances(mask_model, [nan_image], box, ids)
+        predict_masks_in_boxes(mask_model, [nan_image], box, ids)
     with pytest.raises(SegkerasError, match=r"Image 0 has float pixels in \[0, 1\]"):
-        predict_instances(mask_model, [image / 255.0], box, ids)
+        predict_masks_in_boxes(mask_model, [image / 255.0], box, ids)
 
 
 def test_instance_dataset_refuses_inverted_boxes():

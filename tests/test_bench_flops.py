@@ -1,4 +1,4 @@
-"""bench/flops.py: FLOP counts by hand on one convolution, per box on the mask head, and
+"""bench/s6_flops.py: FLOP counts by hand on one convolution, per box on the mask head, and
 against TensorFlow's own op statistics (the numbers behind BENCHMARKS.md section 6)."""
 
 import os
@@ -8,7 +8,7 @@ import keras
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "bench"))
-import flops  # noqa: E402
+import s6_flops as flops  # noqa: E402
 
 from segkeras.models.mask_head import instance_segmenter  # noqa: E402
 

@@ -22,7 +22,7 @@ from segkeras.models.mask_head import (
     MaskedBinaryCrossentropy,
     instance_segmenter,
     paste_masks,
-    predict_instances,
+    predict_masks_in_boxes,
 )
 
 SIZE, ROWS, CLASSES = 64, 3, 4
@@ -270,7 +270,7 @@ def test_paste_masks_stretches_the_mask_over_its_box():
 
 
 @pytest.mark.fast
-def test_predict_instances_full_resolution_and_bad_input():
+def test_predict_masks_in_boxes_full_resolution_and_bad_input():
     model = small_model()
     rng = np.random.default_rng(3)
     images = [rng.integers(0, 255, (80, 96, 3)).astype(np.uint8),
@@ -278,18 +278,18 @@ def test_predict_instances_full_resolution_and_bad_input():
     boxes = [np.array([[5, 5, 40, 30], [-20, 50, 30, 120], [30, 30, 30, 60], [1, 2, 50, 60],
                        [200, 200, 220, 230]], np.float32), np.zeros((0, 4), np.float32)]
     class_ids = [np.array([1, 2, 3, 1, 2]), np.zeros(0, np.int32)]
-    masks, scores = predict_instances(model, images, boxes, class_ids, return_scores=True)
+    masks, scores = predict_masks_in_boxes(model, images, boxes, class_ids, return_scores=True)
     assert masks[0].shape == (5, 80, 96) and masks[0].dtype == bool
     assert masks[1].shape == (0, 64, 64) and scores[1].shape == (0,)
     assert not masks[0][2].any() and not masks[0][4].any()  # zero-area and outside: empty
     assert not masks[0][1][:50].any() and not masks[0][1][:, 30:].any()  # within the clipped box
     assert np.isfinite(scores[0]).all() and ((scores[0] == 0) | (scores[0] >= 0.5)).all()
     with pytest.raises(SegkerasError, match="class id 4"):
-        predict_instances(model, images[:1], boxes[:1], [np.array([1, 2, 4, 1, 1])])
+        predict_masks_in_boxes(model, images[:1], boxes[:1], [np.array([1, 2, 4, 1, 1])])
     with pytest.raises(SegkerasError, match="one box array"):
-        predict_instances(model, images, boxes[:1], class_ids)
+        predict_masks_in_boxes(model, images, boxes[:1], class_ids)
     with pytest.raises(SegkerasError, match="NaN"):
-        predict_instances(model, images[:1], [np.full((1, 4), np.nan)], [np.array([1])])
+        predict_masks_in_boxes(model, images[:1], [np.full((1, 4), np.nan)], [np.array([1])])
 
 
 # ---------------------------------------------------------------- mask AP

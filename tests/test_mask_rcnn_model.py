@@ -84,7 +84,7 @@ def test_predict_without_boxes_on_empty_and_odd_sized_images(model):
     with pytest.raises(SegkerasError):
         predict_instances(keras.Sequential([keras.layers.Dense(1)]), images)
     with pytest.raises(SegkerasError):
-        predict_instances(model, [np.zeros((64, 64))])
+        predict_instances(model, [np.zeros((64, 64, 2))])
 
 
 @pytest.mark.fast

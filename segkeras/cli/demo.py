@@ -21,7 +21,7 @@ images seen few times (synthetic data is free; 1000 images seen 24 times overfit
 for many updates, Adam with cosine decay, cross-entropy + Dice. Batch 16 with the learning rate
 scaled to 7e-3 scored 0.877 at about the same CPU time (BENCHMARKS.md, notes). Keras' default
 ``jit_compile="auto"`` means no XLA on a TensorFlow CPU; forcing it cost 3.8x the CPU time per
-image (``bench/demo_speed.py``). ``steps_per_execution`` runs that many steps per call of the
+image (``experiments/demo_speed.py``). ``steps_per_execution`` runs that many steps per call of the
 compiled step (the same updates, fewer returns to Python); ``make_dataset`` turns tf.data's
 autotuner off (on 2 cores it sometimes left one core idle); the held-out images are scored once,
 after training, not after every epoch."""

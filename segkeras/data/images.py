@@ -66,12 +66,38 @@ def check_pixels(image: np.ndarray, what: str) -> np.ndarray:
                             "np.nan_to_num(image)) or drop the image")
     low, high = image.min(), image.max()
     if low < 0 or high > 255:
-        raise SegkerasError(f"{what}: pixel values must be in [0, 255], found {low}..{high}")
+        hint = ("; 16-bit pixels? pass (image / 257).astype(np.uint8)" if low >= 0
+                and high <= 65535 and np.issubdtype(image.dtype, np.integer) else "")
+        raise SegkerasError(f"{what}: pixel values must be in [0, 255], found {low}..{high}"
+                            f"{hint}")
     if np.issubdtype(image.dtype, np.floating) and 0 < high <= 1:
         raise SegkerasError(
             f"{what} has float pixels in [0, 1] but segkeras expects RGB in [0, 255]; pass "
             "image * 255 (or uint8 pixels)")
     return image
+
+
+def check_images(images, what: str = "Image") -> list[np.ndarray]:
+    """The images given to a predictor as a list of HxWx3 RGB arrays, each checked.
+
+    ``images``: a (B, H, W, C) array or a sequence of images (grayscale HxW, RGB or RGBA; see
+    :func:`to_rgb`). SegkerasError, naming the image, for one bare (H, W, 3) image instead of a
+    batch, an image without pixels (0xW or Hx0), and pixels :func:`check_pixels` refuses (NaN or
+    infinite, negative, above 255 as in 16-bit images, floats in [0, 1])."""
+    if isinstance(images, np.ndarray) and images.ndim == 3 and images.shape[-1] in (3, 4):
+        raise SegkerasError(f"got one {images.shape} image, not a batch; pass [image] or a "
+                            "(B, H, W, 3) array")
+    checked = []
+    for i, image in enumerate(images):
+        try:
+            image = to_rgb(image)
+        except SegkerasError as error:
+            raise SegkerasError(f"{what} {i}: {error}") from error
+        if 0 in image.shape[:2]:
+            raise SegkerasError(f"{what} {i} is {image.shape[0]}x{image.shape[1]}: it has no "
+                                "pixels; drop it")
+        checked.append(check_pixels(image, f"{what} {i}"))
+    return checked
 
 
 def read_rgb(path: str | os.PathLike) -> np.ndarray:

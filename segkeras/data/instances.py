@@ -127,17 +127,22 @@ def _tf():
     return tf
 
 
-def box_iou(boxes_a, boxes_b):
-    """Row-wise IoU of two (N, 4) box tensors (TensorFlow); 0 where both are empty."""
+def paired_box_iou(boxes_a, boxes_b):
+    """IoU of each box of ``boxes_a`` with the same row of ``boxes_b``, (N, 4) -> (N,): the
+    diagonal of :func:`segkeras.boxes.box_iou`, in TensorFlow for tf.data (which runs TensorFlow
+    whatever the Keras backend); 0 where the union is empty. Tested against ``box_iou``."""
     tf = _tf()
-    size_a = tf.maximum(boxes_a[:, 2:] - boxes_a[:, :2], 0.0)
-    size_b = tf.maximum(boxes_b[:, 2:] - boxes_b[:, :2], 0.0)
     overlap = tf.maximum(
         tf.minimum(boxes_a[:, 2:], boxes_b[:, 2:]) - tf.maximum(boxes_a[:, :2], boxes_b[:, :2]), 0.0
     )
     intersection = overlap[:, 0] * overlap[:, 1]
-    union = size_a[:, 0] * size_a[:, 1] + size_b[:, 0] * size_b[:, 1] - intersection
-    return intersection / tf.maximum(union, 1e-6)
+    union = _area(boxes_a) + _area(boxes_b) - intersection
+    return tf.where(union > 0, intersection / tf.maximum(union, 1e-6), 0.0)
+
+
+def _area(boxes):
+    sides = _tf().maximum(boxes[:, 2:] - boxes[:, :2], 0.0)
+    return sides[:, 0] * sides[:, 1]
 
 
 def jitter_boxes(boxes, jitter: float, seed, height: int, width: int):
@@ -152,13 +157,12 @@ def jitter_boxes(boxes, jitter: float, seed, height: int, width: int):
     size = size * tf.exp(draws[:, 2:])
     limit = tf.constant([width, height, width, height], tf.float32)
     jittered = tf.clip_by_value(tf.concat([centre - size / 2, centre + size / 2], 1), 0.0, limit)
-    keep = box_iou(jittered, boxes) >= MIN_JITTER_IOU
+    keep = paired_box_iou(jittered, boxes) >= MIN_JITTER_IOU
     return tf.where(keep[:, None], jittered, boxes)
 
 
 def _roi_align_matrix(start, length, size: int, bins: int = MASK_SIZE, sampling_ratio: int = 2):
-    """(N, bins, size) weights: RoIAlign (aligned, scale 1) along one axis as a matrix, the same
-    definition as :class:`segkeras.layers.RoIAlign`."""
+    """(N, bins, size) weights: RoIAlign along one axis (aligned, scale 1) as a matrix."""
     tf = _tf()
     sub_bins = (np.arange(bins)[:, None] + (np.arange(sampling_ratio) + 0.5) / sampling_ratio)
     sub_bins = sub_bins.reshape(-1).astype(np.float32)
@@ -175,15 +179,26 @@ def _roi_align_matrix(start, length, size: int, bins: int = MASK_SIZE, sampling_
     return tf.reduce_sum(tf.reshape(weights, (-1, bins, sampling_ratio, size)), axis=2)
 
 
-def mask_targets(masks, boxes, mask_size: int = MASK_SIZE):
-    """(N, mask_size, mask_size) float32 targets: each mask RoIAligned over its box, >= 0.5."""
+def align_masks(masks, boxes, mask_size: int = MASK_SIZE):
+    """(N, H, W) masks -> (N, mask_size, mask_size) float32: mask ``i`` RoIAligned over box ``i``.
+
+    The TensorFlow fast path of :class:`segkeras.layers.RoIAlign` (``aligned=True``,
+    ``spatial_scale=1``, ``sampling_ratio=2``, one channel, box ``i`` on image ``i``) for tf.data,
+    which runs TensorFlow whatever the Keras backend: the same samples, written as two matrix
+    products per mask. Tested against the layer."""
     tf = _tf()
     masks = tf.cast(masks, tf.float32)
     height, width = masks.shape[1], masks.shape[2]
     rows = _roi_align_matrix(boxes[:, 1], boxes[:, 3] - boxes[:, 1], height, mask_size)
     cols = _roi_align_matrix(boxes[:, 0], boxes[:, 2] - boxes[:, 0], width, mask_size)
-    pooled = tf.einsum("nph,nhw,nqw->npq", rows, masks, cols)
-    return tf.cast(pooled >= 0.5, tf.float32)
+    return tf.einsum("nph,nhw,nqw->npq", rows, masks, cols)
+
+
+def mask_targets(masks, boxes, mask_size: int = MASK_SIZE):
+    """(N, mask_size, mask_size) float32 targets: each mask RoIAligned over its box
+    (:func:`align_masks`), >= 0.5."""
+    tf = _tf()
+    return tf.cast(align_masks(masks, boxes, mask_size) >= 0.5, tf.float32)
 
 
 def _flip(image, masks, boxes, valid):

@@ -57,8 +57,8 @@ def make_dataset(
             (default: ``source.num_classes``; not checked for an ``(images, masks)`` pair).
         autotune: let tf.data's autotuner size the buffers and the parallelism. Off by default:
             on a CPU with few cores, where training uses every core, it sometimes starves the
-            training step and leaves a core idle (``python bench/demo_autotune.py``, BENCHMARKS
-            note 3); without it parallel maps use one thread per core.
+            training step and leaves a core idle (``python experiments/demo_autotune.py``,
+            BENCHMARKS note 3); without it parallel maps use one thread per core.
     """
     images, masks = _checked_arrays(source, num_classes)
     height, width = parse_size(image_size)

@@ -5,7 +5,7 @@ the classes (Lin et al., "Microsoft COCO", ECCV 2014); AP50 and AP75 use one thr
 to pycocotools as run-length encodings (RLE), so IoUs are exact mask IoUs.
 
 Scores rank the predictions. With predicted boxes, use the mean mask probability inside each
-predicted mask (what ``predict_instances(..., return_scores=True)`` returns). With ground-truth
+predicted mask (what ``predict_masks_in_boxes(..., return_scores=True)`` returns). With ground-truth
 boxes every object has exactly one prediction and ``scores=None`` (all 1) is the natural choice.
 A detector (Mask R-CNN) gives boxes, classes, scores and masks: :func:`detection_ap` scores its
 boxes (``iouType="bbox"``) and its masks (``iouType="segm"``) against the same ground truth.

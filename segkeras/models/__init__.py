@@ -9,10 +9,10 @@ from segkeras.models import mask_rcnn, registry
 from segkeras.models.deconv import deconvnet
 from segkeras.models.fcn import fcn
 from segkeras.models.hourglass import final_stack_model, hourglass
-from segkeras.models.mask_head import instance_segmenter, predict_instances
+from segkeras.models.mask_head import instance_segmenter, predict_masks_in_boxes
 from segkeras.models.unet import unet
 
 __all__ = [
     "deconvnet", "fcn", "final_stack_model", "hourglass", "instance_segmenter", "mask_rcnn",
-    "predict_instances", "registry", "unet",
+    "predict_masks_in_boxes", "registry", "unet",
 ]

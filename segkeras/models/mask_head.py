@@ -21,7 +21,7 @@ import numpy as np
 from keras import ops
 
 from segkeras.backbones import STRIDES
-from segkeras.data.images import check_pixels, resize_image, to_rgb
+from segkeras.data.images import check_images, resize_image
 from segkeras.data.instances import MASK_SIZE, check_class_ids, clip_boxes
 from segkeras.errors import SegkerasError
 from segkeras.layers import RoIAlign
@@ -109,8 +109,10 @@ def _freeze_layers_after(encoder: keras.Model, feature_level: str) -> None:
             layer.trainable = False
 
 
-def _mask_head(rois, num_classes: int, channels: int):
-    """The paper's head: 4 x (3x3 conv, ReLU) -> 2x2 deconv stride 2, ReLU -> 1x1 conv."""
+def mask_branch(rois, num_classes: int, channels: int):
+    """Mask R-CNN's mask branch on (K, 14, 14, C) RoI features, shared by
+    :func:`instance_segmenter` and :class:`~segkeras.models.mask_rcnn.MaskRCNN`: the paper's
+    4 x (3x3 conv, ReLU) -> 2x2 deconv stride 2, ReLU -> 1x1 conv, one logit per class."""
     x = rois
     for i in range(1, 5):
         x = layers.Conv2D(channels, 3, padding="same", activation="relu",
@@ -167,7 +169,7 @@ def instance_segmenter(
     align = RoIAlign(ROI_SIZE, sampling_ratio=2, spatial_scale=1.0 / STRIDES[feature_level],
                      name="roi_align")
     rois = align(features[feature_level], flat_boxes, image_indices)
-    logits = _mask_head(rois, num_classes, int(head_channels))
+    logits = mask_branch(rois, num_classes, int(head_channels))
     masks = SelectClassMask(max_instances, name="select_class")(logits, class_ids)
     inputs = {"image": image, "boxes": boxes, "class_ids": class_ids}
     return keras.Model(inputs, float32_logits(masks), name=model_name("mask_head", encoder))
@@ -231,11 +233,32 @@ def _mask_probabilities(model, images, boxes, class_ids, batch_size):
         logits = model.predict(inputs, batch_size=batch_size, verbose=0)
         for (i, chunk, *_), chunk_logits in zip(chunks, logits, strict=True):
             count = chunk.stop - chunk.start
-            probabilities[i][chunk] = 1.0 / (1.0 + np.exp(-chunk_logits[:count]))
+            probabilities[i][chunk] = _sigmoid(chunk_logits[:count])
     return probabilities
 
 
-def predict_instances(
+def _detector_mask_probabilities(model, images, boxes, class_ids):
+    """(N_i, 28, 28) sigmoid masks per image from a Mask R-CNN's own mask branch."""
+    size = model.image_size
+    probabilities = []
+    for image, image_boxes, ids in zip(images, boxes, class_ids, strict=True):
+        if len(ids) == 0:
+            probabilities.append(np.zeros((0, MASK_SIZE, MASK_SIZE), np.float32))
+            continue
+        height, width = np.shape(image)[:2]
+        scale = np.array([size[1] / width, size[0] / height] * 2, np.float32)
+        features = model.features(resize_image(image, size)[None], training=False)
+        pooled = model.mask_align(features, image_boxes * scale, np.zeros(len(ids), np.int32))
+        logits = np.asarray(ops.convert_to_numpy(model.mask_head(pooled, training=False)))
+        probabilities.append(_sigmoid(np.moveaxis(logits, -1, 1)[np.arange(len(ids)), ids]))
+    return probabilities
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-logits))
+
+
+def predict_masks_in_boxes(
     model: keras.Model,
     images: np.ndarray | Sequence[np.ndarray],
     boxes: Sequence[np.ndarray],
@@ -245,23 +268,30 @@ def predict_instances(
 ):
     """Full-resolution boolean masks of the given objects, one (N_i, H_i, W_i) array per image.
 
+    ``model``: an :func:`instance_segmenter`, or a :class:`~segkeras.models.mask_rcnn.MaskRCNN`
+    (its mask branch on the given boxes: the mask quality without the detection errors; for
+    new images without boxes use :func:`segkeras.models.mask_rcnn.predict_instances`).
+
     Each image is resized to the model's input size (or to multiples of 32), its boxes are clipped
     to the image and run through the model (``max_instances`` at a time); each 28x28 mask is
     resized to its box (:func:`paste_masks`) and thresholded at 0.5. A box without area inside
     the image gets an empty mask. With ``return_scores`` also returns, per image, the (N_i,)
     scores: the mean mask probability inside each predicted mask (0 for an empty mask).
 
-    Images are RGB in [0, 255] (grayscale (H, W) and RGBA images are converted to RGB).
-    Raises SegkerasError for class ids outside ``1..num_classes-1``, non-finite boxes, boxes with
-    ``x2 < x1`` or ``y2 < y1``, NaN pixels, float images in [0, 1], or lists of different lengths.
+    Images are RGB in [0, 255] (grayscale (H, W) and RGBA images are converted to RGB; see
+    :func:`segkeras.data.images.check_images` for the pixels refused). Raises SegkerasError for
+    class ids outside ``1..num_classes-1``, non-finite boxes, boxes with ``x2 < x1`` or
+    ``y2 < y1``, or lists of different lengths.
     """
     if not len(images) == len(boxes) == len(class_ids):
         raise SegkerasError(
             f"Got {len(images)} images, {len(boxes)} box arrays and {len(class_ids)} class-id "
             "arrays; pass one box array and one class-id array per image."
         )
-    images = [check_pixels(to_rgb(image), f"Image {i}") for i, image in enumerate(images)]
-    num_classes = model.get_layer("mask_predictor").filters
+    images = check_images(images)
+    detector = hasattr(model, "mask_align")  # a MaskRCNN (mask_rcnn imports this module)
+    num_classes = (int(model.config["num_classes"]) if detector
+                   else model.get_layer("mask_predictor").filters)
     clipped, valid, checked_ids = [], [], []
     for i, image in enumerate(images):
         try:
@@ -274,7 +304,10 @@ def predict_instances(
         clipped.append(image_boxes)
         valid.append(image_valid)
         checked_ids.append(ids)
-    probabilities = _mask_probabilities(model, images, clipped, checked_ids, batch_size)
+    if detector:
+        probabilities = _detector_mask_probabilities(model, images, clipped, checked_ids)
+    else:
+        probabilities = _mask_probabilities(model, images, clipped, checked_ids, batch_size)
     masks, scores = [], []
     for image, image_boxes, image_valid, image_probabilities in zip(
         images, clipped, valid, probabilities, strict=True

@@ -123,7 +123,7 @@ MASK_RCNN_CPU_RECIPE = {
     "mask_head_channels": 64, "rpn_pre_nms": 600, "rpn_post_nms_train": 200,
     "rpn_post_nms_test": 100, "rois_per_image": 32,
 }
-"""``maskrcnn``'s heads, sized for a CPU and images of 64..256 pixels (bench/train_mask_rcnn.py);
+"""``maskrcnn``'s heads, sized for a CPU and images of 64..256 pixels (bench/s8_mask_rcnn_train.py);
 :func:`~segkeras.models.mask_rcnn.mask_rcnn`'s own defaults are the paper's, for ResNet-50."""
 register("maskrcnn", mask_rcnn, "mobilenetv2", options=MASK_RCNN_CPU_RECIPE, task="instances",
          summary="Mask R-CNN (He et al. 2017)")

@@ -15,6 +15,7 @@ Data: :func:`segkeras.models.mask_rcnn.dataset.mask_rcnn_dataset`.
 
 from __future__ import annotations
 
+import difflib
 import numbers
 from collections.abc import Sequence
 
@@ -30,7 +31,7 @@ from segkeras.models.mask_head import (
     FlattenBoxes,
     MaskedBinaryCrossentropy,
     SelectClassMask,
-    _mask_head,
+    mask_branch,
 )
 from segkeras.models.mask_rcnn.anchors import anchor_grid
 from segkeras.models.mask_rcnn.masks import region_mask_targets
@@ -99,7 +100,7 @@ class MaskRCNN(keras.Model):
         self.box_head = box_head((BOX_ROI_SIZE, BOX_ROI_SIZE, fpn_channels), box_head_units,
                                  num_classes)
         rois = keras.Input((MASK_ROI_SIZE, MASK_ROI_SIZE, fpn_channels), name="mask_rois")
-        self.mask_head = keras.Model(rois, _mask_head(rois, num_classes, mask_head_channels),
+        self.mask_head = keras.Model(rois, mask_branch(rois, num_classes, mask_head_channels),
                                      name="mask_head")
         self.flatten_boxes = FlattenBoxes(name="flatten_boxes")
         self.select_training_masks = SelectClassMask(self.mask_slots, name="select_train_mask")
@@ -227,6 +228,24 @@ def _check_positive_int(name: str, value) -> int:
     return int(value)
 
 
+OPTIONS = ("anchor_ratios", "fpn_channels", "box_head_units", "mask_head_channels", "rpn_pre_nms",
+           "rpn_post_nms_train", "rpn_post_nms_test", "rpn_anchors_per_image", "rois_per_image",
+           "foreground_fraction", "score_threshold", "nms_threshold", "max_detections",
+           "batchnorm_momentum", "seed", "anchor_matcher", "box_encoder")
+"""The ``**options`` :func:`mask_rcnn` passes on to :class:`MaskRCNN` (a test keeps this list
+equal to ``MaskRCNN``'s keyword arguments after ``anchor_sizes``)."""
+
+
+def _check_option_names(options: dict) -> None:
+    """SegkerasError naming the valid options (and the closest one) for a misspelled option."""
+    for name in options:
+        if name not in OPTIONS:
+            close = difflib.get_close_matches(name, OPTIONS, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise SegkerasError(f"mask_rcnn got an unknown option {name!r}; {hint}valid "
+                                f"options: {', '.join(OPTIONS)}.")
+
+
 def mask_rcnn(num_classes: int, backbone: str = "resnet50", weights: str | None = "imagenet",
               input_shape: Sequence[int] = (256, 256, 3), encoder_trainable: bool = True,
               anchor_sizes: Sequence[float] = (16, 32, 64, 128), **options) -> MaskRCNN:
@@ -270,10 +289,7 @@ def mask_rcnn(num_classes: int, backbone: str = "resnet50", weights: str | None 
     backbones.check_input_shape(shape, 32)
     if not anchor_sizes or min(anchor_sizes) <= 0:
         raise SegkerasError(f"anchor_sizes must be positive pixel sizes, got {anchor_sizes!r}.")
-    known = set(MaskRCNN.__init__.__code__.co_varnames)
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise SegkerasError(f"Unknown mask_rcnn options {unknown}; see help(mask_rcnn).")
+    _check_option_names(options)
     for name in ("fpn_channels", "box_head_units", "mask_head_channels", "rpn_pre_nms",
                  "rpn_post_nms_train", "rpn_post_nms_test", "rpn_anchors_per_image",
                  "rois_per_image", "max_detections"):

@@ -1,8 +1,8 @@
 """Parameter counts and training speed of the semantic-segmentation builders.
 
-    python bench/bench_models.py                      # 128x128, batch 8, frozen encoder
-    python bench/bench_models.py --xla --steps 5      # with model.compile(jit_compile=True)
-    python bench/bench_models.py --only unet --backbones resnet50
+    python experiments/bench_models.py                      # 128x128, batch 8, frozen encoder
+    python experiments/bench_models.py --xla --steps 5      # with model.compile(jit_compile=True)
+    python experiments/bench_models.py --only unet --backbones resnet50
 
 Random weights (no download); the encoder is frozen (the transfer-learning phase), so img/s is
 the speed of training the head. Each model takes ``--warmup`` untimed steps (graph tracing, XLA

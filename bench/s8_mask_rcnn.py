@@ -1,20 +1,25 @@
-"""The Mask R-CNN section of BENCHMARKS.md, rendered from ``bench/results/mask_rcnn.json``.
+"""Section 8: Mask R-CNN on built-in shapes, segkeras against torchvision at equal CPU budget.
 
-``bench/run.py`` does not re-measure it (two runs of 20 CPU-minutes); the numbers come from
+Rendered from ``results/mask_rcnn.json``; ``bench/run.py`` does not re-measure it (two runs of
+20 CPU-minutes). The records come from
 
-    python bench/train_mask_rcnn.py --minutes 20
-    PYTHONPATH=. /work/venvs/mrcnn/bin/python bench/torchvision_mask_rcnn.py --minutes 20
+    python bench/s8_mask_rcnn_train.py --minutes 20
+    PYTHONPATH=. /work/venvs/mrcnn/bin/python bench/s8_mask_rcnn_torchvision.py --minutes 20
 
-each of which stores its record under its own key (``segkeras``, ``torchvision``).
+each of which stores its record under its own key (``segkeras``, ``torchvision``) through
+``bench/s8_mask_rcnn_record.py``.
 """
 
 from __future__ import annotations
 
-import json
-import os
+from common import load_results, table
 
 TITLE = "8. Mask R-CNN on built-in shapes: segkeras vs torchvision"
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "mask_rcnn.json")
+CODE = ("segkeras/models/mask_rcnn", "segkeras/boxes.py", "segkeras/layers.py",
+        "segkeras/models/mask_head.py")
+MEASURED_BY = ("python bench/s8_mask_rcnn_train.py --minutes 20",
+               "python bench/s8_mask_rcnn_torchvision.py --minutes 20")
+"""Not measured by ``bench/run.py``: these commands write ``results/mask_rcnn.json``."""
 
 SETUP = (
     "Both systems: built-in shapes, 3000 training images (seed 0), 300 held-out (seed 1000), "
@@ -59,12 +64,9 @@ def _row(name: str, r: dict) -> list[str]:
 
 def render(results: dict | None = None) -> str:
     """The section's text (without its title)."""
-    if results is None:
-        if not os.path.exists(RESULTS):
-            return ("Not measured yet: `python bench/train_mask_rcnn.py` and "
-                    "`bench/torchvision_mask_rcnn.py` (see `bench/mask_rcnn_section.py`).")
-        with open(RESULTS, encoding="utf-8") as file:
-            results = json.load(file)
+    results = results or load_results("mask_rcnn")
+    if not results:
+        return f"Not measured yet: `{MEASURED_BY[0]}` and `{MEASURED_BY[1]}`."
     header = ["system", "backend", "params", "train CPU min (wall min)", "steps x batch",
               "train img per CPU-s", "box AP / AP50 / AP75", "mask AP / AP50 / AP75",
               "GT-box mask AP / AP50 / AP75", "inference img per CPU-s (img/s wall)"]
@@ -86,8 +88,6 @@ def render(results: dict | None = None) -> str:
         lines.append(f"- segkeras targets (box AP >= 0.75, mask AP >= 0.70): "
                      f"{'reached' if reached else '**not reached**'} after "
                      f"{r['train_cpu_s'] / 60:.1f} of the 20 CPU-minutes allowed.")
-    table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    table += ["| " + " | ".join(row) + " |" for row in rows]
     config = results.get("segkeras", {}).get("config", {})
     threads = {name: results.get(name, {}).get("config", {}).get("threads") or "default"
                for name in ("segkeras", "torchvision")}
@@ -95,7 +95,20 @@ def render(results: dict | None = None) -> str:
                          rois_per_image=config.get("rois_per_image", 32),
                          segkeras_threads=threads["segkeras"],
                          torchvision_threads=threads["torchvision"])
-    return (setup + "\n\n" + "\n".join(table) + "\n\n" + "\n".join(lines)
+    return (setup + "\n\n" + table(header, rows) + "\n\n" + "\n".join(lines)
             + "\n\nTargets of issue 12 (after <= 20 CPU-minutes): box AP >= 0.75 and mask AP >= "
             "0.70 from predicted boxes. \"BatchNorm recalibrated\": the same weights after "
             "`MaskRCNN.recalibrate_batchnorm` on 25 training batches (precise BN).")
+
+
+def headline(results: dict) -> tuple[str, str]:
+    ours, theirs = results["segkeras"], results["torchvision"]
+    return (f"segkeras Mask R-CNN after {ours['train_cpu_s'] / 60:.0f} CPU-min: box AP "
+            f"{ours['box']['AP']:.3f}, mask AP {ours['mask']['AP']:.3f}",
+            f"torchvision, same recipe and budget: {theirs['box']['AP']:.3f} / "
+            f"{theirs['mask']['AP']:.3f}; targets 0.75 / 0.70")
+
+
+def measured(results: dict) -> str:
+    """The date of the older of the two records."""
+    return min(record["date"] for record in results.values()).replace("T", " ")

@@ -1,6 +1,6 @@
-"""torchvision's Mask R-CNN on the same data and CPU budget as bench/train_mask_rcnn.py.
+"""torchvision's Mask R-CNN on the same data and CPU budget as bench/s8_mask_rcnn_train.py.
 
-    PYTHONPATH=. /work/venvs/mrcnn/bin/python bench/torchvision_mask_rcnn.py \
+    PYTHONPATH=. /work/venvs/mrcnn/bin/python bench/s8_mask_rcnn_torchvision.py \
         [--minutes 20] [--stop-at HH:MM]
 
 (with scikit-image and pycocotools in that venv too, for the data and the evaluation).
@@ -17,7 +17,7 @@ Adam 2e-3 with the same cosine schedule over the CPU budget, gradient norm clipp
 random left-right flips. Evaluation: COCO box and mask AP (segkeras' ``detection_ap``) on the
 same 300 held-out images, and training / inference images per CPU second. ``--threads``
 (default 2, like TensorFlow's default on this 2-core machine; the side-by-side runs use 1 for both
-systems, see bench/train_mask_rcnn.py) sets ``torch.set_num_threads``;
+systems, see bench/s8_mask_rcnn_train.py) sets ``torch.set_num_threads``;
 ``--stop-at HH:MM`` also ends training at that wall-clock time. Results go to
 ``bench/results/mask_rcnn.json`` (key ``torchvision``).
 """
@@ -35,7 +35,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 import torchvision
-from mask_rcnn_report import report, save
+from s8_mask_rcnn_record import report, save
 from torch import nn
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator

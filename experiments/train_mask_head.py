@@ -1,10 +1,10 @@
 """Train the mask head on built-in shapes within a time budget and report COCO mask AP.
 
-    python bench/train_mask_head.py [--minutes 10] [--feature-level P3] [--head-channels 128]
+    python experiments/train_mask_head.py [--minutes 10] [--feature-level P3] [--head-channels 128]
 
 Encoder MobileNetV2 from random initialisation (weights=None: no ImageNet weights offline),
 trained end to end with the head on ``shapes.generate`` images; evaluated on held-out images
-(another seed) with their ground-truth boxes via ``predict_instances`` and ``mask_ap``.
+(another seed) with their ground-truth boxes via ``predict_masks_in_boxes`` and ``mask_ap``.
 Prints the training time and AP / AP50 / AP75 (target: AP50 >= 0.90, AP >= 0.60 in <= 10 CPU
 minutes). The budget is CPU time of this process (``time.process_time``, all threads), so the
 result does not depend on what else runs on the machine; wall time is printed too.
@@ -13,13 +13,16 @@ result does not depend on what else runs on the machine; wall time is printed to
 from __future__ import annotations
 
 import argparse
-import math
 import os
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "bench"))
+from s8_mask_rcnn_train import CPUBudget  # noqa: E402
 
 from segkeras.data import shapes  # noqa: E402
 from segkeras.data.instances import make_instance_dataset  # noqa: E402
@@ -27,37 +30,8 @@ from segkeras.evaluate.instances import mask_ap  # noqa: E402
 from segkeras.models.mask_head import (  # noqa: E402
     MaskedBinaryCrossentropy,
     instance_segmenter,
-    predict_instances,
+    predict_masks_in_boxes,
 )
-
-
-class CPUBudget(keras.callbacks.Callback):
-    """Train for ``seconds`` of CPU time (all threads of this process, so other work on the
-    machine does not count): the learning rate follows a cosine from ``learning_rate`` to 5 % of
-    it over the spent fraction of the budget, and training stops when the budget is spent."""
-
-    def __init__(self, seconds: float, learning_rate: float):
-        super().__init__()
-        self.seconds = seconds
-        self.learning_rate = learning_rate
-        self.started_cpu = self.started_wall = None
-        self.steps = 0
-
-    def spent(self) -> float:
-        return time.process_time() - self.started_cpu
-
-    def on_train_begin(self, logs=None):
-        self.started_cpu, self.started_wall = time.process_time(), time.perf_counter()
-
-    def on_train_batch_begin(self, batch, logs=None):
-        progress = min(self.spent() / self.seconds, 1.0)
-        factor = 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress))
-        self.model.optimizer.learning_rate.assign(self.learning_rate * factor)
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.steps += 1
-        if self.spent() > self.seconds:
-            self.model.stop_training = True
 
 
 def main() -> None:
@@ -99,7 +73,7 @@ def main() -> None:
         model.save(args.save)
     boxes = [objects.boxes for objects in held_out.instances]
     class_ids = [objects.class_ids for objects in held_out.instances]
-    masks = predict_instances(model, held_out.images, boxes, class_ids)
+    masks = predict_masks_in_boxes(model, held_out.images, boxes, class_ids)
     scores = mask_ap(held_out, masks)
     print(f"backend={keras.backend.backend()} {model.name} level={args.feature_level} "
           f"head_channels={args.head_channels} params={model.count_params():,}")

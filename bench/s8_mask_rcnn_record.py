@@ -1,6 +1,6 @@
 """What both Mask R-CNN benchmarks print and record (plain Python: the torchvision venv has no
 Keras). Each run stores its numbers under its own key of ``bench/results/mask_rcnn.json``, which
-``bench/run.py`` renders into BENCHMARKS.md."""
+``bench/s8_mask_rcnn.py`` renders into BENCHMARKS.md."""
 
 from __future__ import annotations
 

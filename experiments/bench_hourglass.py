@@ -1,6 +1,6 @@
 """Parameters and throughput of the stacked hourglass for 1, 2 and 4 stacks.
 
-    python bench/bench_hourglass.py [--stacks 1 2 4] [--size 128] [--batch 8] [--steps 5]
+    python experiments/bench_hourglass.py [--stacks 1 2 4] [--size 128] [--batch 8] [--steps 5]
 
 Prints one row per stack count: parameters, inference img/s (compiled predict step, all stacks'
 outputs) and training img/s (compiled train step, a loss and mean IoU on every stack), each after

@@ -1,7 +1,7 @@
 """Data throughput: the shapes generator (one core) and the tf.data pipeline with augmentation.
 
-    taskset -c 0 python bench/bench_data.py          # generator on one core, as the issue asks
-    python bench/bench_data.py --only pipeline       # the pipeline with every core
+    taskset -c 0 python experiments/bench_data.py     # generator on one core, as the issue asks
+    python experiments/bench_data.py --only pipeline  # the pipeline with every core
 
 Prints images/s (best of ``--repeats`` wall-clock runs) and CPU milliseconds per image (user +
 system time of the process, which a busy machine inflates less than wall time). Targets: the

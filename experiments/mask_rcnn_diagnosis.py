@@ -1,12 +1,12 @@
 """Where a trained Mask R-CNN loses box AP on held-out built-in shapes.
 
-    python bench/mask_rcnn_diagnosis.py MODEL.keras [--val-images 300] [--seed 1000]
+    python experiments/mask_rcnn_diagnosis.py MODEL.keras [--val-images 300] [--seed 1000]
 
 Prints the RPN's recall (share of ground-truth objects that one of the test-time proposals covers
 at IoU >= 0.5 and >= 0.7), COCO box and mask AP with and without the classes (every class id set
 to 1: what perfect classification would give), the recall of the final detections at IoU 0.5 with
 the right class, detections per image, and score quantiles. The held-out images are
-``shapes.generate(val_images, 128, seed)``, the set ``bench/train_mask_rcnn.py`` scores.
+``shapes.generate(val_images, 128, seed)``, the set ``bench/s8_mask_rcnn_train.py`` scores.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What tf.data's autotuner costs the demo's training step on a CPU with few cores.
 
-    python bench/demo_autotune.py --pairs 3      # on a quiet machine: it times wall clock
+    python experiments/demo_autotune.py --pairs 3      # on a quiet machine: it times wall clock
 
 The demo's U-Net and recipe (MobileNetV2 from scratch, light decoder, 64x64, batch 8, cross-entropy
 + Dice, training metrics, ``steps_per_execution`` 25) on 800 built-in shapes from ``make_dataset``,
@@ -22,8 +22,9 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-RESULT = os.path.join(os.path.dirname(__file__), "results", "demo_autotune.json")
-RESULT_AUGMENTED = os.path.join(os.path.dirname(__file__), "results", "demo_autotune_augment.json")
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "bench", "results")
+RESULT = os.path.join(RESULTS, "demo_autotune.json")
+RESULT_AUGMENTED = os.path.join(RESULTS, "demo_autotune_augment.json")
 
 
 def one_run(autotune: bool, reps: int, steps: int, augment: bool, warmup: int = 50) -> list[dict]:

@@ -9,8 +9,8 @@ optimizer, decoder):
 * ``backbones`` (part 3): each counting-pretrained encoder of segkeras.pretrain.ENCODERS frozen
   + new decoder, as (b).
 
-    PYTHONPATH=. python bench/transfer_learning.py recipes --seeds 0 1 2
-    PYTHONPATH=. python bench/transfer_learning.py backbones --seeds 0 1
+    PYTHONPATH=. python experiments/transfer_learning.py recipes --seeds 0 1 2
+    PYTHONPATH=. python experiments/transfer_learning.py backbones --seeds 0 1
 
 Prints validation mean IoU per run and seed (each seed: another labelled set and initialisation).
 """

@@ -1,6 +1,6 @@
 """Train segkeras' Mask R-CNN on built-in shapes within a CPU-time budget; report box and mask AP.
 
-    python bench/train_mask_rcnn.py [--minutes 20] [--save model.keras] [--stop-at 02:55]
+    python bench/s8_mask_rcnn_train.py [--minutes 20] [--save model.keras] [--stop-at 02:55]
 
 MobileNetV2 encoder from random initialisation (weights=None: no ImageNet weights offline), FPN
 neck read at stride 8, RPN, box head and mask head trained end to end with ``model.fit`` on
@@ -29,8 +29,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
-from mask_rcnn_report import report, save  # noqa: E402
-from train_mask_head import CPUBudget  # noqa: E402
+from s8_mask_rcnn_record import report, save  # noqa: E402
 
 from segkeras.data import shapes  # noqa: E402
 from segkeras.evaluate.instances import detection_ap, mask_ap  # noqa: E402
@@ -40,6 +39,35 @@ from segkeras.models.mask_rcnn import (  # noqa: E402
     predict_instances,
     predict_masks_in_boxes,
 )
+
+
+class CPUBudget(keras.callbacks.Callback):
+    """Train for ``seconds`` of CPU time (all threads of this process, so other work on the
+    machine does not count): the learning rate follows a cosine from ``learning_rate`` to 5 % of
+    it over the spent fraction of the budget, and training stops when the budget is spent."""
+
+    def __init__(self, seconds: float, learning_rate: float):
+        super().__init__()
+        self.seconds = seconds
+        self.learning_rate = learning_rate
+        self.started_cpu = self.started_wall = None
+        self.steps = 0
+
+    def spent(self) -> float:
+        return time.process_time() - self.started_cpu
+
+    def on_train_begin(self, logs=None):
+        self.started_cpu, self.started_wall = time.process_time(), time.perf_counter()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        progress = min(self.spent() / self.seconds, 1.0)
+        factor = 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress))
+        self.model.optimizer.learning_rate.assign(self.learning_rate * factor)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+        if self.spent() > self.seconds:
+            self.model.stop_training = True
 
 
 class Budget(CPUBudget):

@@ -1,6 +1,6 @@
 """Does stack 2 refine stack 1? Per-stack mIoU of hourglass models after a fixed CPU budget.
 
-    python bench/train_hourglass.py [--stacks 1 2 4] [--cpu-seconds 180] [--size 64]
+    python experiments/train_hourglass.py [--stacks 1 2 4] [--cpu-seconds 180] [--size 64]
 
 For each stack count: a hourglass trained from scratch on the built-in shapes (a loss on every
 stack, equal weights, ``segkeras.train.fit_two_stage`` end to end) until this process has used

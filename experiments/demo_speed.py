@@ -1,6 +1,6 @@
 """CPU time per training image of the demo's model, with and without XLA, at a few batch sizes.
 
-    python bench/demo_speed.py --batches 8 16 --steps 20
+    python experiments/demo_speed.py --batches 8 16 --steps 20
 
 The demo's U-Net (MobileNetV2, light decoder, 64x64, trained from scratch) on one random batch;
 ``--xla`` compiles with ``jit_compile=True``. Prints CPU ms per image (user+sys of this process,

@@ -1,7 +1,7 @@
 """segkeras' U-Net against the TensorFlow segmentation tutorial's U-Net, over several seeds.
 
-    python bench/versus.py quality --seeds 0 1 2 --out results/versus_quality.json
-    python bench/versus.py speed --out results/versus_speed.json
+    python bench/s2_versus_runs.py quality --seeds 0 1 2 --out results/versus_quality.json
+    python bench/s2_versus_runs.py speed --out results/versus_speed.json
 
 ``quality``: held-out mean IoU after a fixed number of steps, one fresh process per (model, seed),
 with per-class IoU, the share of pixels predicted as each class, and the mIoU of the same weights
@@ -212,7 +212,7 @@ def main() -> None:
             os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
             with open(args.out, "w", encoding="utf-8") as out:
                 json.dump({"recipe": RECIPE, "tutorial_size": TUTORIAL_SIZE,
-                           "command": "python bench/versus.py " + " ".join(sys.argv[1:]),
+                           "command": "python bench/s2_versus_runs.py " + " ".join(sys.argv[1:]),
                            "records": records}, out, indent=1)
 
 
