@@ -20,6 +20,7 @@ import contextlib
 import json
 import math
 import os
+import zipfile
 from dataclasses import dataclass, field
 
 import keras
@@ -345,6 +346,179 @@ def single_process_copy(model: keras.Model) -> keras.Model:
     return copy
 
 
+CHECKPOINT = "checkpoint.npz"
+"""The checkpoint file a resumable run writes in its output folder at every epoch end."""
+
+
+def save_checkpoint(path, model: keras.Model, state: dict) -> None:
+    """One file, written atomically: the model's weights, its optimizer's variables (moments,
+    iteration count: the schedule continues where it was) and ``state`` (JSON: epochs done,
+    history so far, the run's plan)."""
+    import numpy as np
+
+    from segkeras.runs import atomic_path, full_disk_reported
+
+    arrays = {f"w{i}": value for i, value in enumerate(model.get_weights())}
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is not None and optimizer.built:
+        arrays.update({f"o{i}": keras.ops.convert_to_numpy(variable)
+                       for i, variable in enumerate(optimizer.variables)})
+    with full_disk_reported(path), atomic_path(path) as temporary, open(temporary, "wb") as file:
+        np.savez(file, state=np.array(json.dumps(state)), **arrays)
+
+
+def load_checkpoint(path) -> tuple[dict, list, list]:
+    """(state, model weights, optimizer values) of a :func:`save_checkpoint` file."""
+    import numpy as np
+
+    try:
+        with np.load(path) as archive:
+            state = json.loads(str(archive["state"]))
+            weights = [archive[f"w{i}"] for i in range(sum(k[0] == "w" for k in archive.files))]
+            optimizer = [archive[f"o{i}"] for i in range(sum(k[0] == "o" for k in archive.files))]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+        raise SegkerasError(f"cannot resume from {path}: the checkpoint is unreadable ({error}); "
+                            "start again without --resume") from error
+    return state, weights, optimizer
+
+
+def restore_checkpoint(model: keras.Model, weights: list, optimizer_values: list, path) -> None:
+    """Put a checkpoint's weights into ``model`` and its optimizer state into the optimizer
+    ``model`` was just compiled with (built here, before ``fit`` would)."""
+    try:
+        model.set_weights(weights)
+    except ValueError as error:
+        raise SegkerasError(f"cannot resume from {path}: it holds another model's weights "
+                            f"({error}); use the same --model and options, or start again "
+                            "without --resume") from error
+    if not optimizer_values:
+        return
+    optimizer = model.optimizer
+    if not optimizer.built:
+        optimizer.build(model.trainable_variables)
+    if len(optimizer.variables) != len(optimizer_values):
+        raise SegkerasError(f"cannot resume from {path}: its optimizer state does not fit this "
+                            "model; use the same options, or start again without --resume")
+    for variable, value in zip(optimizer.variables, optimizer_values, strict=True):
+        variable.assign(value)
+
+
+ITERATORS_PER_EPOCH = 2
+"""Iterators Keras 3's TensorFlow trainer opens on a finite training dataset per epoch of
+``fit`` (measured on Keras 3.15; ``tests/test_resume.py`` fails if that changes)."""
+
+
+def skip_epochs(dataset, epochs: int) -> None:
+    """Advance a ``tf.data`` dataset's per-epoch randomness (shuffle order, augmentation seeds)
+    by ``epochs`` epochs of ``fit`` without reading it: each new iterator draws new seeds, so a
+    resumed run sees the same data order as an uninterrupted one."""
+    if hasattr(dataset, "element_spec"):
+        for _ in range(epochs * ITERATORS_PER_EPOCH):
+            iter(dataset)
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Save a :func:`save_checkpoint` file at every epoch end: weights, optimizer and ``state``
+    with ``epochs_done`` and the history so far (``record``'s epochs plus this fit's)."""
+
+    def __init__(self, path, record: TrainingHistory, state: dict):
+        super().__init__()
+        self.path, self.record, self.state = path, record, state
+        self.logs: dict[str, list[float]] = {}
+
+    def on_train_begin(self, logs=None):
+        self.logs = {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key, value in (logs or {}).items():
+            self.logs.setdefault(key, []).append(float(value))
+        if not math.isfinite(self.logs.get("loss", [0.0])[-1]):
+            return  # a diverged epoch: the last good checkpoint stays
+        history = keras.callbacks.History()
+        history.history, history.epoch = self.logs, list(range(len(next(iter(
+            self.logs.values()), []))))
+        so_far = TrainingHistory(
+            {k: list(v) for k, v in self.record.history.items()}, list(self.record.epoch),
+            self.record.stage_boundary)
+        so_far.extend(history)
+        save_checkpoint(self.path, self.model, {
+            **self.state, "epochs_done": epoch + 1, "history": so_far.history,
+            "stage_boundary": self.record.stage_boundary})
+
+
+def interrupted_message(interrupted, checkpoint) -> str:
+    """One line for a run stopped by Ctrl-C or SIGTERM (:class:`segkeras.runs.Interrupted`):
+    which epochs the checkpoint holds and how to continue."""
+    name = str(interrupted)
+    if checkpoint is None or not os.path.isfile(checkpoint):
+        return f"interrupted by {name} before the first epoch ended; nothing was saved"
+    state, _, _ = load_checkpoint(checkpoint)
+    plan = state.get("plan", {})
+    total = plan.get("head_epochs", 0) + plan.get("finetune_epochs", 0) or plan.get("epochs")
+    done = state["epochs_done"]
+    saved = f"epochs 1-{done} of {total} are" if done > 1 else f"epoch 1 of {total} is"
+    return (f"interrupted by {name}: {saved} saved in {checkpoint}; run the same command with "
+            "--resume to continue")
+
+
+def _resume_point(checkpoint, plan: dict) -> tuple[int, dict, list, list]:
+    """(epochs done, history, weights, optimizer values) of ``checkpoint`` if its plan is
+    ``plan``; SegkerasError when there is no checkpoint or it was made with other settings."""
+    if checkpoint is None or not os.path.isfile(checkpoint):
+        raise SegkerasError(f"nothing to resume: no checkpoint {checkpoint}; start without "
+                            "--resume")
+    state, weights, optimizer = load_checkpoint(checkpoint)
+    if state.get("plan") != plan:
+        raise SegkerasError(f"cannot resume from {checkpoint}: it was made with other settings "
+                            f"({state.get('plan')} vs {plan}); use the same options, or start "
+                            "again without --resume")
+    return int(state["epochs_done"]), state.get("history", {}), weights, optimizer
+
+
+class ResumableRun:
+    """The epochs of one training run (one or several ``fit`` calls, e.g. two stages), with a
+    checkpoint at every epoch end and, with ``resume``, continued from it: the finished epochs
+    are skipped, their history, weights and (inside a stage) optimizer state restored, and the
+    training data's per-epoch order advanced past them (:func:`skip_epochs`). ``plan`` (the
+    settings that shape the run) must be the checkpoint's."""
+
+    def __init__(self, checkpoint, plan: dict, resume: bool = False, train=None):
+        self.checkpoint, self.plan = checkpoint, plan
+        self.history = TrainingHistory()
+        self._restored = None
+        if resume:
+            done, self.history.history, *self._restored = _resume_point(checkpoint, plan)
+            self.history.epoch = list(range(done))
+            skip_epochs(train, done)
+
+    def fit(self, model: keras.Model, train, first: int, epochs: int, callbacks=None,
+            **fit_arguments) -> None:
+        """``model.fit`` (compiled for these epochs) over the run's epochs ``first`` to
+        ``first + epochs``, skipping those already done."""
+        start = max(first, len(self.history.epoch))
+        if start >= first + epochs:
+            return  # finished before the interruption
+        callbacks = list(callbacks or [])
+        if self.checkpoint is not None:
+            callbacks.append(EpochCheckpoint(self.checkpoint, self.history, {"plan": self.plan}))
+        if self._restored is not None:  # the optimizer state only inside its own stage
+            weights, optimizer_values = self._restored
+            restore_checkpoint(model, weights, optimizer_values if start > first else [],
+                               self.checkpoint)
+            self._restored = None
+        history = model.fit(train, initial_epoch=start, epochs=first + epochs,
+                            callbacks=callbacks, shuffle=False, **fit_arguments)
+        self.history.extend(history)
+
+    def finish(self, model: keras.Model) -> TrainingHistory:
+        """The run's history; a run resumed after its last epoch gets the checkpoint's
+        weights."""
+        if self._restored is not None:
+            model.set_weights(self._restored[0])
+            self._restored = None
+        return self.history
+
+
 def fit_two_stage(
     model: keras.Model,
     train,
@@ -364,6 +538,8 @@ def fit_two_stage(
     callbacks: list | None = None,
     verbose="auto",
     steps_per_execution: int = 1,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = False,
 ) -> TrainingHistory:
     """Train the head on a frozen encoder, then fine-tune the whole model.
 
@@ -392,6 +568,12 @@ def fit_two_stage(
             (:func:`make_strategy`); compilation and training then happen in that scope too.
             Prepare the datasets with :func:`distributable`.
         callbacks: Keras callbacks for both stages.
+        checkpoint: a file (e.g. ``OUT/checkpoint.npz``) written atomically at every epoch end
+            (:func:`save_checkpoint`: weights, optimizer state, epochs done, history).
+        resume: continue from ``checkpoint``: the finished epochs are skipped, their weights,
+            optimizer state (so the schedule continues) and history restored, and the training
+            data's per-epoch order advanced past them (:func:`skip_epochs`), so the result is
+            the uninterrupted run's, given the same model, data, seed and settings.
 
     Returns:
         A :class:`TrainingHistory` with both stages' epochs and the stage boundary.
@@ -413,29 +595,29 @@ def fit_two_stage(
             if isinstance(layer, keras.layers.BatchNormalization))
     train, val = targets_for_outputs(model, train), targets_for_outputs(model, val)
     steps = steps_per_epoch(train)
-    result = TrainingHistory()
+    if finetune_learning_rate is None:
+        finetune_learning_rate = learning_rate / 10 if head_epochs else learning_rate
+    plan = {"head_epochs": head_epochs, "finetune_epochs": finetune_epochs,
+            "learning_rate": learning_rate, "finetune_learning_rate": finetune_learning_rate,
+            "schedule": schedule, "steps": steps}
+    run = ResumableRun(checkpoint, plan, resume, train)
+    scope = strategy.scope if strategy is not None else contextlib.nullcontext
 
-    def run_stage(epochs: int, rate: float) -> None:
-        with strategy.scope() if strategy is not None else contextlib.nullcontext():
+    def run_stage(epochs: int, rate: float, first: int) -> None:
+        with scope():
             compile_model(model, _learning_rate(rate, schedule, epochs, steps), loss, metrics,
                           jit_compile, loss_weights=loss_weights,
                           steps_per_execution=steps_per_execution)
-        done = len(result.epoch)
-        with strategy.scope() if strategy is not None else contextlib.nullcontext():
-            history = model.fit(train, validation_data=val, initial_epoch=done,
-                                epochs=done + epochs, callbacks=callbacks, verbose=verbose,
-                                shuffle=False)
-        result.extend(history)
+            run.fit(model, train, first, epochs, callbacks, validation_data=val,
+                    verbose=verbose)
 
     if head_epochs:
         backbones.freeze(encoder)
-        run_stage(head_epochs, learning_rate)
-    result.stage_boundary = len(result.epoch)
+        run_stage(head_epochs, learning_rate, 0)
+    run.history.stage_boundary = head_epochs
     if finetune_epochs:
         if encoder is not None:
             backbones.unfreeze(encoder, from_layer=unfreeze_from,
                                keep_batchnorm_frozen=keep_batchnorm_frozen)
-        if finetune_learning_rate is None:
-            finetune_learning_rate = learning_rate / 10 if head_epochs else learning_rate
-        run_stage(finetune_epochs, finetune_learning_rate)
-    return result
+        run_stage(finetune_epochs, finetune_learning_rate, head_epochs)
+    return run.finish(model)

@@ -271,3 +271,30 @@ def test_coco_results_map_classes_to_the_dataset_categories():
     assert row["bbox"] == [3, 2, 4, 3]
     np.testing.assert_array_equal(mask_utils.decode(row["segmentation"]), mask)
     json.dumps(row)  # plain JSON types only
+
+
+def test_a_bomb_among_good_images_is_skipped_and_the_others_written(detector, tmp_path, capsys):
+    """A 30000 x 30000 PNG header between two photos: reported in one line (exit 2), refused
+    before decoding; the photos' overlays and detections are written, the user's
+    cat_instances.png given beside cat.png is not replaced."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(
+            ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(
+        ">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b""))
+    cat, mine = tmp_path / "cat.png", tmp_path / "cat_instances.png"
+    write_png(cat, shapes.generate(1, 64, seed=3).images[0])
+    write_png(mine, np.full((20, 20, 3), 7, np.uint8))
+    assert main(["predict", "--model", str(detector), str(cat), str(bomb), str(mine)]) == 2
+    assert "1 of 3 images skipped: " in error_line(capsys)
+    assert read_rgb(mine).shape == (20, 20, 3) and read_rgb(mine).max() == 7
+    results = json.loads((tmp_path / "detections.json").read_text())
+    assert {row["image_id"] for row in results} <= {1, 3} and results
+    assert (tmp_path / f"{tmp_path.name}_cat_instances.png").exists()
+    assert (tmp_path / "cat_instances_instances.png").exists()

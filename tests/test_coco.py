@@ -158,7 +158,7 @@ def test_bad_files(tmp_path, dataset):
     content = json.loads(annotation_file.read_text())
     content["annotations"][0]["category_id"] = 99
     annotation_file.write_text(json.dumps(content))
-    with pytest.raises(SegkerasError, match="category_id 99"):
+    with pytest.raises(SegkerasError, match="category_id: 99 is not the id of any category"):
         coco.load(annotation_file, image_dir)
 
 

@@ -17,6 +17,7 @@ import argparse
 import os
 import sys
 
+from segkeras import runs
 from segkeras.cli import common, data, demo, model_commands
 from segkeras.errors import SegkerasError
 from segkeras.grading import cli as grading_cli
@@ -56,9 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:  # argparse: usage errors exit 2, --help and --version exit 0
         return int(exit_.code or 0)
     try:
-        status = args.run(args)
+        with runs.interruptible():
+            status = args.run(args)
     except (SegkerasError, FileNotFoundError, NotADirectoryError, PermissionError) as error:
         message = " ".join(common.in_flag_terms(str(error)).split())  # one line
         print(f"segkeras {args.command}: error: {message}", file=sys.stderr)
         return EXIT_USAGE
+    except runs.Interrupted as interrupted:  # Ctrl-C: 130, SIGTERM: 143, one line
+        print(f"segkeras {args.command}: {interrupted.message}", file=sys.stderr)
+        return interrupted.exit_code
     return int(status or 0)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import os
 import re
@@ -15,6 +14,7 @@ import time
 import warnings
 import zipfile
 
+from segkeras import runs
 from segkeras.errors import SegkerasError
 from segkeras.models import registry
 
@@ -222,35 +222,32 @@ def model_size(model, requested: int | None) -> int:
     return check_size(requested or 128)
 
 
-def training_metrics(model_path: str) -> dict:
-    """The metrics.json that `train` and `demo` write beside the model (class names...), or {}."""
-    metrics = os.path.join(os.path.dirname(os.path.abspath(model_path)), "metrics.json")
-    if not os.path.isfile(metrics):
-        return {}
-    with open(metrics) as file:
-        return json.load(file)
-
-
 # ----------------------------------------------------------------------------- writing
 
 
+def checkpoint_path(args: argparse.Namespace) -> str | None:
+    """Where ``train`` keeps its per-epoch checkpoint (none with --distribute)."""
+    from segkeras.train import CHECKPOINT
+
+    return None if getattr(args, "distribute", None) else os.path.join(args.out, CHECKPOINT)
+
+
+OUTPUT_SUFFIXES = ("_mask.png", "_overlay.png", "_instances.png")
+"""What ``predict`` writes per image (semantic: mask and overlay; Mask R-CNN: instances)."""
+
+
 def output_path(args: argparse.Namespace, image_path: str, suffix: str) -> str:
-    """``STEM{suffix}`` in --out, else beside the image."""
-    stem = os.path.splitext(os.path.basename(image_path))[0]
-    folder = args.out or os.path.dirname(os.path.abspath(image_path))
-    return os.path.join(folder, f"{stem}{suffix}")
+    """``STEM{suffix}`` in --out, else beside the image, made unique over all of ``args.images``
+    (``args.output_plan``, from :func:`segkeras.runs.output_paths`: never an input's name,
+    never another output's)."""
+    return args.output_plan[image_path][suffix]
 
 
-def save_outputs(out: str, model, history, result) -> None:
-    """model.keras, history.json, metrics.json and history.png under ``out``."""
-    from segkeras.evaluate import semantic
-
-    os.makedirs(out, exist_ok=True)
-    model.save(os.path.join(out, "model.keras"))
-    with open(os.path.join(out, "history.json"), "w") as file:
-        json.dump(history.to_dict(), file, indent=2)
-    semantic.save_json(result, os.path.join(out, "metrics.json"))
-    history_figure(history).savefig(os.path.join(out, "history.png"), dpi=100)
+def save_outputs(out: str, model, history, result, run_id: str | None = None) -> str:
+    """model.keras, history.json, history.png and metrics.json under ``out``, atomically, in
+    that order, with one run id (:func:`segkeras.runs.save_run`); ``model=None``: already saved
+    with ``run_id``. Returns the run id."""
+    return runs.save_run(out, model, history.to_dict(), result, history_figure(history), run_id)
 
 
 def history_figure(history):

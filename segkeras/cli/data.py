@@ -15,6 +15,8 @@ def add_parser(commands) -> None:
     shapes.add_argument("--out", required=True)
     shapes.add_argument("--image-size", type=common.positive, default=128)
     shapes.add_argument("--seed", type=int, default=0)
+    shapes.add_argument("--overwrite", action="store_true",
+                        help="replace a dataset already in --out")
     shapes.set_defaults(run=_cmd_data_shapes)
 
     backbones = commands.add_parser("backbones", help="list the registered encoders")
@@ -24,9 +26,11 @@ def add_parser(commands) -> None:
 
 
 def _cmd_data_shapes(args: argparse.Namespace) -> None:
+    from segkeras import runs
     from segkeras.data import shapes
 
     common.check_output_folder(args.out, "--out")
+    runs.check_existing_run(args.out, args.overwrite, names=runs.DATASET_FILES, resumable=False)
     paths = shapes.export(args.n, args.out, image_size=args.image_size, seed=args.seed)
     print(f"Wrote {args.n} images to {paths['images']}, masks to {paths['masks']} and "
           f"{paths['annotations']}.")

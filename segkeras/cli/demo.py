@@ -7,6 +7,7 @@ import argparse
 import os
 import time
 
+from segkeras import runs
 from segkeras.cli import common
 
 DEMO_RECIPE = {
@@ -86,19 +87,21 @@ def run_demo(out: str, epochs: int | None = None, quick: bool = False) -> dict:
     result["recipe"] = recipe
     print(semantic.format_table(result))
 
-    os.makedirs(out, exist_ok=True)
-    model.save(os.path.join(out, "model.keras"))
+    run_id = runs.new_run_id()  # model first, metrics last, both with this id
+    runs.save_model(model, os.path.join(out, runs.MODEL), run_id)
     sample = held_out.subset(range(min(6, len(held_out))))
     logits = model.predict_on_batch(next(iter(test_set))[0])[: len(sample)]  # a traced shape
-    viz.prediction_grid(sample.images, sample.masks, logits, shapes.CLASS_NAMES).savefig(
-        os.path.join(out, "predictions.png"), dpi=100)
-    common.history_figure(history).savefig(os.path.join(out, "history.png"), dpi=100)
+    with runs.atomic_path(os.path.join(out, "predictions.png")) as temporary:
+        viz.prediction_grid(sample.images, sample.masks, logits, shapes.CLASS_NAMES).savefig(
+            temporary, dpi=100)
+    with runs.atomic_path(os.path.join(out, "history.png")) as temporary:
+        common.history_figure(history).savefig(temporary, dpi=100)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     result["timing"] = {
         "wall_s": common.seconds_since_start(), "cpu_s": usage.ru_utime + usage.ru_stime,
         "train_s": train_seconds, "calibration_gflops": calibration.gflops,
         "load_average": os.getloadavg()[0], "cpus": os.cpu_count()}
-    semantic.save_json(result, os.path.join(out, "metrics.json"))
+    semantic.save_json(result, os.path.join(out, runs.METRICS), run_id)
     print(f"Mean IoU on {len(held_out)} held-out images: {result['mean_iou']:.3f}. Wrote "
           f"model.keras, metrics.json, predictions.png, history.png to {out}/. "
           f"Elapsed: {common.elapsed()} (CPU {result['timing']['cpu_s']:.0f} s, training "
@@ -119,4 +122,5 @@ def add_parser(commands) -> None:
 
 def _cmd_demo(args: argparse.Namespace) -> None:
     common.check_output_folder(args.out, "--out")  # before minutes of training
-    run_demo(out=args.out, epochs=args.epochs, quick=args.quick)
+    with runs.run_lock(args.out):  # the demo replaces its own earlier output
+        run_demo(out=args.out, epochs=args.epochs, quick=args.quick)

@@ -8,12 +8,12 @@ results. :mod:`segkeras.cli.model_commands` parses the arguments and hands model
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 
 import numpy as np
 
+from segkeras import runs
 from segkeras.cli import common
 from segkeras.data.core import Instances, SegmentationData
 from segkeras.errors import SegkerasError
@@ -61,15 +61,22 @@ RECALIBRATION_BATCHES = 25
 training (``MaskRCNN.recalibrate_batchnorm``, as bench/s8_mask_rcnn_train.py does)."""
 
 
-def fit(model: MaskRCNN, dataset, epochs: int, learning_rate: float, callbacks=()):
+def fit(model: MaskRCNN, dataset, epochs: int, learning_rate: float, callbacks=(),
+        checkpoint=None, resume: bool = False):
     """``model.fit`` end to end (encoder, RPN, box and mask heads) with Adam, the gradient norm
     clipped at 10; then a from-scratch encoder's BatchNorm statistics are recomputed on up to
-    :data:`RECALIBRATION_BATCHES` batches. Returns the ``keras.callbacks.History``."""
+    :data:`RECALIBRATION_BATCHES` batches. ``checkpoint``: a file saved at every epoch end;
+    ``resume``: continue from it (:class:`segkeras.train.ResumableRun`). Returns the
+    :class:`~segkeras.train.TrainingHistory`."""
     import keras
 
+    from segkeras.train import ResumableRun
+
     model.compile(keras.optimizers.Adam(learning_rate, clipnorm=10.0), jit_compile=False)
-    history = model.fit(dataset, epochs=epochs, callbacks=list(callbacks), shuffle=False,
-                        verbose=2)  # the dataset shuffles
+    run = ResumableRun(checkpoint, {"epochs": epochs, "learning_rate": learning_rate},
+                       resume, dataset)
+    run.fit(model, dataset, 0, epochs, callbacks, verbose=2)  # the dataset shuffles
+    history = run.finish(model)
     if all(math.isfinite(loss) for loss in history.history.get("loss", [])):
         model.recalibrate_batchnorm(dataset.take(RECALIBRATION_BATCHES))
     return history
@@ -162,16 +169,18 @@ def run_train(args: argparse.Namespace) -> None:
     with common.warnings_in_flag_terms("train"):
         dataset = training_dataset(model, train_data, args.batch_size, args.max_instances,
                                    args.seed)
-    history = fit(model, dataset, epochs, args.lr, callbacks=[keras.callbacks.TerminateOnNaN()])
+    history = fit(model, dataset, epochs, args.lr, callbacks=[keras.callbacks.TerminateOnNaN()],
+                  checkpoint=common.checkpoint_path(args), resume=args.resume)
     common.check_finite_loss(history, args.lr)
-    model.save(os.path.join(args.out, "model.keras"))  # before scoring: never lose the training
+    run_id = runs.new_run_id()  # the model before scoring: a failed scoring loses no training
+    runs.save_model(model, os.path.join(args.out, runs.MODEL), run_id)
     result = evaluate(model, val_data, args.batch_size)
     result.update(classes=data.class_names, category_ids=data.extra.get("category_ids"))
     print(format_table(result))
     record = TrainingHistory()
     record.extend(history)
     record.stage_boundary = len(record.epoch)
-    common.save_outputs(args.out, model, record, result)
+    common.save_outputs(args.out, None, record, result, run_id)
     print(f"Wrote {args.out}/model.keras, metrics.json, history.json, history.png "
           f"({common.elapsed()}).")
 
@@ -189,19 +198,30 @@ def run_predict(model: MaskRCNN, args: argparse.Namespace, images) -> None:
     """An overlay per image (``STEM_instances.png``) and every detection of all images in one
     COCO results file (--json), ``image_id`` = the image's position on the command line."""
     common.model_size(model, args.image_size)  # a given --image-size must be the model's
-    metrics = common.training_metrics(args.model)
+    metrics = runs.training_metrics(args.model, num_classes(model) - 1)
     threshold = 0.5 if args.score_threshold is None else args.score_threshold
-    json_path = args.json or os.path.join(args.out or os.path.dirname(
-        os.path.abspath(args.images[0])), "detections.json")
+    json_path = detections_path(args)
     results = []
     for position, path, image in images:
-        detections = predict_instances(model, [image])[0]  # at the image's own resolution
+        try:
+            detections = predict_instances(model, [image])[0]  # at the image's own resolution
+        except SegkerasError as error:  # reported at the end, the other images predicted
+            images.skipped.append(f"{path}: {error}")
+            continue
         results.extend(coco_results(detections, position, metrics.get("category_ids")))
         target = common.output_path(args, path, "_instances.png")
-        overlay(image, detections, threshold, metrics.get("classes")).savefig(target, dpi=100)
+        with runs.atomic_path(target) as temporary:
+            overlay(image, detections, threshold, metrics.get("classes")).savefig(temporary,
+                                                                                 dpi=100)
+        runs.write_json(json_path, results)  # image by image: a later failure keeps these
         shown = int((detections["scores"] >= threshold).sum())
         print(f"{path} -> {target} ({shown} objects scoring >= {threshold:g}; image_id "
               f"{position})")
-    with open(json_path, "w") as file:
-        json.dump(results, file)
+    runs.write_json(json_path, results)
     print(f"Wrote {len(results)} detections to {json_path} (COCO results format).")
+
+
+def detections_path(args: argparse.Namespace) -> str:
+    """--json, else ``detections.json`` in --out or beside the first image."""
+    return args.json or os.path.join(args.out or os.path.dirname(
+        os.path.abspath(args.images[0])), "detections.json")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from segkeras import runs
 from segkeras.cli import common, instances, semantic
 from segkeras.data.sources import SOURCES_HELP
 from segkeras.errors import SegkerasError
@@ -48,7 +49,14 @@ def add_parser(commands) -> None:
                        help="mirrored: all local GPUs; multiworker: several machines, each "
                        "with its TF_CONFIG (TensorFlow backend; README: Several machines)")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--out", default=os.path.join("outputs", "train"), help="output folder")
+    train.add_argument("--out", default=os.path.join("outputs", "train"),
+                       help="output folder; one holding an earlier run is refused unless "
+                       "--overwrite or --resume")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace the run already in --out")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the interrupted run in --out from its last finished epoch "
+                       "(same command otherwise; its checkpoint.npz is written every epoch)")
     train.set_defaults(run=_cmd_train)
 
     evaluate = commands.add_parser(
@@ -104,29 +112,46 @@ def check_train_arguments(args: argparse.Namespace) -> None:
     if args.distribute and registry.get(args.model).task == "instances":
         raise SegkerasError(f"--distribute is not available for --model {args.model}; leave it "
                             "out (one process uses every core)")
+    if args.distribute and args.resume:
+        raise SegkerasError("--resume is not available with --distribute (no checkpoints are "
+                            "written there); leave one out")
     common.check_output_folder(args.out, "--out")
+    if args.resume and not os.path.isfile(common.checkpoint_path(args)):
+        raise SegkerasError(f"--resume: {args.out} holds no checkpoint of an interrupted run "
+                            f"({common.checkpoint_path(args)}); start without --resume")
+    runs.check_existing_run(args.out, args.overwrite or args.resume)
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
     check_train_arguments(args)  # before loading data, building or training anything
-    TASKS[registry.get(args.model).task].run_train(args)
+    with runs.run_lock(args.out):
+        try:
+            TASKS[registry.get(args.model).task].run_train(args)
+        except runs.Interrupted as interrupted:
+            from segkeras.train import interrupted_message
+
+            interrupted.message = interrupted_message(interrupted, common.checkpoint_path(args))
+            raise
+    checkpoint = common.checkpoint_path(args)
+    if checkpoint and os.path.isfile(checkpoint):
+        os.remove(checkpoint)  # the run is complete: model, history and metrics are written
 
 
 # ----------------------------------------------------------------------------- evaluate
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from segkeras.evaluate import semantic as semantic_scores
-
     if args.json:
         common.check_output_file(args.json, "--json")
+        runs.check_json_target(args.json, [args.model])
     model, task = load_task_model(args.model)
     size = common.model_size(model, args.image_size)
     data = common.load_data(args.data, args.n, size, args.seed, split="test")
     result, table = TASKS[task].run_evaluate(model, data, args, size)
     print(table)
     if args.json:
-        print(f"Wrote {semantic_scores.save_json(result, args.json)}")
+        run_id = runs.model_run_id(args.model) or runs.new_run_id()
+        print(f"Wrote {runs.write_json(args.json, result, run_id)}")
 
 
 # ----------------------------------------------------------------------------- predict
@@ -143,24 +168,33 @@ def _cmd_predict(args: argparse.Namespace) -> None:
                                    else "--out (default: beside the images)")
     if args.json:
         common.check_output_file(args.json, "--json")
+    args.output_plan = runs.output_paths(args.images, common.OUTPUT_SUFFIXES, args.out)
     model, task = load_task_model(args.model)
-    unreadable = []
-    TASKS[task].run_predict(model, args, _readable_images(args.images, unreadable))
-    if unreadable:
-        raise SegkerasError(f"{len(unreadable)} of {len(args.images)} images skipped: "
-                            + "; ".join(unreadable))
+    if task == "instances":  # the default detections.json too: never a file it did not write
+        runs.check_json_target(instances.detections_path(args), [*args.images, args.model])
+    images = Images(args.images)
+    TASKS[task].run_predict(model, args, images)
+    if images.skipped:
+        raise SegkerasError(f"{len(images.skipped)} of {len(args.images)} images skipped: "
+                            + "; ".join(images.skipped))
 
 
-def _readable_images(paths: list[str], unreadable: list[str]):
-    """(position from 1, path, RGB pixels) of each image that can be read; the errors of the
-    others are appended to ``unreadable`` (reported at the end, the other images predicted)."""
-    from segkeras.data.images import read_rgb
+class Images:
+    """(position from 1, path, RGB pixels) of each image that can be read; ``skipped`` collects
+    one line for each image that could not be read or predicted (reported at the end, the other
+    images predicted)."""
 
-    for position, path in enumerate(paths, 1):
-        try:
-            yield position, path, read_rgb(path)
-        except SegkerasError as error:
-            unreadable.append(str(error))
+    def __init__(self, paths: list[str]):
+        self.paths, self.skipped = paths, []
+
+    def __iter__(self):
+        from segkeras.data.images import read_rgb
+
+        for position, path in enumerate(self.paths, 1):
+            try:
+                yield position, path, read_rgb(path)
+            except SegkerasError as error:
+                self.skipped.append(str(error))
 
 
 def load_task_model(path: str):

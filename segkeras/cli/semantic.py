@@ -58,6 +58,7 @@ def run_train(args: argparse.Namespace) -> None:
     history = train.fit_two_stage(
         model, train_ds, val_ds, head_epochs=head_epochs, finetune_epochs=finetune_epochs,
         learning_rate=args.lr, strategy=strategy, callbacks=[keras.callbacks.TerminateOnNaN()],
+        checkpoint=common.checkpoint_path(args), resume=args.resume,
     )
     common.check_finite_loss(history, args.lr)
     if not train.is_chief(strategy):
@@ -92,8 +93,9 @@ def run_predict(model, args: argparse.Namespace, images) -> None:
     own size."""
     import numpy as np
 
-    from segkeras import viz
+    from segkeras import runs, viz
     from segkeras.data.images import resize_image, write_png
+    from segkeras.train import model_num_classes
 
     for flag, value in (("--json", args.json), ("--score-threshold", args.score_threshold)):
         if value is not None:
@@ -101,7 +103,7 @@ def run_predict(model, args: argparse.Namespace, images) -> None:
                                 f"segmentation model: leave {flag} out")
     model = _last_output(model)
     size = common.model_size(model, args.image_size)
-    class_names = common.training_metrics(args.model).get("classes")
+    class_names = runs.training_metrics(args.model, model_num_classes(model) - 1).get("classes")
     for _, path, image in images:
         height, width = image.shape[:2]
         logits = model.predict_on_batch(resize_image(image, (size, size))[None])
@@ -111,7 +113,8 @@ def run_predict(model, args: argparse.Namespace, images) -> None:
         mask = small[rows[:, None], cols[None, :]]  # nearest neighbour back to the original size
         write_png(common.output_path(args, path, "_mask.png"), mask, palette=True)
         target = common.output_path(args, path, "_overlay.png")
-        viz.overlay(image, mask, class_names=class_names).savefig(target, dpi=100)
+        with runs.atomic_path(target) as temporary:
+            viz.overlay(image, mask, class_names=class_names).savefig(temporary, dpi=100)
         print(f"{path} -> {target}")
 
 

@@ -110,6 +110,12 @@ def split_counts(n: int, validation_fraction: float) -> tuple[int, int]:
     """(training, validation) image counts of :meth:`SegmentationData.split` for ``n`` images:
     ``round(n * validation_fraction)`` held out, at least 1. Raises SegkerasError for a fraction
     outside (0, 1) or when no training image would be left."""
+    if validation_fraction >= 1.0 and n > 0:
+        raise SegkerasError(
+            f"the data set has only {n} image(s), too few to hold out "
+            f"{validation_fraction * n:.0f} for validation (a fraction of "
+            f"{validation_fraction:.3g}) and train on the rest; use a data set with more images "
+            "(a lab needs TRAIN_IMAGES + VAL_IMAGES) or hold out fewer (e.g. lower VAL_IMAGES)")
     if not 0.0 < validation_fraction < 1.0:
         raise SegkerasError(
             f"the validation fraction must be in (0, 1), e.g. 0.2; got {validation_fraction}.")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from segkeras.errors import SegkerasError
+from segkeras.runs import atomic_path
 
 
 def _voc_palette() -> np.ndarray:
@@ -20,6 +22,10 @@ def _voc_palette() -> np.ndarray:
             palette[:, channel] |= bit << (7 - shift)
     return palette.astype(np.uint8)
 
+
+MAX_IMAGE_PIXELS = 100_000_000
+"""The most pixels segkeras decodes from one image file (a 100 MP photo; 12 MP phone photos are
+well inside): a larger header, or a decompression bomb, is refused before any pixel is decoded."""
 
 PALETTE = _voc_palette()
 """(256, 3) uint8 colour of each class id (PASCAL VOC map): 0 black, 1 dark red, ..., 255 cream."""
@@ -132,7 +138,8 @@ def write_png(path: str | os.PathLike, array: np.ndarray, palette: bool = False)
     image = Image.fromarray(np.asarray(array, dtype=np.uint8))
     if palette:
         image.putpalette(PALETTE.tobytes())  # an "L" image becomes "P" with the same values
-    image.save(path, optimize=False)
+    with atomic_path(path) as temporary:
+        image.save(temporary, format="PNG", optimize=False)
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -164,9 +171,23 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def _open(path: str | os.PathLike) -> Image.Image:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no such file: {path}")
+    too_large = (f"more than {MAX_IMAGE_PIXELS:,} pixels (a decompression bomb, or a photo to "
+                 "downscale first); not decoded")
     try:
-        image = Image.open(path)
-        image.load()
+        with warnings.catch_warnings():  # sizes are checked below, against our own budget
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)  # reads the header only
+    except Image.DecompressionBombError as error:
+        raise SegkerasError(f"{path} has {too_large} ({error})") from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise SegkerasError(f"cannot read {path} as an image ({error})") from error
+    width, height = image.size
+    if width * height > MAX_IMAGE_PIXELS:
+        image.close()
+        raise SegkerasError(f"{path} is {width}x{height} pixels: {too_large}")
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        image.close()
         raise SegkerasError(f"cannot read {path} as an image ({error})") from error
     return image

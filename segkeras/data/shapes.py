@@ -25,6 +25,7 @@ from skimage.draw import line
 from segkeras.data.core import Instances, SegmentationData, boxes_from_masks
 from segkeras.data.images import write_png
 from segkeras.errors import SegkerasError
+from segkeras.runs import atomic_write_text
 
 CLASS_NAMES = ["background", "circle", "rectangle", "triangle"]
 CIRCLE, RECTANGLE, TRIANGLE = 1, 2, 3
@@ -127,8 +128,7 @@ def export(n: int, out_dir: str | os.PathLike, image_size: int = 128, seed: int 
                 "iscrowd": 0,
             })
     annotation_file = os.path.join(out_dir, "annotations.json")
-    with open(annotation_file, "w") as file:
-        json.dump(coco, file)
+    atomic_write_text(annotation_file, json.dumps(coco))  # last: a complete dataset or none
     return {"images": image_dir, "masks": mask_dir, "annotations": annotation_file}
 
 

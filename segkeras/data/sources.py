@@ -5,6 +5,8 @@ A source is ``"shapes"`` (built-in synthetic, no download), ``"pets"`` (Oxford-I
 on first use) or ``"pets:FOLDER"`` (Pet files already extracted in FOLDER), the path of a
 COCO-format folder holding ``annotations.json`` and ``images/``, or
 ``"coco:ANNOTATIONS.json:IMAGE_DIR"`` for COCO files laid out otherwise (e.g. the official val2017).
+In the ``coco:`` form the annotations file must end in ``.json``: the spec is split at the first
+``.json:``, so either path may hold colons (Windows: ``coco:C:\\coco\\val.json:D:\\val2017``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,20 @@ from segkeras.errors import DataUnavailableError, SegkerasError
 SOURCES_HELP = ("shapes (built-in synthetic), pets (Oxford-IIIT Pet) or pets:FOLDER, a "
                 "COCO-format folder with annotations.json and images/, or "
                 "coco:ANNOTATIONS.json:IMAGE_DIR")
+
+COCO_SPEC_RULE = ("write coco:ANNOTATIONS.json:IMAGE_DIR; the annotations file must end in "
+                  ".json and the spec is split after it, so Windows paths work "
+                  "(coco:C:\\data\\val.json:D:\\val2017)")
+
+
+def parse_coco_spec(source: str) -> tuple[str, str]:
+    """(annotations file, image folder) of ``"coco:ANNOTATIONS.json:IMAGE_DIR"``, split at the
+    first ``.json:`` (case-insensitive), so that either path may contain colons."""
+    rest = source[len("coco:"):]
+    cut = rest.lower().find(".json:")
+    if cut < 1 or not rest[cut + len(".json:"):]:
+        raise SegkerasError(f"{source!r}: {COCO_SPEC_RULE}.")
+    return rest[:cut + len(".json")], rest[cut + len(".json:"):]
 
 
 def load(
@@ -41,12 +57,9 @@ def load(
                          split="trainval" if split == "train" else "test",
                          image_size=image_size, limit=n)
     if source.startswith("coco:"):
-        parts = source.split(":", 2)
-        if len(parts) != 3 or not all(parts[1:]):
-            raise SegkerasError(f"{source!r}: write coco:ANNOTATIONS.json:IMAGE_DIR.")
         from segkeras.data import coco
 
-        return coco.load(parts[1], parts[2], limit=n)
+        return coco.load(*parse_coco_spec(source), limit=n)
     folder = os.fspath(source)
     annotations = os.path.join(folder, "annotations.json")
     if os.path.isfile(annotations):

@@ -8,9 +8,6 @@ in the labels or the predictions (a class absent from both has no IoU: ``None`` 
 
 from __future__ import annotations
 
-import json
-import os
-
 import keras
 import numpy as np
 
@@ -150,10 +147,10 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def save_json(result: dict, path: str) -> str:
-    """Write ``result`` as indented JSON (creating the folder) and return the path."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    with open(path, "w") as file:
-        json.dump(result, file, indent=2)
+def save_json(result: dict, path: str, run_id: str | None = None) -> str:
+    """Write ``result`` as indented JSON atomically (creating the folder; with ``run_id`` added,
+    :func:`segkeras.runs.write_json`) and return the path."""
+    from segkeras.runs import write_json
+
+    write_json(path, result, run_id)
     return path
