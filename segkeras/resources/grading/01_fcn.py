@@ -2,7 +2,7 @@
 # by `python -m segkeras.notebooks`; do not edit.
 
 import os
-QUICK = os.environ.get("SEGKERAS_QUICK", "0") == "1"   # CI / laptop CPU: tiny data, few steps
+QUICK = os.environ.get("SEGKERAS_QUICK", "0")          # 1 (or true, yes): CI / laptop CPU, tiny data, few steps
 WEIGHTS = None if os.environ.get("SEGKERAS_WEIGHTS", "imagenet") == "none" else "imagenet"
 DATA = os.environ.get("SEGKERAS_DATA", "shapes")       # "shapes", "pets" or a COCO-format folder
 QUICK = True
@@ -17,7 +17,7 @@ from keras import layers
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 import segkeras
-from segkeras import backbones, train, viz
+from segkeras import backbones, environment, train, viz
 from segkeras.data import shapes, sources
 from segkeras.data.pipeline import make_dataset
 from segkeras.evaluate.semantic import evaluate_semantic

@@ -3,7 +3,7 @@
 
 import os
 
-QUICK = os.environ.get("SEGKERAS_QUICK", "0") == "1"      # CI / laptop CPU: tiny data, few steps
+QUICK = os.environ.get("SEGKERAS_QUICK", "0")             # 1 (or true, yes): CI / laptop CPU, tiny data, few steps
 WEIGHTS = os.environ.get("SEGKERAS_WEIGHTS", "imagenet")  # encoder start: "imagenet" or "none"
 DATA = os.environ.get("SEGKERAS_DATA", "shapes")          # "shapes" or a COCO-format dataset
 QUICK = True
@@ -17,7 +17,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 import segkeras
-from segkeras import backbones, train, viz
+from segkeras import backbones, environment, train, viz
 from segkeras.data import shapes, sources
 from segkeras.data.core import Instances
 from segkeras.data.instances import make_instance_dataset
