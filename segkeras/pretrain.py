@@ -30,7 +30,14 @@ import keras
 import numpy as np
 
 from segkeras import resources
-from segkeras.backbones import ENCODER_SUFFIX, LEVELS, freeze, train_from_scratch, unfreeze
+from segkeras.backbones import (
+    ENCODER_SUFFIX,
+    LEVELS,
+    Encoder,
+    freeze,
+    train_from_scratch,
+    unfreeze,
+)
 from segkeras.data import shapes
 from segkeras.errors import SegkerasError
 from segkeras.runs import atomic_write_bytes, atomic_write_text
@@ -60,7 +67,8 @@ def shapesnet_encoder(
     Five blocks of two 3x3 convolutions (BatchNorm, ReLU), each block but the last followed by 2x2
     max-pooling; raw RGB in [0, 255] in, ``{"P1": stride 2, ..., "P5": stride 32}`` out, like
     :func:`segkeras.backbones.build_encoder` (P1..P4: each block's output before its pooling;
-    P5: the last pooled map). Trainable, BatchNorm included (momentum 0.9).
+    P5: the last pooled map), an :class:`~segkeras.backbones.Encoder` like its encoders.
+    Trainable, BatchNorm included (momentum 0.9).
 
     ``residual=True`` makes each block a ResNet basic block (He et al., CVPR 2016): the second
     convolution's BatchNorm output is added to the block's input (through a 1x1 convolution and
@@ -84,7 +92,7 @@ def shapesnet_encoder(
             features[f"P{block - 1}"] = x  # the deepest map at stride 2 ** (block - 1)
         x = layers.MaxPooling2D(name=f"block{block}_pool")(x)
     features["P5"] = x
-    return keras.Model(image, features, name=name + ENCODER_SUFFIX)
+    return Encoder(image, features, name=name + ENCODER_SUFFIX)
 
 
 def _projected(shortcut, width: int, block: int):
