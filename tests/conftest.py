@@ -8,11 +8,11 @@ import tempfile
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ["KERAS_HOME"] = tempfile.mkdtemp(prefix="segkeras-keras-home-")
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    # One TensorFlow thread pool per worker, each the size of its share of the cores; read by
-    # TensorFlow in this process and in the kernels and commands the tests start.
-    share = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
-    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", share)
-    os.environ.setdefault("TF_NUM_INTEROP_THREADS", share)
+    # Each worker's TensorFlow computes an op on its share of the cores (read by TensorFlow here
+    # and in the kernels and commands the tests start); the inter-op pool stays TensorFlow's
+    # default, since blocking ops (collectives, tf.data) can deadlock on a single thread.
+    share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(share))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
