@@ -47,6 +47,7 @@ def _module_scoped_parameters(item) -> str | None:
     return "-".join(str(params[name]) for name in names if name in params)
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     """For ``--dist loadgroup``: a notebook's cells run in order in one kernel, so on one worker;
     so do the tests that share a module-scoped fixture (one per parameter), which then runs once.
