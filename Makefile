@@ -4,8 +4,12 @@ PYTHON ?= python
 PIP_INSTALL = $(PYTHON) -m pip install --quiet --disable-pip-version-check
 NOTEBOOK_ENV = SEGKERAS_QUICK=1 SEGKERAS_WEIGHTS=none
 NBVAL = --nbval-lax --sanitize-with solutions/sanitize.cfg
+# pytest-xdist workers for `make test` (0: one process); tests/conftest.py keeps each notebook and
+# each module-scoped fixture's tests on one worker (--dist loadgroup).
+TEST_WORKERS ?= 2
+PARALLEL = -n $(TEST_WORKERS) --dist loadgroup
 
-.PHONY: install install-instructor demo test test-fast labs bench bench-full gpu-check clean
+.PHONY: install install-instructor demo test test-fast wheel-check labs bench bench-full gpu-check clean
 
 install:
 	$(PIP_INSTALL) -r requirements.txt
@@ -17,10 +21,13 @@ demo: install
 	$(PYTHON) -m segkeras demo
 
 test: install-instructor
-	$(NOTEBOOK_ENV) $(PYTHON) -m pytest tests solutions $(NBVAL)
+	$(NOTEBOOK_ENV) $(PYTHON) -m pytest $(PARALLEL) tests solutions $(NBVAL)
 
 test-fast: install
 	$(PYTHON) -m pytest -m fast tests
+
+wheel-check:  # what `pip install` delivers: the wheel in a fresh venv, labs 3 and 6 run from it
+	bash .ci/wheel_check.sh
 
 labs: install-instructor
 	$(PYTHON) -m segkeras.notebooks

@@ -1,4 +1,5 @@
-"""Make data/pretrained/<architecture>_counting.weights.h5: offline stand-ins for ImageNet weights.
+"""Make segkeras/resources/pretrained/<architecture>_counting.weights.h5: offline stand-ins for
+ImageNet weights, shipped in the package.
 
 A small encoder (segkeras.pretrain.ENCODERS: the VGG-style shapesnet, its half-width variant, its
 residual variant) learns to count the circles, rectangles and triangles in 16,000 generated 64x64
@@ -21,10 +22,6 @@ if __name__ == "__main__":
     parser.add_argument("architectures", nargs="*", choices=sorted(pretrain.ENCODERS))
     for architecture in parser.parse_args().architectures or list(pretrain.ENCODERS):
         encoder, report = pretrain.pretrain(architecture, **pretrain.RECIPE)
-        out = pretrain.SHIPPED_DIR / pretrain.checkpoint_name(architecture)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        encoder.save_weights(out)
-        report = {"recipe": pretrain.RECIPE, **report, "parameters": encoder.count_params()}
-        out.with_name(out.name.replace(".weights.h5", ".json")).write_text(
-            json.dumps(report, indent=2) + "\n")
+        report = pretrain.save_checkpoint(encoder, report, pretrain.RECIPE,
+                                           pretrain.shipped_checkpoint(architecture))
         print(architecture, json.dumps(report, indent=2), flush=True)

@@ -18,9 +18,10 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from segkeras import resources  # noqa: E402
 from segkeras.data import pipeline, shapes  # noqa: E402
 
-SAMPLE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "data", "sample")
+SAMPLE_DIR = resources.path("sample")
 
 
 def cpu_seconds() -> float:
@@ -67,7 +68,7 @@ def bench_pipeline(size: int, count: int, batch: int, repeats: int) -> None:
 def sample_size() -> None:
     total = sum(os.path.getsize(os.path.join(folder, name))
                 for folder, _, files in os.walk(SAMPLE_DIR) for name in files)
-    print(f"data/sample: {total / 1024:.0f} KiB")
+    print(f"segkeras/resources/sample: {total / 1024:.0f} KiB")
 
 
 def main() -> None:

@@ -286,6 +286,14 @@ class Encoder(keras.Model):
     the caller's mode, so BatchNorm learns the statistics it lacks. Recompile after a change.
     """
 
+    @property
+    def pyramid_outputs(self) -> dict[str, keras.KerasTensor]:
+        """The feature maps by level, ``{"P1": stride 2, ..., "P5": stride 32}``, as the symbolic
+        tensors of this model: keras-hub's convention (its P-levels are ours), so a keras-hub
+        head builds on a segkeras encoder, e.g. ``keras_hub.models.DeepLabV3Backbone(encoder,
+        spatial_pyramid_pooling_key="P5", ...)``."""
+        return dict(self.output)
+
     def call(self, inputs, training=None, mask=None, **kwargs):
         if not trains_from_scratch(self):
             training = False

@@ -11,14 +11,17 @@ recognise every object, which is what a segmentation decoder later needs from it
 :func:`shapesnet_encoder` is the small VGG-style encoder (the one labs 1 and 2 pretrain in the
 notebook), optionally with residual blocks; :data:`ENCODERS` names three variants;
 :func:`pretrain` trains one on the counting task; :func:`pretrained_encoder` loads the checkpoint
-shipped in ``data/pretrained/`` (made by ``data/make_pretrained_encoder.py``), or, when that file
-is missing (e.g. a pip install), pretrains once and caches the weights.
+shipped in the package (``segkeras/resources/pretrained/``, made by
+``data/make_pretrained_encoder.py``), or, for a recipe no shipped checkpoint was made with,
+pretrains once and caches the weights under a name that holds the recipe's hash.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,9 +29,18 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from segkeras.backbones import ENCODER_SUFFIX, LEVELS, freeze, train_from_scratch, unfreeze
+from segkeras import resources
+from segkeras.backbones import (
+    ENCODER_SUFFIX,
+    LEVELS,
+    Encoder,
+    freeze,
+    train_from_scratch,
+    unfreeze,
+)
 from segkeras.data import shapes
 from segkeras.errors import SegkerasError
+from segkeras.runs import atomic_write_bytes, atomic_write_text
 
 layers = keras.layers
 
@@ -43,9 +55,6 @@ RECIPE = {"n_images": 16000, "image_size": 64, "epochs": 4, "batch_size": 64,
           "learning_rate": 2e-3, "seed": 1000}
 """How the shipped checkpoint was made. Its images come from a seed no lab uses (labs use 0-9)."""
 
-SHIPPED_DIR = Path(__file__).resolve().parents[1] / "data" / "pretrained"
-"""Where the repository ships the checkpoints (``data/make_pretrained_encoder.py`` writes them)."""
-
 
 def shapesnet_encoder(
     input_shape: tuple = (None, None, 3),
@@ -58,7 +67,8 @@ def shapesnet_encoder(
     Five blocks of two 3x3 convolutions (BatchNorm, ReLU), each block but the last followed by 2x2
     max-pooling; raw RGB in [0, 255] in, ``{"P1": stride 2, ..., "P5": stride 32}`` out, like
     :func:`segkeras.backbones.build_encoder` (P1..P4: each block's output before its pooling;
-    P5: the last pooled map). Trainable, BatchNorm included (momentum 0.9).
+    P5: the last pooled map), an :class:`~segkeras.backbones.Encoder` like its encoders.
+    Trainable, BatchNorm included (momentum 0.9).
 
     ``residual=True`` makes each block a ResNet basic block (He et al., CVPR 2016): the second
     convolution's BatchNorm output is added to the block's input (through a 1x1 convolution and
@@ -82,7 +92,7 @@ def shapesnet_encoder(
             features[f"P{block - 1}"] = x  # the deepest map at stride 2 ** (block - 1)
         x = layers.MaxPooling2D(name=f"block{block}_pool")(x)
     features["P5"] = x
-    return keras.Model(image, features, name=name + ENCODER_SUFFIX)
+    return Encoder(image, features, name=name + ENCODER_SUFFIX)
 
 
 def _projected(shortcut, width: int, block: int):
@@ -106,10 +116,14 @@ blocks. Each ships a counting-pretrained checkpoint (lab 3 compares them)."""
 
 def build(architecture: str = "shapesnet", input_shape: tuple = (None, None, 3)) -> keras.Model:
     """The :data:`ENCODERS` entry ``architecture``, randomly initialised, named after it."""
+    return shapesnet_encoder(input_shape, name=architecture, **_encoder_arguments(architecture))
+
+
+def _encoder_arguments(architecture: str) -> dict:
     if architecture not in ENCODERS:
         raise SegkerasError(f"Unknown shapesnet architecture {architecture!r}; choose one of "
                             f"{sorted(ENCODERS)}.")
-    return shapesnet_encoder(input_shape, name=architecture, **ENCODERS[architecture])
+    return ENCODERS[architecture]
 
 
 def count_labels(data) -> np.ndarray:
@@ -170,44 +184,102 @@ def pretrain(
 
 
 def checkpoint_name(architecture: str = "shapesnet") -> str:
-    """The file name of ``architecture``'s counting-pretrained weights."""
+    """The file name of ``architecture``'s shipped counting-pretrained weights."""
     return f"{architecture}_counting.weights.h5"
 
 
-def checkpoint_report(architecture: str = "shapesnet") -> dict | None:
-    """The shipped checkpoint's report (recipe, held-out counting accuracy, training time,
-    parameters), or None when the repository's ``data/pretrained/`` is not there."""
-    report = SHIPPED_DIR / checkpoint_name(architecture).replace(".weights.h5", ".json")
-    return json.loads(report.read_text()) if report.is_file() else None
+def shipped_checkpoint(architecture: str = "shapesnet") -> Path:
+    """Where the package ships ``architecture``'s checkpoint (its report: the same name with
+    ``.json`` for ``.weights.h5``)."""
+    return resources.path("pretrained", checkpoint_name(architecture))
 
 
-def _cached_checkpoint(architecture: str) -> Path:
+def recipe_key(architecture: str = "shapesnet", recipe: dict | None = None) -> str:
+    """12 hex digits naming what a pretraining is made of: the architecture's
+    :data:`ENCODERS` entry, the counting task and every :data:`RECIPE` value (``recipe``
+    overrides them), so that two different pretrainings never share a cache file."""
+    encoder = {"widths": WIDTHS, "residual": False, **_encoder_arguments(architecture)}
+    made_of = {"architecture": architecture, "encoder": encoder, "max_count": MAX_COUNT,
+               "recipe": _full_recipe(recipe)}
+    text = json.dumps(made_of, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _full_recipe(recipe: dict | None) -> dict:
+    unknown = set(recipe or {}) - set(RECIPE)
+    if unknown:
+        raise SegkerasError(f"Unknown pretraining recipe keys {sorted(unknown)}; use "
+                            f"{sorted(RECIPE)}.")
+    return {**RECIPE, **(recipe or {})}
+
+
+def _report_path(weights: Path) -> Path:
+    return weights.with_name(weights.name.replace(".weights.h5", ".json"))
+
+
+def _read_report(weights: Path) -> dict | None:
+    report = _report_path(weights)
+    if not (weights.is_file() and report.is_file()):
+        return None
+    return json.loads(report.read_text())
+
+
+def _checkpoint(architecture: str, recipe: dict | None) -> Path:
+    """The weights :func:`pretrained_encoder` loads for ``recipe``: the shipped checkpoint when
+    its report says it was made with exactly this recipe, otherwise the cache file
+    ``$KERAS_HOME/segkeras/<architecture>_counting-<recipe_key>.weights.h5`` (which may not
+    exist yet)."""
+    recipe = _full_recipe(recipe)
+    shipped = shipped_checkpoint(architecture)
+    report = _read_report(shipped)
+    if report is not None and report.get("recipe") == recipe:
+        return shipped
     home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
-    return Path(home) / "segkeras" / checkpoint_name(architecture)
+    key = recipe_key(architecture, recipe)
+    return Path(home) / "segkeras" / f"{architecture}_counting-{key}.weights.h5"
+
+
+def save_checkpoint(encoder: keras.Model, report: dict, recipe: dict, weights: Path) -> dict:
+    """Write ``encoder``'s weights to ``weights`` and, beside it, its report with the recipe
+    and the parameter count (both atomically, the report last); returns the report."""
+    report = {"recipe": _full_recipe(recipe), **report, "parameters": encoder.count_params()}
+    with tempfile.TemporaryDirectory() as folder:  # Keras wants the .weights.h5 suffix
+        written = Path(folder) / "encoder.weights.h5"
+        encoder.save_weights(written)
+        atomic_write_bytes(weights, written.read_bytes())
+    atomic_write_text(_report_path(weights), json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def checkpoint_report(architecture: str = "shapesnet", recipe: dict | None = None) -> dict | None:
+    """The report (recipe, held-out counting accuracy, training time, parameters) of the
+    checkpoint :func:`pretrained_encoder` loads for ``recipe`` (default :data:`RECIPE`: the
+    shipped one), or None while that checkpoint has not been made (pretrained_encoder makes
+    it)."""
+    return _read_report(_checkpoint(architecture, recipe))
 
 
 def pretrained_encoder(
     input_shape: tuple = (None, None, 3), trainable: bool = False,
-    architecture: str = "shapesnet",
+    architecture: str = "shapesnet", recipe: dict | None = None,
 ) -> keras.Model:
     """The :data:`ENCODERS` entry ``architecture`` with its counting-pretrained weights, frozen
     by default.
 
-    Reads ``data/pretrained/<architecture>_counting.weights.h5`` (shipped with the repository);
-    where it is missing, pretrains with :data:`RECIPE` once (minutes on a CPU) and caches the
-    weights in ``$KERAS_HOME/segkeras/``. ``trainable=True`` unfreezes it with BatchNorm kept
-    frozen.
+    With the default ``recipe`` (:data:`RECIPE`), reads the checkpoint shipped in the package.
+    Any other recipe (a dict overriding some :data:`RECIPE` values, e.g. fewer images) is
+    pretrained once (minutes on a CPU) and cached in ``$KERAS_HOME/segkeras/`` under a name
+    that holds :func:`recipe_key`, with its report (:func:`checkpoint_report`): a quick
+    pretraining never stands in for the full one. ``trainable=True`` unfreezes it with
+    BatchNorm kept frozen.
     """
     encoder = build(architecture, input_shape)
-    path = SHIPPED_DIR / checkpoint_name(architecture)
-    if not path.is_file():
-        path = _cached_checkpoint(architecture)
-    if not path.is_file():
-        print(f"No pretrained {architecture} in {SHIPPED_DIR}: pretraining it once "
+    path = _checkpoint(architecture, recipe)
+    if _read_report(path) is None:
+        print(f"No {architecture} pretrained with this recipe yet: pretraining it once "
               f"(cached in {path})")
-        pretrained, _ = pretrain(architecture, verbose=0)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pretrained.save_weights(path)
+        pretrained, report = pretrain(architecture, **_full_recipe(recipe), verbose=0)
+        save_checkpoint(pretrained, report, recipe, path)
     encoder.load_weights(path)
     return unfreeze(encoder) if trainable else freeze(encoder)
 

@@ -1,11 +1,18 @@
-"""Shared test setup: hermetic Keras home (no cached weights, no user keras.json), quiet logs, and
-the dtype policy of ``SEGKERAS_PRECISION`` when set (CI's mixed-precision pass)."""
+"""Shared test setup: hermetic Keras home (no cached weights, no user keras.json), quiet logs, the
+dtype policy of ``SEGKERAS_PRECISION`` when set (CI's mixed-precision pass), and what running in
+parallel (pytest-xdist, ``make test``: ``-n 2 --dist loadgroup``) needs."""
 
 import os
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ["KERAS_HOME"] = tempfile.mkdtemp(prefix="segkeras-keras-home-")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Each worker's TensorFlow computes an op on its share of the cores (read by TensorFlow here
+    # and in the kernels and commands the tests start); the inter-op pool stays TensorFlow's
+    # default, since blocking ops (collectives, tf.data) can deadlock on a single thread.
+    share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(share))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -37,3 +44,33 @@ def small_mask_rcnn():
                      anchor_sizes=(16, 32), fpn_channels=16, box_head_units=32,
                      mask_head_channels=16, rpn_pre_nms=100, rpn_post_nms_train=40,
                      rpn_post_nms_test=20, rois_per_image=16, max_detections=10)
+
+
+def _module_scoped_parameters(item) -> str | None:
+    """The parameters of the module-scoped fixtures ``item`` uses ("" when they have none), or
+    None when it uses no module-scoped fixture."""
+    definitions = getattr(item, "_fixtureinfo", None)
+    if definitions is None:
+        return None
+    names = [name for name, defs in definitions.name2fixturedefs.items()
+             if defs and defs[-1].scope == "module"]
+    if not names:
+        return None
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return "-".join(str(params[name]) for name in names if name in params)
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    """For ``--dist loadgroup``: a notebook's cells run in order in one kernel, so on one worker;
+    so do the tests that share a module-scoped fixture (one per parameter), which then runs once.
+    Every other test goes wherever a worker is free."""
+    for item in items:
+        if item.path.suffix == ".ipynb":
+            group = item.path.name
+        else:
+            parameters = _module_scoped_parameters(item)
+            if parameters is None:
+                continue
+            group = f"{item.path.name}[{parameters}]" if parameters else item.path.name
+        item.add_marker(pytest.mark.xdist_group(group))

@@ -1,7 +1,9 @@
 """Lab 04 checks: the solutions pass, typical wrong answers fail with a hint that names the idea,
 answers that call the library fail with "write it yourself", the fallbacks are segkeras'."""
 
+import functools
 import importlib
+import sys
 
 import keras
 import pytest
@@ -10,6 +12,7 @@ from keras import layers
 from segkeras import train
 from segkeras.checks import core
 from segkeras.checks import hourglass as check
+from segkeras.grading.answer import LocalAnswer
 
 library = importlib.import_module("segkeras.models.hourglass")
 
@@ -77,7 +80,7 @@ def stack_losses(model):
 
 
 def final_stack(model):
-    return keras.Model(model.input, model.get_layer(model.output_names[-1]).output)
+    return keras.Model(model.input, model.get_layer(f"stack_{len(model.output_names)}").output)
 
 
 def stub(*args):
@@ -99,14 +102,14 @@ def _fresh_score():
 
 @pytest.mark.fast
 def test_the_solutions_get_every_point(capsys):
-    assert check.hourglass_module(make_module(), residual)
+    assert check.hourglass_module(make_module())
     assert check.intermediate_supervision(stack_losses)
     assert check.final_stack(final_stack)
     assert check.total() == (6, 6)
     assert capsys.readouterr().out.count("✓") == 3
 
 
-def test_the_solution_passes_without_the_residual_argument_and_with_plus():
+def test_the_solution_passes_with_plus():
     def with_plus(x, depth, filters, name):
         low = residual(layers.MaxPooling2D(2)(x), filters, f"{name}_{depth}_down")
         low = (with_plus(low, depth - 1, filters, name) if depth > 1
@@ -117,14 +120,47 @@ def test_the_solution_passes_without_the_residual_argument_and_with_plus():
     assert check.hourglass_module(with_plus)
 
 
+def test_recursions_pass_however_they_are_wrapped_or_where_they_stop():
+    def down_to_zero(x, depth, filters, name):
+        """Recurses once more and puts the bottom residual at depth 0: the same layers."""
+        if depth == 0:
+            return residual(x, filters, f"{name}_bottom")
+        low = residual(layers.MaxPooling2D(2)(x), filters, f"{name}_{depth}_down")
+        low = residual(down_to_zero(low, depth - 1, filters, name), filters, f"{name}_{depth}_up")
+        return layers.Add()([residual(x, filters, f"{name}_{depth}_skip"),
+                             layers.UpSampling2D(2)(low)])
+
+    assert check.hourglass_module(down_to_zero)
+    for wrapped in (functools.partial(make_module()), lambda *args: make_module()(*args)):
+        assert _nesting(wrapped, 3) == 3
+    assert _nesting(iterative_module, 3) == 1
+
+
+def _nesting(module, depth):
+    answer = LocalAnswer("hourglass_module", (module,))
+    return answer.probe(check._probe_module, depth)["nesting"]
+
+
 def test_a_stub_is_not_answered_yet_and_scores_zero_of_the_full_total():
-    _fails_with(check.hourglass_module(stub, residual), "not answered yet")
+    _fails_with(check.hourglass_module(stub), "not answered yet")
     _fails_with(check.intermediate_supervision(stub), "not answered yet")
     assert check.total() == (0, 6)  # final_stack never checked: 0 of its point, still counted
 
 
+def _unprofiled(x, depth, filters, name):
+    sys.setprofile(None)
+    return iterative_module(x, depth, filters, name)
+
+
 WRONG_MODULES = {
-    "not recursive (two loops)": (iterative_module, ["recursive", "ran 1 time(s)"]),
+    "not recursive (two loops)": (iterative_module, ["recursive", "nests at most 1 call"]),
+    "two loops behind functools.partial (no __code__)": (
+        functools.partial(iterative_module), ["recursive", "nests at most 1 call"]),
+    "two loops behind a keyword partial": (
+        functools.partial(lambda x, depth, filters, name, unused=None:
+                          iterative_module(x, depth, filters, name), unused=0),
+        ["recursive", "nests at most 1 call"]),
+    "the profiler switched off": (_unprofiled, ["changed the profiler"]),
     "concatenation instead of addition": (make_module(concatenate=True),
                                           ["adds the full-resolution branch", "concatenate"]),
     "concatenation, then a projection": (concatenate_and_project, ["concatenate"]),
@@ -148,7 +184,7 @@ WRONG_MODULES = {
 @pytest.mark.parametrize("wrong", list(WRONG_MODULES))
 def test_wrong_hourglass_modules_fail_with_the_idea_in_the_hint(wrong):
     module, words = WRONG_MODULES[wrong]
-    _fails_with(check.hourglass_module(module, residual), *words)
+    _fails_with(check.hourglass_module(module), *words)
 
 
 def _last_only(model):
@@ -185,6 +221,16 @@ def _first_unweighted(model):
     return losses, weights
 
 
+def _intermediate_off(model):
+    losses, weights = stack_losses(model)
+    return losses, {name: 1e-9 for name in weights} | {f"stack_{len(weights)}": 1.0}
+
+
+def _all_tiny(model):
+    losses, weights = stack_losses(model)
+    return losses, {name: 1e-9 for name in weights}
+
+
 def _library_losses(model):
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255)
     return train.per_output(model, loss), train.per_output(model, 1.0)
@@ -202,7 +248,11 @@ WRONG_LOSSES = {
     "lists instead of dicts": (_lists, ["must be a dict", "got list"]),
     "probabilities instead of logits": (_on_probabilities, ["from_logits=True"]),
     "the ignore label counted": (_not_ignoring, ["ignore_class=255"]),
-    "an unsupervised stack": (_first_unweighted, ["positive loss weight"]),
+    "an unsupervised stack": (_first_unweighted, ["weight 1.0", "'stack_1': 0.0"]),
+    "intermediate stacks weighted 1e-9": (_intermediate_off, ["weight 1.0", "1e-09"]),
+    "every stack weighted 1e-9": (_all_tiny, ["weight 1.0"]),
+    "the check's own fallback": (check._library_stack_losses, [
+        "write it yourself", "segkeras.checks.hourglass._library_stack_losses"]),
     "the library's per-output losses": (_library_losses, ["write it yourself",
                                                            "segkeras.train.per_output"]),
     "the library's default loss": (_library_default_loss, ["write it yourself",
@@ -217,9 +267,15 @@ def test_wrong_stack_losses_fail_with_the_idea_in_the_hint(wrong):
 
 
 WRONG_FINALS = {
-    "every stack": (lambda model: model, ["one output", "it has 3"]),
+    "every stack": (lambda model: model, ["one output", "it has 10"]),
     "the first stack": (lambda model: keras.Model(model.input, model.get_layer("stack_1").output),
-                        ["last stack's logits", "stack_3"]),
+                        ["last stack's logits", "stack_10"]),
+    "max(output_names)": (lambda model: keras.Model(
+        model.input, model.get_layer(max(model.output_names)).output),
+        ["outputs stack_9", "alphabetical order", "the last is stack_10"]),
+    "output_names[-1]": (lambda model: keras.Model(
+        model.input, model.get_layer(model.output_names[-1]).output), ["alphabetical order"]),
+    "not a model": (lambda model: model.outputs[-1], ["Return a keras.Model", "KerasTensor"]),
     "copied weights": (lambda model: keras.models.clone_model(final_stack(model)),
                        ["weights of its own"]),
     "the library's final_stack_model": (library.final_stack_model,
@@ -258,7 +314,7 @@ def test_a_network_built_from_the_students_module_trains():
 def test_checks_compute_in_float32_under_mixed_precision():
     keras.config.set_dtype_policy("mixed_float16")
     try:
-        assert check.hourglass_module(make_module(), residual)
+        assert check.hourglass_module(make_module())
         assert keras.config.dtype_policy().name == "mixed_float16"
     finally:
         keras.config.set_dtype_policy("float32")

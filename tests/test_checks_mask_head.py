@@ -74,10 +74,16 @@ def paste_mask(mask, box, height, width):
     return pasted
 
 
-def assert_fails(result, *words):
-    assert not result and result.points == 0, "a wrong answer must not score"
+def assert_fails(result, *words, points=0):
+    assert not result and result.points == points, f"{result.points} points, not {points}"
     for word in words:
         assert word in result.message, f"{word!r} not in hint: {result.message}"
+
+
+def roi_align_fails(roi_align_box, *words, sample=bilinear_sample, points=1):
+    """The RoIAlign check of ``roi_align_box`` (with a right ``bilinear_sample`` by default:
+    its part, 1 point, is earned) fails with ``words`` in the hint."""
+    assert_fails(checks.roi_align_box(roi_align_box, sample), *words, points=points)
 
 
 # --- RoIAlign ---------------------------------------------------------------------------------
@@ -94,7 +100,7 @@ def test_roi_align_accepts_keras_ops_answers():
 
     reference = make_roi_align()
     result = checks.roi_align_box(lambda *args, **kwargs: ops.convert_to_tensor(
-        reference(*args, **kwargs)))
+        reference(*args, **kwargs)), bilinear_sample)
     assert result
 
 
@@ -107,22 +113,22 @@ def test_roi_align_accepts_keras_ops_answers():
     (dict(one_sample=True), ["sampling_ratio x sampling_ratio samples"]),
 ])
 def test_roi_align_names_the_mistake(mistake, words):
-    assert_fails(checks.roi_align_box(make_roi_align(**mistake)), *words)
+    roi_align_fails(make_roi_align(**mistake), "bilinear_sample is right", *words)
 
 
 def test_roi_align_checks_bilinear_sampling_first():
     def unclamped(features, y, x):
         return bilinear_sample(features, y, x) if y < features.shape[0] - 1 else np.zeros(3)
 
-    assert_fails(checks.roi_align_box(make_roi_align(), lambda f, y, x: bilinear_sample(f, x, y)),
-                 "y is the row")
-    assert_fails(checks.roi_align_box(make_roi_align(), unclamped), "clamped to the last row")
+    roi_align_fails(make_roi_align(), "y is the row", "roi_align_box is right",
+                    sample=lambda f, y, x: bilinear_sample(f, x, y), points=2)
+    roi_align_fails(make_roi_align(), "clamped to the last row", sample=unclamped, points=2)
 
 
 def test_roi_align_rejects_a_wrong_shape_and_a_stub():
     flat = make_roi_align()
-    assert_fails(checks.roi_align_box(lambda *a, **k: flat(*a, **k)[..., 0]), "shape")
-    assert_fails(checks.roi_align_box(stub), "not answered yet")
+    roi_align_fails(lambda *a, **k: flat(*a, **k)[..., 0], "shape")
+    assert_fails(checks.roi_align_box(stub, stub), "not answered yet")
 
 
 # --- mask targets -----------------------------------------------------------------------------
@@ -224,6 +230,36 @@ def test_paste_mask_names_the_mistake():
     assert_fails(checks.paste_mask(inverted), "IoU")
     assert_fails(checks.paste_mask(lambda mask, box, h, w: paste_mask(mask, box, w, h)), "shape")
     assert_fails(checks.paste_mask(stub), "not answered yet")
+
+
+def _thresholded_at(threshold, strict=False):
+    def paste(mask, box, height, width):
+        x1, y1, x2, y2 = (int(round(float(v))) for v in box)
+        pasted = np.zeros((height, width), bool)
+        resized = resize(mask, (y2 - y1, x2 - x1), order=1)
+        pasted[y1:y2, x1:x2] = resized > threshold if strict else resized >= threshold
+        return pasted
+
+    return paste
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.45, 0.495, 0.505, 0.6])
+def test_paste_mask_needs_the_exact_threshold(threshold):
+    assert_fails(checks.paste_mask(_thresholded_at(threshold)), "exactly 0.5")
+
+
+def test_paste_mask_accepts_strictly_above_one_half():
+    assert checks.paste_mask(_thresholded_at(0.5, strict=True))
+
+
+def test_paste_mask_cases_straddle_the_threshold():
+    cases = checks._paste_cases(np.random.default_rng(3))
+    below = [mask for mask, _ in cases if mask.max() < 0.5]
+    above = [mask for mask, _ in cases if mask.min() >= 0.5]
+    assert len(below) == 2 and len(above) == 1
+    assert max(mask.max() for mask in below) > 0.495 and above[0].min() < 0.505
+    assert any(0.3 <= mask.min() and mask.max() < 0.46 for mask in below)
+    assert sum(mask.min() < 0.5 <= mask.max() for mask, _ in cases) == len(cases) - 3
 
 
 # --- the mask loss ----------------------------------------------------------------------------
@@ -336,9 +372,10 @@ def _delegations():
 @pytest.mark.parametrize("index", range(6))
 def test_answers_that_call_the_library_fail(index):
     exercise, answer, name = _delegations()[index]
-    result = getattr(checks, exercise)(answer)
-    assert_fails(result, "write it yourself", name)
-    assert getattr(checks, exercise)(answer) is not None  # the library works again afterwards
+    functions = (answer, bilinear_sample) if exercise == "roi_align_box" else (answer,)
+    result = getattr(checks, exercise)(*functions)
+    assert_fails(result, "write it yourself", name, points=int(exercise == "roi_align_box"))
+    assert getattr(checks, exercise)(*functions) is not None  # the library works again after
     checks.LAB.use(exercise, answer)  # the lab would not use it
 
 
@@ -348,6 +385,101 @@ def test_the_library_works_after_the_checks():
     checks.paste_mask(lambda *args: paste_masks(*args))
     pasted = paste_masks(np.ones((1, 28, 28), "float32"), np.array([[0, 0, 10, 10.0]]), 12, 12)
     assert pasted[0, :10, :10].min() > 0.99 and pasted[0, 10:, :].max() == 0
+
+
+# --- the check's own references and data are not answers --------------------------------------
+
+def _calling(function):
+    return lambda *args, **kwargs: function(*args, **kwargs)
+
+
+PRIVATE_ANSWERS = [
+    ("roi_align_box", checks.library_roi_align_box),
+    ("roi_align_box", checks._reference_roi_align),
+    ("roi_align_box", _calling(checks._roi_align)),
+    ("mask_target", checks.library_mask_target),
+    ("mask_target", lambda mask, box: checks._reference_targets([mask], [box])[0]),
+    ("mask_target", lambda mask, box: checks._pooled_masks([mask], [box])[0] >= 0.5),
+    ("select_class_masks", checks.library_select_class_masks),
+    ("mask_loss", checks.library_mask_loss),
+    ("mask_loss", lambda t, x: keras.ops.mean(checks._pixel_losses(t, x))),
+    ("paste_mask", checks.library_paste_mask),
+]
+
+
+@pytest.mark.parametrize("index", range(len(PRIVATE_ANSWERS)))
+def test_the_checks_references_handed_in_are_refused(index):
+    exercise, answer = PRIVATE_ANSWERS[index]
+    if exercise == "roi_align_box":
+        roi_align_fails(answer, "write it yourself", "segkeras.checks.mask_head.")
+    else:
+        assert_fails(getattr(checks, exercise)(answer), "write it yourself",
+                     "segkeras.checks.mask_head.")
+
+
+def test_every_reference_of_the_module_is_private():
+    names = {function.__name__ for function in checks.PRIVATE}
+    assert {"library_roi_align_box", "_reference_roi_align", "_reference_targets",
+            "_roi_align", "_pooled_masks", "library_mask_target", "library_select_class_masks",
+            "library_mask_loss", "library_paste_mask", "_pixel_losses"} <= names
+    assert checks.library_roi_align_box(np.ones((4, 4, 1)), (0, 0, 2, 2)).shape == (2, 2, 1)
+
+
+def test_select_class_masks_reads_its_arguments_not_fixed_data():
+    fixed_ids = np.array([1, 3, 2, 3, 1, 2])
+
+    def fixed(logits, class_ids):
+        return select_class_masks(logits, np.resize(fixed_ids, len(logits)) % logits.shape[-1])
+
+    def module_data(logits, class_ids):
+        return select_class_masks(logits, checks._CLASS_IDS)
+
+    assert_fails(checks.select_class_masks(fixed))
+    assert_fails(checks.select_class_masks(module_data), "AttributeError")
+    shapes = set()
+    rng = np.random.default_rng(1)
+    for _ in range(8):
+        logits, class_ids = checks._select_case(rng)
+        shapes.add(logits.shape)
+        assert class_ids.min() >= 1 and class_ids.max() < logits.shape[-1]
+    assert len(shapes) > 1
+
+
+# --- partial credit: bilinear_sample and roi_align_box are separable parts -------------------
+
+_right_sample = bilinear_sample
+
+
+def _wrong_sample(features, y, x):
+    return _right_sample(features, x, y)
+
+
+def test_a_right_roi_align_with_a_wrong_bilinear_sample_is_recognised():
+    def roi_align_box(*args, **kwargs):  # calls the module's (here: the wrong) bilinear_sample
+        return make_roi_align(sample=lambda f, y, x: bilinear_sample(f, y, x))(*args, **kwargs)
+
+    namespace = globals()
+    right = namespace["bilinear_sample"]
+    namespace["bilinear_sample"] = _wrong_sample
+    try:
+        result = checks.roi_align_box(roi_align_box, _wrong_sample)
+    finally:
+        namespace["bilinear_sample"] = right
+    assert_fails(result, "bilinear_sample: ", "y is the row", "roi_align_box is right", points=2)
+
+
+def test_a_wrong_roi_align_with_a_right_bilinear_sample_is_recognised():
+    result = checks.roi_align_box(make_roi_align(swap_xy=True), bilinear_sample)
+    assert_fails(result, "bilinear_sample is right", "roi_align_box: ", "x and y are swapped",
+                 points=1)
+
+
+def test_both_parts_unanswered_is_not_answered():
+    assert_fails(checks.roi_align_box(stub, stub), "not answered yet")
+    assert_fails(checks.roi_align_box(stub, bilinear_sample), "bilinear_sample is right",
+                 "roi_align_box: not answered yet", points=1)
+    assert_fails(checks.roi_align_box(make_roi_align(), stub), "bilinear_sample: not answered",
+                 "roi_align_box is right", points=2)
 
 
 # --- mixed precision, the fallbacks ------------------------------------------------------------
@@ -369,9 +501,11 @@ def test_the_checks_pass_right_answers_under_mixed_float16(mixed_float16):
 
 
 def test_the_fallbacks_are_the_library_answers(capsys):
-    targets, logits = checks._loss_case()
+    targets, logits = checks._loss_case(np.random.default_rng(0))
     fallbacks = {name: checks.LAB.use(name, stub) for name in checks.LAB.exercises}
-    assert capsys.readouterr().out.count("has not passed its check yet (not answered)") == 5
+    printed = capsys.readouterr().out  # roi_align_box's check takes two functions, here one
+    assert printed.count("has not passed its check yet (not answered)") == 4
+    assert "roi_align_box has not passed its check yet (it failed)" in printed
     features = np.random.default_rng(0).normal(size=(7, 9, 3))
     np.testing.assert_allclose(fallbacks["roi_align_box"](features, (1.3, 0.7, 6.2, 5.9)),
                                make_roi_align()(features, (1.3, 0.7, 6.2, 5.9)), atol=1e-5)
@@ -379,8 +513,9 @@ def test_the_fallbacks_are_the_library_answers(capsys):
     mask[10:30, 5:25] = True
     box = np.array([5, 10, 25, 30], "float32")
     assert fallbacks["mask_target"](mask, box).min() == 1
-    np.testing.assert_allclose(fallbacks["select_class_masks"](checks._LOGITS, checks._CLASS_IDS),
-                               select_class_masks(checks._LOGITS, checks._CLASS_IDS), atol=1e-5)
+    class_logits, class_ids = checks._select_case(np.random.default_rng(0))
+    np.testing.assert_allclose(fallbacks["select_class_masks"](class_logits, class_ids),
+                               select_class_masks(class_logits, class_ids), atol=1e-5)
     np.testing.assert_allclose(float(fallbacks["mask_loss"](targets, logits)),
                                _numpy_loss(targets, logits), rtol=1e-5)
     pasted = fallbacks["paste_mask"](np.ones((28, 28), "float32"), box, 40, 40)
@@ -388,7 +523,7 @@ def test_the_fallbacks_are_the_library_answers(capsys):
 
 
 def test_the_score_adds_up_over_the_lab(capsys):
-    checks.roi_align_box(make_roi_align())
+    checks.roi_align_box(make_roi_align(), bilinear_sample)
     checks.mask_target(mask_target)
     checks.select_class_masks(lambda logits, ids: logits[..., 0])
     checks.paste_mask(paste_mask)

@@ -68,3 +68,23 @@ def test_bad_input_is_reported():
     found[0]["scores"] = found[0]["scores"][:1]
     with pytest.raises(SegkerasError, match="one each"):
         detection_ap(TRUTH, found)
+
+
+def test_cocos_undefined_minus_one_is_nan_not_zero(monkeypatch):
+    """COCOeval writes -1 where a setting has nothing to score (e.g. AP of large objects where
+    there are none): that is no score of 0, so it comes back as NaN."""
+    from pycocotools.cocoeval import COCOeval
+
+    summarize = COCOeval.summarize
+
+    def undefined_ap75(self):
+        summarize(self)
+        self.stats[2] = -1.0
+
+    monkeypatch.setattr(COCOeval, "summarize", undefined_ap75)
+    scores = detection_ap(TRUTH, [detections_of(t) for t in TRUTH])
+    for kind in ("box", "mask"):
+        assert scores[kind]["AP"] == pytest.approx(1.0) and np.isnan(scores[kind]["AP75"])
+    no_detection = {"boxes": np.zeros((0, 4)), "class_ids": np.zeros(0, int),
+                    "scores": np.zeros(0), "masks": np.zeros((0, 64, 64), bool)}
+    assert detection_ap(TRUTH, [no_detection] * 2)["box"]["AP"] == 0.0  # defined: nothing found

@@ -104,8 +104,7 @@ def test_counting_model_gives_one_softmax_per_shape_class():
 
 
 def test_the_shipped_checkpoint_loads_frozen_and_fine_tunable():
-    assert (pretrain.SHIPPED_DIR / pretrain.checkpoint_name()).is_file(), (
-        "run data/make_pretrained_encoder.py shapesnet")
+    assert pretrain.shipped_checkpoint().is_file(), "run data/make_pretrained_encoder.py shapesnet"
     frozen = pretrain.pretrained_encoder((64, 64, 3))
     assert not frozen.trainable_weights
     images = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
@@ -146,22 +145,75 @@ def test_random_encoder_trains_its_batchnorm():
     assert norms and all(layer.trainable for layer in norms)
 
 
-def test_a_missing_checkpoint_is_pretrained_once_and_cached(tmp_path, monkeypatch):
+TINY = {"n_images": 32, "image_size": 32, "epochs": 1, "batch_size": 16}
+"""A quick pretraining (seconds), like a quick-mode lab might ask for."""
+
+
+def test_recipe_keys_tell_every_recipe_and_architecture_apart():
+    key = pretrain.recipe_key()
+    assert key == pretrain.recipe_key("shapesnet", dict(pretrain.RECIPE)) and len(key) == 12
+    others = {pretrain.recipe_key(architecture) for architecture in pretrain.ENCODERS}
+    others |= {pretrain.recipe_key(recipe={name: value * 2})
+               for name, value in pretrain.RECIPE.items()}
+    assert key in others and len(others) == len(pretrain.ENCODERS) + len(pretrain.RECIPE)
+    with pytest.raises(SegkerasError, match="n_images"):
+        pretrain.recipe_key(recipe={"images": 10})
+    with pytest.raises(SegkerasError, match="shapesnet_small"):
+        pretrain.recipe_key("resnet")
+
+
+def test_a_quick_recipe_is_cached_under_its_own_name_and_never_stands_in_for_the_full_one(
+        tmp_path, monkeypatch):
     calls, real_pretrain = [], pretrain.pretrain
 
-    def tiny_pretrain(architecture, **kwargs):
-        calls.append(architecture)
-        encoder, report = real_pretrain(architecture, n_images=32, image_size=32, epochs=1,
-                                        batch_size=16, verbose=0)
-        assert set(report) == {"count_accuracy", "all_counts_right", "seconds"}
-        return encoder, report
+    def counted(architecture, **kwargs):
+        calls.append((architecture, kwargs))
+        return real_pretrain(architecture, **kwargs)
 
-    monkeypatch.setattr(pretrain, "SHIPPED_DIR", tmp_path / "missing")
-    monkeypatch.setattr(pretrain, "pretrain", tiny_pretrain)
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "home"))
-    first = pretrain.pretrained_encoder((32, 32, 3))
-    second = pretrain.pretrained_encoder((32, 32, 3))
+    monkeypatch.setattr(pretrain, "pretrain", counted)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    assert pretrain.checkpoint_report(recipe=TINY) is None
+    first = pretrain.pretrained_encoder((32, 32, 3), recipe=TINY)
+    second = pretrain.pretrained_encoder((32, 32, 3), recipe=TINY)
+    assert calls == [("shapesnet", {**pretrain.RECIPE, **TINY, "verbose": 0})]
+    key = pretrain.recipe_key("shapesnet", TINY)
+    assert sorted(path.name for path in (tmp_path / "segkeras").iterdir()) == [
+        f"shapesnet_counting-{key}.json", f"shapesnet_counting-{key}.weights.h5"]
+    report = pretrain.checkpoint_report(recipe=TINY)
+    assert report["recipe"] == {**pretrain.RECIPE, **TINY} and 0 <= report["count_accuracy"] <= 1
+    assert report["parameters"] == first.count_params()
+    for a, b in zip(first.get_weights(), second.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+    full = pretrain.pretrained_encoder((32, 32, 3))  # the shipped checkpoint, not the quick one
     assert len(calls) == 1
-    assert (tmp_path / "home" / "segkeras" / pretrain.checkpoint_name()).is_file()
+    assert pretrain.checkpoint_report()["recipe"] == pretrain.RECIPE
+    assert any(not np.allclose(a, b) for a, b in zip(first.get_weights(), full.get_weights(),
+                                                     strict=True))
+
+
+def test_without_the_shipped_checkpoint_it_is_pretrained_once_with_its_report(
+        tmp_path, monkeypatch):
+    """What lab 3 meets where the package lacks its checkpoint: the encoder is pretrained once,
+    and its report (lab 3 prints its counting accuracy) is there afterwards."""
+    calls = []
+
+    def untrained(architecture, **kwargs):  # what is tested is the cache, not the training
+        calls.append(architecture)
+        return pretrain.build(architecture, (32, 32, 3)), {"count_accuracy": 0.25}
+
+    monkeypatch.setattr(pretrain, "pretrain", untrained)
+    monkeypatch.setattr(pretrain, "shipped_checkpoint",
+                        lambda architecture="shapesnet": tmp_path / "missing" / "x.weights.h5")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "home"))
+    architecture = "shapesnet_small"
+    assert pretrain.checkpoint_report(architecture) is None
+    first = pretrain.pretrained_encoder((32, 32, 3), architecture=architecture)
+    second = pretrain.pretrained_encoder((32, 32, 3), architecture=architecture)
+    assert calls == [architecture]
+    assert pretrain.checkpoint_report(architecture) == {
+        "recipe": pretrain.RECIPE, "count_accuracy": 0.25, "parameters": first.count_params()}
+    key = pretrain.recipe_key(architecture)
+    assert (tmp_path / "home" / "segkeras" / f"{architecture}_counting-{key}.weights.h5").is_file()
     for a, b in zip(first.get_weights(), second.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)

@@ -10,16 +10,17 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from segkeras.data import shapes
+from segkeras import resources
+from segkeras.data import shapes, sources
 from segkeras.data.core import Instances, SegmentationData
 from segkeras.errors import SegkerasError
 
 # sha256 of generate(4, 64, seed=0): images, masks, then each image's instance masks, boxes and
 # class ids, in little-endian bytes. Change it only when the generator is meant to change (and
-# regenerate data/sample then).
+# regenerate segkeras/resources/sample then).
 GENERATE_4_64_SEED_0 = "8e8f669f36551b3177f0e06bfb43544d20dfcd76c3729d5254b9a357161a73ad"
 
-SAMPLE_DIR = os.path.join(os.path.dirname(__file__), os.pardir, "data", "sample")
+SAMPLE_DIR = resources.path("sample")
 SAMPLE_ARGUMENTS = {"n": 32, "image_size": 128, "seed": 0}
 
 
@@ -189,7 +190,8 @@ def test_export_reads_back_exactly(tmp_path):
 
 
 def test_shipped_sample_matches_the_generator():
-    """data/sample is export(**SAMPLE_ARGUMENTS): regenerate it when the generator changes."""
+    """segkeras/resources/sample is export(**SAMPLE_ARGUMENTS): regenerate it when the generator
+    changes."""
     data = shapes.generate(**SAMPLE_ARGUMENTS)
     names = sorted(os.listdir(os.path.join(SAMPLE_DIR, "images")))
     assert len(names) == SAMPLE_ARGUMENTS["n"]
@@ -206,3 +208,13 @@ def test_shipped_sample_matches_the_generator():
     total = sum(os.path.getsize(os.path.join(folder, name))
                 for folder, _, files in os.walk(SAMPLE_DIR) for name in files)
     assert total <= 2 * 1024 * 1024
+
+
+def test_the_sample_source_is_the_shipped_sample_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # like a lab run outside the repository
+    data = sources.load("sample", n=4, image_size=128)
+    expected = shapes.generate(4, image_size=128, seed=SAMPLE_ARGUMENTS["seed"])
+    np.testing.assert_array_equal(data.images, expected.images)
+    np.testing.assert_array_equal(data.masks, expected.masks)
+    assert [len(objects) for objects in data.instances] == [
+        len(objects) for objects in expected.instances]

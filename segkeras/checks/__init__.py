@@ -18,14 +18,12 @@ from segkeras.checks.core import (
     CheckFailed,
     CheckResult,
     Lab,
-    forbid,
-    reference,
     reset,
     results,
     total,
 )
 
 __all__ = [
-    "CheckFailed", "CheckResult", "Lab", "deconv", "detection", "fcn", "forbid",
-    "hourglass", "mask_head", "reference", "reset", "results", "total", "unet",
+    "CheckFailed", "CheckResult", "Lab", "deconv", "detection", "fcn",
+    "hourglass", "mask_head", "reset", "results", "total", "unet",
 ]

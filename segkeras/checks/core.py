@@ -413,36 +413,6 @@ def forbidding(targets) -> Iterator[None]:
         del _FORBIDDEN_CALLS[start:]
 
 
-def forbid(*targets) -> Callable:
-    """Decorator for an old-style check (one that calls the student's function itself): while it
-    runs, ``targets`` are forbidden (:func:`forbidding`). Judges declare
-    ``Lab.check(..., forbid=[...])`` instead."""
-
-    def decorate(check: Callable) -> Callable:
-        @functools.wraps(check)
-        def run(*args, **kwargs):
-            with forbidding(targets):
-                return check(*args, **kwargs)
-
-        return run
-
-    return decorate
-
-
-@contextlib.contextmanager
-def reference() -> Iterator[None]:
-    """Inside a forbidding check, the forbidden functions work again: for the check's own
-    reference values computed with the library."""
-    swaps = list(_ACTIVE)
-    for swap in reversed(swaps):
-        swap.off()
-    try:
-        yield
-    finally:
-        for swap in swaps:
-            swap.on()
-
-
 # --- the helpers every check uses ---------------------------------------------------------------
 
 def answer_model(inputs, output) -> keras.Model:

@@ -23,7 +23,7 @@ import segkeras.models.deconv
 import segkeras.unpooling
 from segkeras.checks.core import CheckFailed, Lab, answer_model, in_float32, require, require_close
 from segkeras.grading.answer import Answer
-from segkeras.grading.probes import keras_input, probe
+from segkeras.grading.probes import build_model, probe
 
 LAB = Lab("02_transposed_convolutions", {
     "transposed_output_size": 2, "overlap_counts": 2, "bilinear_kernel": 3,
@@ -51,15 +51,6 @@ _KERAS_TRANSPOSED = (
     *_keras_internals("keras.src.backend.common.backend_utils",
                       "compute_conv_transpose_output_shape", "_get_output_shape_given_tf_padding"),
 )
-
-
-@probe
-def build_from_specs(function, specs: list, *args) -> keras.Model:
-    """The model of ``function(*inputs, *args)``, one ``keras.Input`` per ``(shape, dtype, name)``
-    spec of ``specs`` (positional). (The core's ``build_model`` reads a list of two specs as one
-    spec.)"""
-    tensors = [keras_input(spec) for spec in specs]
-    return answer_model(tensors, function(*tensors, *args))
 
 
 @probe
@@ -278,12 +269,12 @@ def upsampling_block(answer: Answer) -> None:
     added, then BatchNorm and ReLU."""
     filters = 6
     x, skip = ((4, 4, 5), "float32", "coarse"), ((8, 8, 3), "float32", "skip")
-    plain = answer.probe(build_from_specs, [x], None, filters, "plain")
+    plain = answer.probe(build_model, [x], None, filters, "plain")
     shape = tuple(plain.output.shape)
     require(shape == (None, 8, 8, filters),
             f"without a skip, a 4x4 map must become 8x8 with {filters} channels, got {shape}: "
             f"Conv2DTranspose({filters}, 4, strides=2, padding='same')")
-    model = answer.probe(build_from_specs, [x, skip], filters, "with_skip")
+    model = answer.probe(build_model, [x, skip], filters, "with_skip")
     shape = tuple(model.output.shape)
     require(shape == (None, 8, 8, filters),
             f"with an 8x8 skip of 3 channels the output must still be 8x8x{filters}, got {shape}: "

@@ -1,21 +1,26 @@
 """Checks for lab 04, stacked hourglass: the recursive hourglass module, the per-stack losses of
 intermediate supervision, the final-stack inference model.
 
-Each check builds or runs the student's answer on a small model and tests what it must do."""
+Each check is a judge: it talks to the student's function through an
+:class:`~segkeras.grading.answer.Answer` (``answer.probe(probe_fn, ...)`` for what must run where
+the answer lives: building a model while counting the recursion, compiling a model with the
+answer's losses) and gets data back (models, arrays, numbers), which it compares with references
+that only it computes (:data:`PRIVATE`). Inputs are drawn from ``answer.rng``."""
 
 from __future__ import annotations
 
 import collections
 import importlib
-import sys
 from collections.abc import Callable
 
 import keras
 import numpy as np
 
 from segkeras import train
-from segkeras.checks.core import Lab, forbid, in_float32, require, require_close
+from segkeras.checks.core import Lab, answer_model, in_float32, require, require_close
 from segkeras.data.core import IGNORE_LABEL
+from segkeras.grading.answer import Answer
+from segkeras.grading.probes import answer_files, nesting, probe
 
 # the module, not the builder function of the same name that segkeras.models exports
 library = importlib.import_module("segkeras.models.hourglass")
@@ -25,12 +30,33 @@ LAB = Lab("04_stacked_hourglass",
 start, use, guard, total = LAB.start, LAB.use, LAB.guard, LAB.total
 
 _SIZE, _FILTERS, _DEPTHS = 16, 8, (1, 2, 3, 4)
-_NUM_CLASSES, _NUM_STACKS = 4, 3  # three stacks, so that an answer written for two fails
+_NUM_CLASSES = 4
+_LOSS_STACKS = 3  # three stacks, so that an answer written for two fails
+_FINAL_STACKS = 10  # ten: model.output_names sorts "stack_10" before "stack_2"
+_STACK_WEIGHT = 1.0  # the lab's (and the paper's) weight of every stack's loss
 
 
 def _library_stack_losses(model: keras.Model) -> tuple[dict, dict]:
     """The fallback of ``stack_losses``: segkeras' default loss and weight 1 for every output."""
     return train.per_output(model, train.default_loss()), train.per_output(model, 1.0)
+
+
+# --- exercise 1: the recursive hourglass module ------------------------------------------------
+
+@probe
+def _probe_module(module: Callable, depth: int) -> dict:
+    """Probe: the answer on a symbolic (16, 16, 8) input as a model, and the deepest nesting of
+    any one function of the answer's source meanwhile (its recursion depth)."""
+    inputs = keras.Input((_SIZE, _SIZE, _FILTERS), name="features")
+    output, nested = nesting(answer_files(module),
+                             lambda: module(inputs, depth, _FILTERS, f"check{depth}"))
+    return {"model": None if output is None else answer_model(inputs, output), "nesting": nested}
+
+
+def _one_residual_parameters() -> int:
+    """The parameters of the lab's residual module with ``filters`` channels in and out."""
+    inputs = keras.Input((_SIZE, _SIZE, _FILTERS), name="features")
+    return keras.Model(inputs, library._residual(inputs, _FILTERS, "one")).count_params()
 
 
 def _max_pool(x: np.ndarray) -> np.ndarray:
@@ -73,60 +99,40 @@ def _expected_residuals_per_size(depth: int) -> dict[int, int]:
     return {_SIZE: 1, **{_SIZE // 2**level: 3 for level in range(1, depth + 1)}}
 
 
-def _build_counting_calls(module: Callable, inputs, depth: int):
-    """``module(inputs, depth, ...)`` and how many times the module's own code ran (itself
-    included): a recursive hourglass of depth d runs d times, a loop once."""
-    code = getattr(module, "__code__", None)
-    calls = []
-
-    def profile(frame, event, arg):
-        if event == "call" and frame.f_code is code:
-            calls.append(frame.f_locals.get("depth"))
-
-    previous = sys.getprofile()
-    sys.setprofile(profile)
-    try:
-        output = module(inputs, depth, _FILTERS, f"check{depth}")
-    finally:
-        sys.setprofile(previous)
-    return output, (len(calls) if code is not None else depth)
-
-
-@LAB.check("hourglass_module", fallback=library.hourglass_module)
-@forbid(library.hourglass_module)
+@LAB.check("hourglass_module", forbid=[library.hourglass_module],
+           fallback=library.hourglass_module, timeout=60)
 @in_float32
-def hourglass_module(module: Callable, residual: Callable | None = None) -> None:
-    """``module(x, depth, filters, name)`` for depths 1..4: recursive; the output has the input's
-    shape and is a sum, not a concatenation; it pools ``depth`` times, holds ``3 * depth + 1``
-    residual modules at the paper's resolutions and, with every residual an identity, computes
+def hourglass_module(module: Answer) -> None:
+    """``module(x, depth, filters, name)`` for depths 1..4: recursive (a function of the answer
+    nests ``depth`` calls); the output has the input's shape and is a sum, not a concatenation;
+    it pools ``depth`` times, holds ``3 * depth + 1`` residual modules at the paper's resolutions
+    and, with every residual an identity, computes
     ``x + nearest_upsample(module(max_pool(x), depth - 1))``."""
-    residual = residual or library._residual
-    inputs = keras.Input((_SIZE, _SIZE, _FILTERS), name="features")
-    one_residual = keras.Model(inputs, residual(inputs, _FILTERS, "one")).count_params()
-    x = np.random.default_rng(0).normal(size=(2, _SIZE, _SIZE, _FILTERS)).astype("float32")
+    one_residual = _one_residual_parameters()
+    x = module.rng.normal(size=(2, _SIZE, _SIZE, _FILTERS)).astype("float32")
     for depth in _DEPTHS:
-        inputs = keras.Input((_SIZE, _SIZE, _FILTERS), name="features")
-        output, calls = _build_counting_calls(module, inputs, depth)
-        require(output is not None, "hourglass_module returns nothing: return the sum at the end.")
-        model = keras.Model(inputs, output)
+        built = module.probe(_probe_module, depth)
+        model = built["model"]
+        require(model is not None, "hourglass_module returns nothing: return the sum at the end.")
         require(not any(type(op).__name__ == "Concatenate" for op in model.operations),
                 "The hourglass adds the full-resolution branch to the upsampled lower one "
                 "(layers.Add()): it does not concatenate them as U-Net does.")
-        require(tuple(output.shape) == tuple(inputs.shape),
-                f"depth={depth}: the output should have the input's shape "
-                f"{tuple(inputs.shape)[1:]}, got {tuple(output.shape)[1:]}: upsample back after "
-                "pooling, keep `filters` channels and add the two branches.")
+        input_shape, output_shape = tuple(model.input.shape), tuple(model.output.shape)
+        require(output_shape == input_shape,
+                f"depth={depth}: the output should have the input's shape {input_shape[1:]}, "
+                f"got {output_shape[1:]}: upsample back after pooling, keep `filters` channels "
+                "and add the two branches.")
         smallest = _SIZE // 2**depth
         lowest = min(_spatial_sizes(model))
         require(lowest == smallest,
                 f"depth={depth} should pool {depth} time(s), down to {smallest}x{smallest} from "
                 f"{_SIZE}x{_SIZE}; yours goes down to {lowest}x{lowest}. Recurse with depth - 1 "
                 "and use a residual instead of recursing when depth == 1.")
-        require(calls == depth,
+        require(built["nesting"] >= depth,
                 f"The hourglass is recursive: a depth-{depth} hourglass_module calls "
                 f"hourglass_module(low, depth - 1, filters, name) inside, down to depth 1 "
-                f"({depth} calls in all); yours ran {calls} time(s). Write the recursion, not a "
-                "loop.")
+                f"({depth} calls nested in one another); your code nests at most "
+                f"{built['nesting']} call(s) of one function. Write the recursion, not a loop.")
         residuals, remainder = divmod(model.count_params(), one_residual)
         expected = 3 * depth + 1
         require(remainder == 0 and residuals == expected,
@@ -148,6 +154,70 @@ def hourglass_module(module: Callable, residual: Callable | None = None) -> None
                       "upsampling x2, then add the full-resolution branch", atol=1e-3)
 
 
+# --- exercise 2: intermediate supervision ------------------------------------------------------
+
+def _stacked_model(num_stacks: int) -> keras.Model:
+    """A small model shaped like a stacked hourglass: one output per stack, ``{"stack_1": ...,
+    "stack_N": ...}`` made by the layers of the same names, each stack refining the previous."""
+    image = keras.Input((_SIZE, _SIZE, 3), name="image")
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="scale")(image)
+    outputs = {}
+    for name in library.output_names(num_stacks):
+        x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name=f"{name}_hg")(x)
+        outputs[name] = keras.layers.Conv2D(_NUM_CLASSES, 1, name=name)(x)
+    return keras.Model(image, outputs, name=f"hourglass{num_stacks}")
+
+
+def _batch(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    images = rng.uniform(0, 255, (2, _SIZE, _SIZE, 3)).astype("float32")
+    masks = rng.integers(0, _NUM_CLASSES, (2, _SIZE, _SIZE)).astype("int32")
+    masks[0, : int(rng.integers(2, 6))] = IGNORE_LABEL
+    return images, masks
+
+
+def _number(value) -> float | None:
+    try:
+        return float(keras.ops.convert_to_numpy(value))
+    except Exception:  # not a number: the judge says what it expected
+        return None
+
+
+@probe
+def _probe_stack_losses(stack_losses: Callable, images: np.ndarray, masks: np.ndarray,
+                        logits: np.ndarray) -> dict:
+    """Probe: a 3-stack model, the answer's dicts for it, each loss on (masks, logits) and the
+    model's logged losses when compiled with them and evaluated on (images, masks) (Keras'
+    compiled step, as in training)."""
+    model = _stacked_model(_LOSS_STACKS)
+    answer = stack_losses(model)
+    report = {"answer": type(answer).__name__, "output_names": list(model.output_names)}
+    if not (isinstance(answer, tuple) and len(answer) == 2):
+        return report
+    losses, weights = answer
+    report["losses"] = sorted(losses) if isinstance(losses, dict) else type(losses).__name__
+    report["weights"] = ({str(name): _number(weight) for name, weight in weights.items()}
+                         if isinstance(weights, dict) else type(weights).__name__)
+    names = sorted(model.output_names)
+    if not (isinstance(weights, dict) and report["losses"] == sorted(report["weights"]) == names):
+        return report
+    values = {}
+    for name in model.output_names:
+        try:
+            values[name] = _number(losses[name](masks, logits))
+        except Exception:  # TensorFlow rejects the label 255 unless the loss ignores it
+            values[name] = None
+    report["loss_values"] = values
+    if None in values.values() or None in report["weights"].values():
+        return report
+    model.compile(optimizer="sgd", loss=losses, loss_weights=weights)
+    targets = {name: masks for name in model.output_names}
+    report["logged"] = model.evaluate(images, targets, batch_size=len(images), verbose=0,
+                                      return_dict=True)["loss"]
+    outputs = model.predict(images, batch_size=len(images), verbose=0)
+    report["outputs"] = {name: np.asarray(value) for name, value in outputs.items()}
+    return report
+
+
 def _sparse_cross_entropy(masks: np.ndarray, logits: np.ndarray) -> float:
     """Mean over non-ignored pixels of -log softmax(logits)[label]."""
     logits = logits.astype("float64")
@@ -158,83 +228,97 @@ def _sparse_cross_entropy(masks: np.ndarray, logits: np.ndarray) -> float:
     return float(-np.take_along_axis(log_probs, labels, axis=-1)[..., 0][valid].mean())
 
 
-def _small_hourglass(num_stacks: int = _NUM_STACKS) -> keras.Model:
-    return library.hourglass(_NUM_CLASSES, num_stacks=num_stacks, depth=1, filters=8,
-                             input_shape=(16, 16, 3))
-
-
-def _batch(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    images = rng.uniform(0, 255, (2, 16, 16, 3)).astype("float32")
-    masks = rng.integers(0, _NUM_CLASSES, (2, 16, 16)).astype("int32")
-    masks[0, :4] = IGNORE_LABEL
-    return images, masks
-
-
-@LAB.check("intermediate_supervision", fallback=_library_stack_losses)
-@forbid(train.per_output, train.default_loss)
+@LAB.check("intermediate_supervision", forbid=[train.per_output, train.default_loss],
+           fallback=_library_stack_losses)
 @in_float32
-def intermediate_supervision(stack_losses: Callable) -> None:
+def intermediate_supervision(stack_losses: Answer) -> None:
     """``stack_losses(model) -> (losses, loss_weights)``: dicts keyed by the output names, a
-    sparse cross-entropy on logits ignoring 255 and a positive weight for every stack."""
-    model = _small_hourglass()
-    answer = stack_losses(model)
-    require(isinstance(answer, tuple) and len(answer) == 2,
+    sparse cross-entropy on logits ignoring 255 and weight 1.0 for every stack."""
+    images, masks = _batch(stack_losses.rng)
+    logits = stack_losses.rng.normal(size=(*masks.shape, _NUM_CLASSES)).astype("float32")
+    report = stack_losses.probe(_probe_stack_losses, images, masks, logits)
+    require(report["answer"] == "tuple" and "losses" in report,
             "Return a pair (losses, loss_weights) of dicts.")
-    losses, weights = answer
-    names = sorted(model.output_names)
-    for label, value in (("losses", losses), ("loss_weights", weights)):
-        require(isinstance(value, dict) and sorted(value) == names,
+    names = sorted(report["output_names"])
+    for label, value in (("losses", report["losses"]), ("loss_weights", report["weights"])):
+        keys = sorted(value) if isinstance(value, dict) else value  # else: the type's name
+        require(keys == names,
                 f"{label} must be a dict with one entry per model output, keyed by "
-                f"model.output_names ({', '.join(names)} for a {_NUM_STACKS}-stack model); got "
-                f"{sorted(value) if isinstance(value, dict) else type(value).__name__}.")
-    require(all(float(weight) > 0 for weight in weights.values()),
-            "Every stack needs a positive loss weight: intermediate supervision trains each "
-            f"stack on its own prediction; got {weights}.")
-
-    images, masks = _batch()
-    logits = np.random.default_rng(1).normal(size=(2, 16, 16, _NUM_CLASSES)).astype("float32")
+                f"model.output_names ({', '.join(names)} for a {_LOSS_STACKS}-stack model); got "
+                f"{keys}.")
+    weights = report["weights"]
+    require(all(weights[name] == _STACK_WEIGHT for name in names),
+            f"Every stack's loss gets weight {_STACK_WEIGHT}, as in the paper: intermediate "
+            "supervision trains each stack on its own prediction as much as the last one (a "
+            f"tiny or zero weight turns it off); got {weights}.")
     expected = _sparse_cross_entropy(masks, logits)
     for name in names:
-        try:
-            value = float(keras.ops.convert_to_numpy(losses[name](masks, logits)))
-        except Exception:  # TensorFlow rejects the label 255 unless the loss ignores it
-            value = float("nan")
-        require(abs(value - expected) < 1e-3,
-                f"The loss of {name} gives {value:.4f} where sparse categorical cross-entropy "
-                f"on logits ignoring pixels labelled {IGNORE_LABEL} gives {expected:.4f}: use "
-                f"from_logits=True (the model outputs logits) and ignore_class={IGNORE_LABEL}.")
-
-    model.compile(optimizer="sgd", loss=losses, loss_weights=weights)
-    outputs = model(images, training=False)
-    total = sum(float(weights[name]) * _sparse_cross_entropy(
-        masks, keras.ops.convert_to_numpy(outputs[name])) for name in names)
-    logged = float(keras.ops.convert_to_numpy(model.compute_loss(
-        images, {name: masks for name in names}, outputs, training=False)))
-    require(abs(logged - total) < 1e-3 * max(1.0, total),
-            f"Compiled with your dicts the model's loss is {logged:.4f}, expected the weighted "
-            f"sum of the stacks' losses {total:.4f}.")
+        value = report["loss_values"][name]
+        require(value is not None and abs(value - expected) < 1e-3,
+                f"The loss of {name} gives "
+                f"{'an error' if value is None else format(value, '.4f')} where sparse "
+                f"categorical cross-entropy on logits ignoring pixels labelled {IGNORE_LABEL} "
+                f"gives {expected:.4f}: use from_logits=True (the model outputs logits) and "
+                f"ignore_class={IGNORE_LABEL}.")
+    total = sum(weights[name] * _sparse_cross_entropy(masks, report["outputs"][name])
+                for name in names)
+    require(abs(report["logged"] - total) < 1e-3 * max(1.0, total),
+            f"Compiled with your dicts the model's loss is {report['logged']:.4f}, expected the "
+            f"weighted sum of the stacks' losses {total:.4f}.")
 
 
-@LAB.check("final_stack", fallback=library.final_stack_model)
-@forbid(library.final_stack_model)
+# --- exercise 3: the inference model -----------------------------------------------------------
+
+@probe
+def _probe_final_stack(make_final: Callable, images: np.ndarray) -> dict:
+    """Probe: the answer's inference model of a 10-stack model: its output count, whether it
+    shares the model's weights, its prediction and every stack's on ``images``."""
+    model = _stacked_model(_FINAL_STACKS)
+    final = make_final(model)
+    if not isinstance(final, keras.Model):
+        return {"model": type(final).__name__}
+    own = {id(weight) for weight in model.weights}
+    outputs = keras.tree.flatten(final.outputs)
+    report = {"model": "Model", "outputs": len(outputs),
+              "shares": all(id(weight) in own for weight in final.weights)}
+    if len(outputs) == 1:
+        prediction = keras.tree.flatten(final(images, training=False))[0]
+        report["prediction"] = keras.ops.convert_to_numpy(prediction)
+        report["stacks"] = {name: keras.ops.convert_to_numpy(value)
+                            for name, value in model(images, training=False).items()}
+    return report
+
+
+@LAB.check("final_stack", forbid=[library.final_stack_model], fallback=library.final_stack_model)
 @in_float32
-def final_stack(make_final: Callable) -> None:
+def final_stack(make_final: Answer) -> None:
     """``make_final(model)``: a model with one output, the last stack's logits, sharing the
     trained model's layers and weights."""
-    model = _small_hourglass()
-    final = make_final(model)
-    require(isinstance(final, keras.Model), "Return a keras.Model (keras.Model(inputs, output)).")
-    outputs = keras.tree.flatten(final.outputs)
-    require(len(outputs) == 1,
-            f"The inference model should have one output (the last stack), it has {len(outputs)}.")
-    own = {id(weight) for weight in model.weights}
-    require(all(id(weight) in own for weight in final.weights),
+    images, _ = _batch(make_final.rng)
+    report = make_final.probe(_probe_final_stack, images)
+    require(report["model"] == "Model",
+            f"Return a keras.Model (keras.Model(inputs, output)), not a {report['model']}.")
+    require(report["outputs"] == 1,
+            f"The inference model should have one output (the last stack), it has "
+            f"{report['outputs']}.")
+    require(report["shares"],
             "The inference model has weights of its own: build it from the trained model's "
             "input and last output tensor (no new layers), so it shares the trained weights.")
-    images, _ = _batch()
-    expected = keras.ops.convert_to_numpy(model(images, training=False)[f"stack_{_NUM_STACKS}"])
-    actual = keras.tree.flatten(final(images, training=False))[0]
-    require_close(keras.ops.convert_to_numpy(actual), expected,
-                  f"The output should be the last stack's logits (stack_{_NUM_STACKS} of a "
-                  f"{_NUM_STACKS}-stack model), the most refined prediction")
+    last = f"stack_{_FINAL_STACKS}"
+    chosen = [name for name, value in report["stacks"].items()
+              if value.shape == report["prediction"].shape
+              and np.allclose(value, report["prediction"], atol=1e-4)]
+    alphabetical = sorted(report["stacks"])[-1]  # stack_9
+    require(last in chosen or alphabetical not in chosen,
+            f"Your model outputs {alphabetical} of a {_FINAL_STACKS}-stack model: "
+            "model.output_names is in alphabetical order (stack_10 before stack_2), so neither "
+            f"its last name nor max() is the last stack; the last is {last}: "
+            "stack_<number of stacks>.")
+    require_close(report["prediction"], report["stacks"][last],
+                  f"The output should be the last stack's logits ({last} of a "
+                  f"{_FINAL_STACKS}-stack model), the most refined prediction")
+
+
+PRIVATE = (_library_stack_losses, _identity_hourglass, _max_pool, _nearest_upsample,
+           _expected_residuals_per_size, _sparse_cross_entropy)
+"""The references of this module's judges: refused if a student's code calls them."""

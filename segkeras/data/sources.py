@@ -1,7 +1,8 @@
 """One way to name a dataset, shared by the CLI (``--data``) and the labs (``DATA`` /
 ``SEGKERAS_DATA``).
 
-A source is ``"shapes"`` (built-in synthetic, no download), ``"pets"`` (Oxford-IIIT Pet, downloaded
+A source is ``"shapes"`` (built-in synthetic, no download), ``"sample"`` (32 shapes images shipped
+in the package as a COCO-format folder), ``"pets"`` (Oxford-IIIT Pet, downloaded
 on first use) or ``"pets:FOLDER"`` (Pet files already extracted in FOLDER), the path of a
 COCO-format folder holding ``annotations.json`` and ``images/``, or
 ``"coco:ANNOTATIONS.json:IMAGE_DIR"`` for COCO files laid out otherwise (e.g. the official val2017).
@@ -16,7 +17,8 @@ import os
 from segkeras.data.core import SegmentationData
 from segkeras.errors import DataUnavailableError, SegkerasError
 
-SOURCES_HELP = ("shapes (built-in synthetic), pets (Oxford-IIIT Pet) or pets:FOLDER, a "
+SOURCES_HELP = ("shapes (built-in synthetic), sample (32 shipped COCO-format shapes images), "
+                "pets (Oxford-IIIT Pet) or pets:FOLDER, a "
                 "COCO-format folder with annotations.json and images/, or "
                 "coco:ANNOTATIONS.json:IMAGE_DIR")
 
@@ -60,6 +62,10 @@ def load(
         from segkeras.data import coco
 
         return coco.load(*parse_coco_spec(source), limit=n)
+    if source == "sample":
+        from segkeras import resources
+
+        source = resources.path("sample")
     folder = os.fspath(source)
     annotations = os.path.join(folder, "annotations.json")
     if os.path.isfile(annotations):

@@ -112,7 +112,8 @@ def mask_ap(
 
 def _coco_ap(images: list, truths: list, categories: set, results: list,
              iou_type: str) -> dict[str, float]:
-    """``{"AP", "AP50", "AP75"}`` of ``results`` by ``COCOeval(iouType=iou_type)``."""
+    """``{"AP", "AP50", "AP75"}`` of ``results`` by ``COCOeval(iouType=iou_type)``; NaN where
+    COCO says -1 (undefined)."""
     if not results:
         return {"AP": 0.0, "AP50": 0.0, "AP75": 0.0}
     with contextlib.redirect_stdout(io.StringIO()):
@@ -124,7 +125,9 @@ def _coco_ap(images: list, truths: list, categories: set, results: list,
         evaluation.evaluate()
         evaluation.accumulate()
         evaluation.summarize()
-    ap, ap50, ap75 = (max(float(value), 0.0) for value in evaluation.stats[:3])
+    # COCO's -1 means "undefined" (nothing to score at that setting): NaN, never a score of 0
+    ap, ap50, ap75 = (float("nan") if value < 0 else float(value)
+                      for value in evaluation.stats[:3])
     return {"AP": ap, "AP50": ap50, "AP75": ap75}
 
 
@@ -149,7 +152,8 @@ def detection_ap(
             (what :func:`segkeras.models.mask_rcnn.predict_instances` returns).
 
     Returns:
-        ``{"box": {"AP", "AP50", "AP75"}, "mask": {...}}``, fractions in [0, 1]. Ground-truth
+        ``{"box": {"AP", "AP50", "AP75"}, "mask": {...}}``, fractions in [0, 1], or NaN where
+        COCO's evaluation says -1 (undefined: nothing to score there), never 0. Ground-truth
         boxes are the tight boxes of the ground-truth masks (COCO's convention).
 
     Raises SegkerasError when the lists differ in length, arrays disagree in length or size, or

@@ -37,8 +37,11 @@ def keras_input(spec) -> keras.KerasTensor:
 
 
 def _is_spec(value) -> bool:
+    """A ``(shape, dtype, name)`` spec (dtype and name optional): it starts with a shape, a
+    tuple of ints or None; a list of specs starts with a spec instead."""
     return isinstance(value, (tuple, list)) and len(value) in (1, 2, 3) \
-        and isinstance(value[0], (tuple, list))
+        and isinstance(value[0], (tuple, list)) \
+        and all(side is None or isinstance(side, int) for side in value[0])
 
 
 def _inputs(specs):

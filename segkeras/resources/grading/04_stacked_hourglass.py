@@ -25,4 +25,14 @@ BATCH = 8
 EPOCHS = 1 if QUICK else 15
 LEARNING_RATE = 0.005
 
+def residual(x, filters: int, name: str):
+    """Newell et al.'s bottleneck residual module: BN-ReLU-conv 1x1 (filters/2), 3x3 (filters/2),
+    1x1 (filters), plus the input."""
+    shortcut = x if x.shape[-1] == filters else layers.Conv2D(filters, 1, name=f'{name}_skip')(x)
+    for i, (width, kernel) in enumerate(((filters // 2, 1), (filters // 2, 3), (filters, 1)), 1):
+        x = layers.BatchNormalization(name=f'{name}_bn{i}')(x)
+        x = layers.ReLU(name=f'{name}_relu{i}')(x)
+        x = layers.Conv2D(width, kernel, padding='same', name=f'{name}_conv{i}')(x)
+    return layers.Add(name=f'{name}_add')([shortcut, x])
+
 width = 0.8 / NUM_STACKS
