@@ -284,7 +284,8 @@ def mask_rcnn(num_classes: int, backbone: str = "resnet50", weights: str | None 
         backbone: a name from ``segkeras.backbones.available()``.
         weights: encoder weights, ``"imagenet"``, ``None`` (random) or a file.
         input_shape: fixed ``(H, W, 3)``, multiples of 32 (the anchors are laid out for it);
-            :func:`~segkeras.models.mask_rcnn.inference.predict_instances` resizes images to it.
+            :func:`~segkeras.models.mask_rcnn.inference.predict_instances` fits images of any
+            size inside it (aspect ratio kept, padded) and maps results back.
         encoder_trainable: fine-tune the encoder with the heads (a random one trains its
             BatchNorm too) or keep it frozen.
         anchor_sizes: anchor sides in input pixels (each with ratios 1:2, 1:1, 2:1 by default),
