@@ -379,3 +379,20 @@ def test_negative_model_input_size_gets_a_suggestion():
     with pytest.raises(SegkerasError, match=r"H=-64 is not a positive multiple of the encoder "
                                             r"stride 32; use 64 \(or None"):
         check_input_shape((-64, 64, 3))
+
+
+def test_a_float_tiff_in_0_1_is_read_as_its_picture_not_black(tmp_path):
+    """A 32-bit float TIFF (PIL mode "F") in [0, 1] is scaled to 0..255; one in [0, 255] is kept;
+    NaN or out-of-range values are refused in one line (issue 24: it read as black)."""
+    ramp = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    Image.fromarray(ramp, mode="F").save(tmp_path / "unit.tif")
+    Image.fromarray(ramp * 255, mode="F").save(tmp_path / "wide.tif")
+    expected = np.repeat(np.round(ramp * 255).astype(np.uint8)[..., None], 3, axis=-1)
+    np.testing.assert_array_equal(read_rgb(tmp_path / "unit.tif"), expected)
+    np.testing.assert_array_equal(read_rgb(tmp_path / "wide.tif"), expected)
+    Image.fromarray(np.full((8, 8), np.nan, np.float32), mode="F").save(tmp_path / "nan.tif")
+    Image.fromarray(np.full((8, 8), 300.0, np.float32), mode="F").save(tmp_path / "hot.tif")
+    with pytest.raises(SegkerasError, match="NaN or infinite"):
+        read_rgb(tmp_path / "nan.tif")
+    with pytest.raises(SegkerasError, match="rescale it"):
+        read_rgb(tmp_path / "hot.tif")

@@ -152,3 +152,22 @@ def test_values_that_would_poison_a_loss_are_refused_up_front(spoil, message):
     spoil(data)
     with pytest.raises(SegkerasError, match=message):
         mask_rcnn_dataset(data, SIZE)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("fewer boxes than masks", "2 masks, 1 boxes and 2 class ids"),
+    ("masks of another size", "is 64x64 but its masks are 32x32"),
+    ("fractional class ids", "whole numbers"),
+])
+def test_instances_that_do_not_fit_their_image_are_refused(case, message):
+    """Objects are never silently dropped, stretched or truncated (issue 24)."""
+    data = dataset_of([[(4, 4, 20, 20), (30, 30, 50, 50)]])
+    objects = data.instances[0]
+    if case == "fewer boxes than masks":
+        objects.boxes = objects.boxes[:1]
+    elif case == "masks of another size":
+        objects.masks = objects.masks[:, :32, :32]
+    else:
+        objects.class_ids = np.array([1.0, 1.5], np.float32)
+    with pytest.raises(SegkerasError, match=message):
+        mask_rcnn_dataset(data, SIZE, batch_size=1)

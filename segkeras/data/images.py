@@ -102,11 +102,14 @@ def check_images(images, what: str = "Image") -> list[np.ndarray]:
 
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
     """The file's pixels as HxWx3 uint8 RGB, whatever its real format (PNG behind a .jpg name,
-    grayscale, RGBA, CMYK, palette, 16-bit grayscale scaled to 8 bits: 65535 -> 255).
-    Raises FileNotFoundError or SegkerasError naming the path."""
+    grayscale, RGBA, CMYK, palette, 16-bit grayscale scaled to 8 bits: 65535 -> 255; 32-bit
+    float grayscale (TIFF) in [0, 1] scaled to 0..255, in [0, 255] kept). Raises
+    FileNotFoundError or SegkerasError naming the path."""
     with _open(path) as image:
         if image.mode in _WIDE_GRAY_MODES:
             return to_rgb(_to_8_bits(np.asarray(image), path))
+        if image.mode == "F":  # PIL's convert("RGB") would clip [0, 1] floats to black
+            return to_rgb(_float_to_8_bits(np.asarray(image), path))
         return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
@@ -116,6 +119,18 @@ def _to_8_bits(gray: np.ndarray, path) -> np.ndarray:
         raise SegkerasError(f"{path} has pixel values outside 0..65535; save it as an 8-bit "
                             "or 16-bit image")
     return np.round(gray.astype(np.float64) * (255 / 65535)).astype(np.uint8)
+
+
+def _float_to_8_bits(gray: np.ndarray, path) -> np.ndarray:
+    """Float gray levels as 8-bit: values in [0, 1] are scaled by 255, values in [0, 255] kept."""
+    if not np.isfinite(gray).all():
+        raise SegkerasError(f"{path} has NaN or infinite pixels; save it without them")
+    low, high = float(gray.min(initial=0)), float(gray.max(initial=0))
+    if low < 0 or high > 255:
+        raise SegkerasError(f"{path} has float pixels in [{low:.3g}, {high:.3g}]; segkeras reads "
+                            "float images in [0, 1] or [0, 255]: rescale it")
+    scale = 255.0 if high <= 1.0 else 1.0
+    return np.round(gray.astype(np.float64) * scale).astype(np.uint8)
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:

@@ -51,8 +51,12 @@ def resize_instances(instances: Instances, size: tuple[int, int]) -> Instances:
 
 
 def check_class_ids(class_ids: np.ndarray, num_classes: int, where: str) -> np.ndarray:
-    """Class ids must be ints in ``1..num_classes-1`` (0 is the background)."""
+    """Class ids must be whole numbers in ``1..num_classes-1`` (0 is the background)."""
     class_ids = np.asarray(class_ids)
+    if class_ids.size and not np.issubdtype(class_ids.dtype, np.integer) \
+            and not (np.isfinite(class_ids).all() and (class_ids == np.round(class_ids)).all()):
+        raise SegkerasError(f"{where} has class ids {class_ids.tolist()}: class ids are whole "
+                            "numbers (1, 2, ...), not fractions; fix the labels.")
     if class_ids.size and (class_ids.min() < 1 or class_ids.max() >= num_classes):
         bad = class_ids.min() if class_ids.min() < 1 else class_ids.max()
         raise SegkerasError(

@@ -25,7 +25,9 @@ def mask_rcnn_dataset(data: SegmentationData, image_size: int | tuple[int, int] 
     Bad ground truth is handled before any training step, so that no NaN reaches a loss:
 
     - refused (SegkerasError): NaN, infinite or out-of-range pixels, NaN or infinite box
-      coordinates, boxes with ``x2 < x1`` or ``y2 < y1``, class ids outside ``1..C-1``;
+      coordinates, boxes with ``x2 < x1`` or ``y2 < y1``, class ids outside ``1..C-1`` or not
+      whole numbers, masks whose size is not the image's, and objects whose masks, boxes and
+      class ids are not equally many;
     - clipped: boxes reaching outside the image (the part inside is kept);
     - dropped with a warning: boxes without area inside the image (zero width or height, or
       entirely outside it);
@@ -60,9 +62,24 @@ def _objects_with_area(data: SegmentationData) -> list[int]:
     for boxes that are not finite ``x1, y1, x2, y2``)."""
     counts = []
     for i, (image, objects) in enumerate(zip(data.images, data.instances, strict=True)):
+        _check_shapes(f"Image {i}", np.shape(image)[:2], objects)
         try:
             _, valid = clip_boxes(objects.boxes, *np.shape(image)[:2])
         except SegkerasError as error:
             raise SegkerasError(f"Image {i}: {error}") from error
         counts.append(int(valid.sum()))
     return counts
+
+
+def _check_shapes(where: str, size: tuple[int, int], objects) -> None:
+    """One mask, one box and one class id per object, the masks at the image's own size: a
+    mismatch would silently drop objects or stretch masks over the wrong pixels."""
+    masks, boxes = np.asarray(objects.masks), np.asarray(objects.boxes)
+    counts = (len(masks), len(boxes), len(np.asarray(objects.class_ids)))
+    if len(set(counts)) != 1:
+        raise SegkerasError(f"{where} has {counts[0]} masks, {counts[1]} boxes and {counts[2]} "
+                            "class ids: give one of each per object.")
+    if counts[0] and (masks.ndim != 3 or masks.shape[1:] != tuple(size)):
+        raise SegkerasError(f"{where} is {size[0]}x{size[1]} but its masks are "
+                            f"{'x'.join(map(str, masks.shape[1:]))}: each object's mask covers "
+                            "the whole image (N, H, W), at the image's size.")
