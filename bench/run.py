@@ -37,12 +37,14 @@ import s5_roi_align  # noqa: E402
 import s6_flops  # noqa: E402
 import s7_demo  # noqa: E402
 import s8_mask_rcnn  # noqa: E402
+import s9_grading  # noqa: E402
 
 SECTIONS = {"throughput": s1_throughput, "versus": s2_versus, "pipeline": s3_pipeline,
             "scaling": s4_scaling, "roi_align": s5_roi_align, "flops": s6_flops,
-            "demo": s7_demo}
+            "demo": s7_demo, "grading": s9_grading}
 """The sections this script measures, by the name ``--sections`` takes, in the report's order."""
-MEASURE_ORDER = ("demo", "throughput", "versus", "scaling", "roi_align", "pipeline", "flops")
+MEASURE_ORDER = ("demo", "throughput", "versus", "scaling", "roi_align", "pipeline", "flops",
+                 "grading")
 """Pipeline and FLOPs read section 1's stored result, so they come after it."""
 NOTES_MARKER = "<!-- hand-written notes below are kept by bench/run.py -->"
 
@@ -106,14 +108,11 @@ def _mask_rcnn_section() -> tuple[str, list[str] | None]:
 
 def write_report(last_run: str) -> None:
     """BENCHMARKS.md from the stored results: header, summary table, sections, kept notes."""
-    sections, rows = [], []
-    for name, module in SECTIONS.items():
-        text, row = _section(module, common.load_results(name))
-        sections.append(text)
-        rows.append(row)
-    text, row = _mask_rcnn_section()
-    sections.append(text)
-    rows.append(row)
+    numbered = [(int(module.TITLE.split(".")[0]), _section(module, common.load_results(name)))
+                 for name, module in SECTIONS.items()]
+    numbered.append((int(s8_mask_rcnn.TITLE.split(".")[0]), _mask_rcnn_section()))
+    ordered = [section for _, section in sorted(numbered, key=lambda item: item[0])]
+    sections, rows = [text for text, _ in ordered], [row for _, row in ordered]
     summary = common.table(["section", "headline", "compared with", "measured"],
                            [row for row in rows if row])
     header = (f"# Benchmarks\n\nMachine: {common.machine()}\n\n{last_run}\n\n"

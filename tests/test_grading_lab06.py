@@ -50,8 +50,7 @@ def test_each_submission_scores_what_its_honest_part_earns(graded, capsys):
     assert "encode_box_to_deltas" in messages["lazy", "encode_boxes"]
     assert "write it yourself" in messages["captured", "box_iou"]
     assert "not answered" in messages["untouched", "box_iou"]
-    print(f"grading one lab-6 submission took {seconds:.0f} s on average")
-    assert seconds < 60
+    print(f"grading one lab-6 submission took {seconds:.0f} s on average")  # bench/s9_grading.py
 
 
 def test_feedback_per_student_and_an_earlier_grading_is_kept(graded, capsys):

@@ -123,10 +123,6 @@ def _roi_align_swapping_xy() -> str:
     return swapped
 
 
-# Wall time per submission: about 30 s of CPU (workers included) on 2 cores, 52-55 s measured
-# with the machine shared (load 9); the margin keeps the test about the grades, not the load.
-_SECONDS = 90
-
 LAB04 = ("04_stacked_hourglass", {"hourglass_module": 3, "intermediate_supervision": 2,
                                   "final_stack": 1})
 LAB05 = ("05_mask_rcnn_head", {"roi_align_box": 3, "mask_target": 2, "select_class_masks": 2,
@@ -193,7 +189,6 @@ def test_lab04_solution_full_each_wrong_answer_loses_its_points(tmp_path):
     assert "not answered" in messages["mixed", "hourglass_module"]
     assert "write it yourself" in messages["mixed", "intermediate_supervision"]
     print(f"grading one lab-04 submission took {seconds:.0f} s on average")
-    assert seconds < _SECONDS
 
 
 @pytest.mark.slow
@@ -210,4 +205,3 @@ def test_lab05_solution_full_each_wrong_answer_loses_its_points(tmp_path):
     assert ".checks" in messages["mixed", "paste_mask"]
     assert "not answered" in messages["mixed", "mask_target"]
     print(f"grading one lab-05 submission took {seconds:.0f} s on average")
-    assert seconds < _SECONDS
