@@ -666,7 +666,9 @@ def resumable_fit(model: keras.Model, data, checkpoints: str | os.PathLike, name
     done = len(run.history.epoch)
     if infinite and done:  # one iterator over all epochs: skip the batches already seen
         data = data.skip(done * steps)
-    if 0 < done < epochs:
+    if done >= epochs:
+        print(f"loaded the finished training from {path} (delete it to train again)")
+    elif done:
         print(f"resuming from {path}: {done} of {epochs} epochs were done")
     run.fit(model, data, 0, epochs, fit_arguments.pop("callbacks", None), **fit_arguments)
     history = keras.callbacks.History()

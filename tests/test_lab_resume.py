@@ -78,11 +78,12 @@ def test_a_cell_rerun_after_a_disconnect_reaches_the_uninterrupted_weights(tmp_p
     np.testing.assert_allclose(history.history["loss"], expected.history["loss"], rtol=1e-5)
 
 
-def test_a_finished_run_rerun_reloads_without_training(tmp_path):
+def test_a_finished_run_rerun_reloads_without_training(tmp_path, capsys):
     trained, expected = run(tmp_path)
     model = lab_model()
     history = train.resumable_fit(model, lab_data(), tmp_path, "lab", epochs=EPOCHS,
                                   callbacks=[DisconnectIn(epoch=0)], verbose=0)  # no batch runs
+    assert "loaded the finished training from" in capsys.readouterr().out
     assert_same_weights(trained, model)
     assert history.history == expected.history
 
