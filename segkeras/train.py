@@ -630,10 +630,18 @@ def _lab_plan(model: keras.Model, data, epochs: int, steps: int | None) -> tuple
     spec = getattr(data, "element_spec", None)
     key = {"epochs": epochs, "steps": steps, "batches": str(spec)}
     optimizer = getattr(model, "optimizer", None)
-    config = {} if optimizer is None else optimizer.get_config()
-    config.pop("name", None)  # adam, adam_1...: a counter, not a setting
-    plan = {**key, "weights": [list(w.shape) for w in model.weights], "optimizer": config}
-    return key, json.loads(json.dumps(plan, sort_keys=True, default=str))
+    plan = {**key, "weights": [list(w.shape) for w in model.weights],
+            "optimizer": None if optimizer is None else optimizer.get_config()}
+    return key, _without_names(json.loads(json.dumps(plan, sort_keys=True, default=str)))
+
+
+def _without_names(config):
+    """``config`` without its ``name`` entries (adam, adam_1...: a counter, not a setting)."""
+    if isinstance(config, dict):
+        return {k: _without_names(v) for k, v in config.items() if k != "name"}
+    if isinstance(config, list):
+        return [_without_names(v) for v in config]
+    return config
 
 
 def resumable_fit(model: keras.Model, data, checkpoints: str | os.PathLike, name: str,

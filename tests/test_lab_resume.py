@@ -111,3 +111,16 @@ def test_a_checkpoint_of_another_model_is_refused_in_one_line(tmp_path):
     with pytest.raises(SegkerasError, match=r"another model or optimizer; delete it") as error:
         train.resumable_fit(lab_model(width=8), lab_data(), tmp_path, "lab", epochs=EPOCHS)
     assert "\n" not in str(error.value)
+
+
+def test_a_wrapped_optimizer_of_another_name_is_the_same_setting(tmp_path):
+    """Mixed precision wraps the optimizer (LossScaleOptimizer); its inner name counts up."""
+    def wrapped():
+        model = lab_model()
+        model.compile(keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam(1e-2)),
+                      train.default_loss())
+        return model
+
+    train.resumable_fit(wrapped(), lab_data(), tmp_path, "lab", epochs=1, verbose=0)
+    keras.optimizers.Adam()  # the next one is adam_<n + 1>
+    train.resumable_fit(wrapped(), lab_data(), tmp_path, "lab", epochs=1, verbose=0)
