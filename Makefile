@@ -2,7 +2,7 @@
 # active Python environment first. Plain equivalents are in README.md.
 PYTHON ?= python
 PIP_INSTALL = $(PYTHON) -m pip install --quiet --disable-pip-version-check
-NOTEBOOK_ENV = SEGKERAS_QUICK=1 SEGKERAS_WEIGHTS=none
+NOTEBOOK_ENV = SEGKERAS_QUICK=1 SEGKERAS_WEIGHTS=none SEGKERAS_CHECKPOINTS=$$(mktemp -d)
 NBVAL = --nbval-lax --sanitize-with solutions/sanitize.cfg
 # pytest-xdist workers for `make test` (0: one process); tests/conftest.py keeps each notebook and
 # each module-scoped fixture's tests on one worker (--dist loadgroup).

@@ -30,7 +30,7 @@ mkdir "$work/run"
 cp -r pyproject.toml tests bench solutions "$work/run/"  # copies; they import the installed segkeras
 cd "$work/run"
 unset PYTHONPATH
-export SEGKERAS_QUICK=1 SEGKERAS_WEIGHTS=none KERAS_HOME=$work/keras_home
+export SEGKERAS_QUICK=1 SEGKERAS_WEIGHTS=none KERAS_HOME=$work/keras_home SEGKERAS_CHECKPOINTS=$work/checkpoints
 "$venv" - "$repo" <<'PY'
 import sys
 from pathlib import Path

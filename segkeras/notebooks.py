@@ -20,6 +20,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 from pathlib import Path
 
 import nbformat
@@ -160,7 +161,8 @@ def drop_native_logs(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
 
 
 def execute(path: Path, timeout: int = 3600) -> None:
-    """Run a solution notebook top to bottom in full mode and save it with its outputs."""
+    """Run a solution notebook top to bottom in full mode (training from scratch: checkpoints go to
+    a temporary folder) and save it with its outputs."""
     from nbclient import NotebookClient
 
     notebook = _read(path)
@@ -172,7 +174,9 @@ def execute(path: Path, timeout: int = 3600) -> None:
     os.environ.clear()
     os.environ.update(environment)  # the kernel inherits this process's environment
     try:
-        client.execute()
+        with tempfile.TemporaryDirectory() as checkpoints:  # trains from scratch, leaves none
+            os.environ["SEGKERAS_CHECKPOINTS"] = checkpoints
+            client.execute()
     finally:
         os.environ.clear()
         os.environ.update(old_environment)

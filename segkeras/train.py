@@ -621,3 +621,67 @@ def fit_two_stage(
                                keep_batchnorm_frozen=keep_batchnorm_frozen)
         run_stage(finetune_epochs, finetune_learning_rate, head_epochs)
     return run.finish(model)
+
+
+def _lab_plan(model: keras.Model, data, epochs: int, steps: int | None) -> tuple[dict, dict]:
+    """(key, plan) of a lab's training: the key (epochs, steps per epoch, batch shapes: quick and
+    full mode differ) names the checkpoint file; the plan adds what must also match to resume
+    (the model's weight shapes, the optimizer and its schedule)."""
+    spec = getattr(data, "element_spec", None)
+    key = {"epochs": epochs, "steps": steps, "batches": str(spec)}
+    optimizer = getattr(model, "optimizer", None)
+    plan = {**key, "weights": [list(w.shape) for w in model.weights],
+            "optimizer": None if optimizer is None else optimizer.get_config()}
+    return key, _without_names(json.loads(json.dumps(plan, sort_keys=True, default=str)))
+
+
+def _without_names(config):
+    """``config`` without its ``name`` entries (adam, adam_1...: a counter, not a setting)."""
+    if isinstance(config, dict):
+        return {k: _without_names(v) for k, v in config.items() if k != "name"}
+    if isinstance(config, list):
+        return [_without_names(v) for v in config]
+    return config
+
+
+def resumable_fit(model: keras.Model, data, checkpoints: str | os.PathLike, name: str,
+                  epochs: int, **fit_arguments) -> keras.callbacks.History:
+    """``model.fit(data, epochs=epochs, **fit_arguments)`` for a lab cell that survives a Colab
+    disconnect: a checkpoint in the folder ``checkpoints`` at every epoch end (weights, optimizer
+    state, history; :class:`EpochCheckpoint`), and re-run after an interruption, the finished
+    epochs are skipped and training continues from the last one with the same data order. A run
+    that finishes removes its checkpoint, so re-running the cell trains afresh: a student who
+    edited an answer never gets weights trained with the old one. The file is named by ``name``
+    and the run's shape
+    (epochs, steps, batch shapes), so quick and full mode never mix; one made with another model
+    or optimizer is refused. Returns the whole run's History (restored epochs included)."""
+    import hashlib
+    import re
+
+    fit_arguments.pop("shuffle", None)  # the datasets shuffle themselves; see ResumableRun.fit
+    steps = fit_arguments.get("steps_per_epoch") or steps_per_epoch(data)
+    key, plan = _lab_plan(model, data, epochs, steps)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
+    stem = re.sub(r"[^\w.-]+", "_", name)
+    path = os.path.join(os.fspath(checkpoints), f"{stem}-{digest}.npz")
+    resume = os.path.isfile(path)
+    if resume:
+        state, _, _ = load_checkpoint(path)
+        if state.get("plan") != plan:
+            raise SegkerasError(f"{path} was made with another model or optimizer; delete it "
+                                "(or set CHECKPOINTS to another folder) to train from scratch")
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    infinite = hasattr(data, "cardinality") and int(data.cardinality()) < 0
+    run = ResumableRun(path, plan, resume, None if infinite else data)
+    done = len(run.history.epoch)
+    if infinite and done:  # one iterator over all epochs: skip the batches already seen
+        data = data.skip(done * steps)
+    if done:
+        print(f"resuming from {path}: {done} of {epochs} epochs were done")
+    run.fit(model, data, 0, epochs, fit_arguments.pop("callbacks", None), **fit_arguments)
+    history = keras.callbacks.History()
+    history.history, history.epoch = run.finish(model).history, run.history.epoch
+    if os.path.exists(path):  # finished: nothing to resume
+        os.remove(path)
+    history.set_model(model)
+    return history

@@ -54,7 +54,7 @@ def test_lab_has_no_outputs_and_no_solutions(path):
 
 
 @pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name)
-def test_run_all_on_an_untouched_lab_reaches_the_end(path, monkeypatch):
+def test_run_all_on_an_untouched_lab_reaches_the_end(path, monkeypatch, tmp_path):
     """Every cell runs without an error: unanswered exercises print their hint in one line and
     the lab falls back to segkeras' functions; the score is 0 out of the lab's total."""
     from nbclient import NotebookClient
@@ -66,6 +66,7 @@ def test_run_all_on_an_untouched_lab_reaches_the_end(path, monkeypatch):
     monkeypatch.setenv("SEGKERAS_QUICK", "1")
     monkeypatch.setenv("SEGKERAS_WEIGHTS", "none")
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
+    monkeypatch.setenv("SEGKERAS_CHECKPOINTS", str(tmp_path))  # none left in labs/
     client = NotebookClient(lab, timeout=600, kernel_name="python3",
                             resources={"metadata": {"path": str(ROOT / "labs")}})
     client.execute()  # raises CellExecutionError on the first failing cell

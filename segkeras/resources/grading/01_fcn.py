@@ -5,6 +5,7 @@ import os
 QUICK = os.environ.get("SEGKERAS_QUICK", "0")          # 1 (or true, yes): CI / laptop CPU, tiny data, few steps
 WEIGHTS = None if os.environ.get("SEGKERAS_WEIGHTS", "imagenet") == "none" else "imagenet"
 DATA = os.environ.get("SEGKERAS_DATA", "shapes")       # "shapes", "pets" or a COCO-format folder
+CHECKPOINTS = os.environ.get("SEGKERAS_CHECKPOINTS", "checkpoints")  # training checkpoints (a folder)
 QUICK = True
 
 import contextlib
@@ -143,7 +144,7 @@ def fit(model):
     train.compile_model(model, LEARNING_RATE)
     starts_at = model.evaluate(val_ds, verbose=0, return_dict=True)['mean_iou']
     started = time.time()
-    history = model.fit(train_ds, validation_data=val_ds, epochs=EPOCHS, verbose=0, shuffle=False)
+    history = train.resumable_fit(model, train_ds, CHECKPOINTS, f'01_{model.name}', EPOCHS, validation_data=val_ds, verbose=0)
     history.history['start_mean_iou'] = starts_at
     print(f"{model.name}: validation mean IoU {starts_at:.3f} before training, {history.history['val_mean_iou'][-1]:.3f} after {time.time() - started:.0f} s")
     return history

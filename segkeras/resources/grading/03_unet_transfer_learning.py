@@ -5,6 +5,7 @@ import os
 QUICK = os.environ.get("SEGKERAS_QUICK", "0")          # 1 (or true, yes): CI / laptop CPU, tiny data, few steps
 WEIGHTS = None if os.environ.get("SEGKERAS_WEIGHTS", "imagenet") == "none" else "imagenet"
 DATA = os.environ.get("SEGKERAS_DATA", "shapes")       # "shapes", "pets" or a COCO-format folder
+CHECKPOINTS = os.environ.get("SEGKERAS_CHECKPOINTS", "checkpoints")  # training checkpoints (a folder)
 QUICK = True
 
 import contextlib
@@ -57,10 +58,12 @@ def make_encoder(pretrained: bool, backbone: str=BACKBONE) -> keras.Model:
 
 
 
-def fit(model: keras.Model, epochs: int, curve: list) -> None:
-    """Train `epochs` epochs; append the validation mean IoU after each one to `curve`."""
-    track = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: curve.append(evaluate_semantic(model, val_ds)['mean_iou']))
-    model.fit(train_ds, epochs=epochs, callbacks=[track], verbose=0, shuffle=False)
+def fit(model: keras.Model, epochs: int, curve: list, name: str) -> None:
+    """Train `epochs` epochs (a checkpoint per epoch, named `name`); append the validation mean
+    IoU after each one to `curve`."""
+    track = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: logs.update(val_mean_iou=evaluate_semantic(model, val_ds)['mean_iou']))
+    history = train.resumable_fit(model, train_ds, CHECKPOINTS, name, epochs, callbacks=[track], verbose=0)
+    curve.extend(history.history['val_mean_iou'])
 
 
 curves, models, seconds = ({'a': [], 'b': [], 'c': []}, {}, {})

@@ -6,6 +6,7 @@ import os
 QUICK = os.environ.get("SEGKERAS_QUICK", "0")             # 1 (or true, yes): CI / laptop CPU, tiny data, few steps
 WEIGHTS = os.environ.get("SEGKERAS_WEIGHTS", "imagenet")  # encoder start: "imagenet" or "none"
 DATA = os.environ.get("SEGKERAS_DATA", "shapes")          # "shapes" or a COCO-format dataset
+CHECKPOINTS = os.environ.get("SEGKERAS_CHECKPOINTS", "checkpoints")  # training checkpoints (a folder)
 QUICK = True
 
 import contextlib

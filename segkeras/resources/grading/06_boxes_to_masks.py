@@ -6,6 +6,7 @@ import os
 QUICK = os.environ.get("SEGKERAS_QUICK", "0")             # 1 (or true, yes): CI / laptop CPU, tiny data, few steps
 WEIGHTS = os.environ.get("SEGKERAS_WEIGHTS", "imagenet")  # encoder start: "imagenet" or "none"
 DATA = os.environ.get("SEGKERAS_DATA", "shapes")          # "shapes" or a COCO-format dataset
+CHECKPOINTS = os.environ.get("SEGKERAS_CHECKPOINTS", "checkpoints")  # training checkpoints (a folder)
 QUICK = True
 
 import contextlib
@@ -18,7 +19,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 import segkeras
-from segkeras import backbones, environment, viz
+from segkeras import backbones, environment, train, viz
 from segkeras.data import sources
 from segkeras.evaluate import detection_ap, mask_ap
 from segkeras.models.mask_rcnn import mask_rcnn, mask_rcnn_dataset, predict_instances, predict_masks_in_boxes
