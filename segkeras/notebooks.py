@@ -14,7 +14,6 @@ instructors commit, e.g. after a run on a GPU), then writes the labs.
 from __future__ import annotations
 
 import argparse
-import ast
 import importlib
 import json
 import os
@@ -26,6 +25,7 @@ from pathlib import Path
 import nbformat
 
 from segkeras.errors import SegkerasError
+from segkeras.grading.submission import check_arguments
 from segkeras.runs import atomic_write_text
 
 REPOSITORY = "https://github.com/segkeras/segkeras"
@@ -66,25 +66,6 @@ _DEFINITION = re.compile(r"^(?:def|class)\s+(\w+)", re.MULTILINE)
 SOLUTION_MARK = "### BEGIN SOLUTION"
 
 
-def check_call(source: str) -> tuple[str, str] | None:
-    """``(lab module, check)`` if the cell's code is one ``checks.<lab>.<check>(...)`` call
-    (comments and a trailing ``;`` aside), else None."""
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:  # IPython magics: not a check cell
-        return None
-    if len(tree.body) != 1 or not isinstance(tree.body[0], ast.Expr):
-        return None
-    call = tree.body[0].value
-    if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)):
-        return None
-    owner = call.func.value
-    if isinstance(owner, ast.Attribute) and isinstance(owner.value, ast.Name) \
-            and owner.value.id == "checks":
-        return owner.attr, call.func.attr
-    return None
-
-
 def _check_points(lab: str, name: str, where: str) -> tuple[str, int]:
     """The exercise a ``checks.<lab>.<name>`` check grades and its points."""
     try:
@@ -104,13 +85,13 @@ def grade_metadata(notebook: nbformat.NotebookNode, name: str = "") -> nbformat.
     for index, cell in enumerate(notebook.cells):
         metadata = {"grade": False, "solution": False, "locked": True,
                     "grade_id": f"cell-{index:02d}", "schema_version": 3}
-        call = check_call(cell.source) if cell.cell_type == "code" else None
+        call = check_arguments(cell.source) if cell.cell_type == "code" else None
         if cell.cell_type == "code" and SOLUTION_MARK in cell.source:
             defined = _DEFINITION.findall(cell.source)
             metadata.update(solution=True, locked=False,
                             grade_id=defined[0] if defined else f"solution-{index:02d}")
         elif call is not None and call[1] != "total":
-            exercise, points = _check_points(*call, where=f"{name} cell {index}")
+            exercise, points = _check_points(*call[:2], where=f"{name} cell {index}")
             metadata.update(grade=True, grade_id=f"check_{exercise}", points=points)
         if metadata["grade_id"] in seen:
             raise SegkerasError(f"{name} cell {index}: a second cell for {metadata['grade_id']}; "
@@ -127,7 +108,7 @@ def grade_metadata(notebook: nbformat.NotebookNode, name: str = "") -> nbformat.
 def lab_name(notebook: nbformat.NotebookNode) -> str | None:
     """The name of the lab whose checks the notebook calls (None if it calls none)."""
     for cell in notebook.cells:
-        call = check_call(cell.source) if cell.cell_type == "code" else None
+        call = check_arguments(cell.source) if cell.cell_type == "code" else None
         if call is not None:
             return importlib.import_module(f"segkeras.checks.{call[0]}").LAB.name
     return None
