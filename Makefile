@@ -4,10 +4,10 @@ PYTHON ?= python
 PIP_INSTALL = $(PYTHON) -m pip install --quiet --disable-pip-version-check
 NOTEBOOK_ENV = SEGKERAS_QUICK=1 SEGKERAS_WEIGHTS=none SEGKERAS_CHECKPOINTS=$$(mktemp -d)
 NBVAL = --nbval-lax --sanitize-with solutions/sanitize.cfg
-# pytest-xdist workers for `make test` (0: one process); tests/conftest.py keeps each notebook and
-# each module-scoped fixture's tests on one worker (--dist loadgroup).
+# pytest-xdist workers for `make test` (0: one process); --dist loadfile keeps each file on one
+# worker: a notebook's cells share one kernel, a module-scoped fixture is built once.
 TEST_WORKERS ?= 2
-PARALLEL = -n $(TEST_WORKERS) --dist loadgroup
+PARALLEL = -n $(TEST_WORKERS) --dist loadfile
 
 .PHONY: install install-instructor demo test test-fast wheel-check labs bench bench-full gpu-check clean
 

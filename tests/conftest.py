@@ -1,6 +1,6 @@
 """Shared test setup: hermetic Keras home (no cached weights, no user keras.json), quiet logs, the
 dtype policy of ``SEGKERAS_PRECISION`` when set (CI's mixed-precision pass), and what running in
-parallel (pytest-xdist, ``make test``: ``-n 2 --dist loadgroup``) needs."""
+parallel (pytest-xdist, ``make test``: ``-n 2 --dist loadfile``) needs."""
 
 import os
 import tempfile
@@ -44,33 +44,3 @@ def small_mask_rcnn():
                      anchor_sizes=(16, 32), fpn_channels=16, box_head_units=32,
                      mask_head_channels=16, rpn_pre_nms=100, rpn_post_nms_train=40,
                      rpn_post_nms_test=20, rois_per_image=16, max_detections=10)
-
-
-def _module_scoped_parameters(item) -> str | None:
-    """The parameters of the module-scoped fixtures ``item`` uses ("" when they have none), or
-    None when it uses no module-scoped fixture."""
-    definitions = getattr(item, "_fixtureinfo", None)
-    if definitions is None:
-        return None
-    names = [name for name, defs in definitions.name2fixturedefs.items()
-             if defs and defs[-1].scope == "module"]
-    if not names:
-        return None
-    params = getattr(getattr(item, "callspec", None), "params", {})
-    return "-".join(str(params[name]) for name in names if name in params)
-
-
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
-def pytest_collection_modifyitems(config, items):
-    """For ``--dist loadgroup``: a notebook's cells run in order in one kernel, so on one worker;
-    so do the tests that share a module-scoped fixture (one per parameter), which then runs once.
-    Every other test goes wherever a worker is free."""
-    for item in items:
-        if item.path.suffix == ".ipynb":
-            group = item.path.name
-        else:
-            parameters = _module_scoped_parameters(item)
-            if parameters is None:
-                continue
-            group = f"{item.path.name}[{parameters}]" if parameters else item.path.name
-        item.add_marker(pytest.mark.xdist_group(group))
