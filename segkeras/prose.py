@@ -7,10 +7,11 @@ comes from (students see the rendered markdown, not the comment)::
 
 The comment holds a **pattern** of the start of a line the notebook's code cells printed: ``{}``
 is the number, ``*`` any text within the line, spaces any whitespace; a pattern without ``{}`` is
-a key, short for ``key = {}`` (a cell that prints ``fcn8s_miou = 0.773``). The first output line
-(in notebook order) that matches is the claim's source. :func:`disagreements` lists the claims
-whose number differs from that output at the prose's precision (0.77 agrees with 0.773, not with
-0.781) and those whose pattern matches no output line.
+a key, short for ``key = {}`` (a cell that prints ``fcn8s_miou = 0.773``). The claim's source is
+the nearest code cell above it whose output has a matching line (the first such line there).
+:func:`disagreements` lists the claims whose number differs from that output at the prose's
+precision (0.77 agrees with 0.773, not with 0.781) and those whose pattern matches no output
+line above them.
 """
 
 from __future__ import annotations
@@ -48,16 +49,25 @@ def claims(notebook: nbformat.NotebookNode) -> list[Claim]:
             for match in _CLAIM.finditer(cell.source)]
 
 
-def output_text(notebook: nbformat.NotebookNode) -> str:
-    """What the code cells printed (streams and plain-text results), one string."""
+def output_text(cell: nbformat.NotebookNode) -> str:
+    """What a code cell printed (streams and plain-text results), one string."""
     parts = []
-    for cell in notebook.cells:
-        for output in cell.get("outputs", []) if cell.cell_type == "code" else []:
-            if output.get("output_type") == "stream":
-                parts.append(output.get("text", ""))
-            elif "text/plain" in output.get("data", {}):
-                parts.append(output["data"]["text/plain"])
+    for output in cell.get("outputs", []) if cell.cell_type == "code" else []:
+        if output.get("output_type") == "stream":
+            parts.append(output.get("text", ""))
+        elif "text/plain" in output.get("data", {}):
+            parts.append(output["data"]["text/plain"])
     return "\n".join(parts)
+
+
+def source(notebook: nbformat.NotebookNode, claim: Claim) -> str | None:
+    """The number the claim's pattern finds in the nearest code cell above it (None if none)."""
+    regex = pattern_regex(claim.pattern)
+    for cell in reversed(notebook.cells[:claim.cell]):
+        found = regex.search(output_text(cell))
+        if found is not None:
+            return found.group(1)
+    return None
 
 
 def pattern_regex(pattern: str) -> re.Pattern:
@@ -82,13 +92,13 @@ def pattern_regex(pattern: str) -> re.Pattern:
 def disagreements(notebook: nbformat.NotebookNode) -> list[str]:
     """One line per claim that its notebook's outputs do not back (empty: prose and outputs
     agree)."""
-    text, problems = output_text(notebook), []
+    problems = []
     for claim in claims(notebook):
         where = f"cell {claim.cell}: {claim.written} <!-- from: {claim.pattern} -->"
-        found = pattern_regex(claim.pattern).search(text)
+        found = source(notebook, claim)
         if found is None:
-            problems.append(f"{where}: no output line matches the pattern")
-        elif abs(float(found.group(1).replace(",", "")) - claim.value) \
+            problems.append(f"{where}: no output line above it matches the pattern")
+        elif abs(float(found.replace(",", "")) - claim.value) \
                 > 0.5 * 10.0 ** -claim.decimals + 1e-12:
-            problems.append(f"{where}: the output says {found.group(1)}")
+            problems.append(f"{where}: the output says {found}")
     return problems

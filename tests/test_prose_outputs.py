@@ -48,12 +48,14 @@ def test_a_changed_output_and_a_pattern_that_matches_nothing_are_caught():
         for output in cell.get("outputs", []):
             if output.get("output_type") == "stream":
                 output.text = output.text.replace("mean IoU 0.520", "mean IoU 0.470")
-    assert [problem.split(":")[0] for problem in prose.disagreements(rerun)] == ["cell 46"]
+    claim = next(c for c in prose.claims(notebook) if c.pattern.startswith("unpooling * valid"))
+    assert [problem.split(":")[0] for problem in prose.disagreements(rerun)] == [
+        f"cell {claim.cell}"]
     renamed = copy.deepcopy(notebook)
     claim = prose.claims(notebook)[0]
     renamed.cells[claim.cell].source = renamed.cells[claim.cell].source.replace(
         f"<!-- from: {claim.pattern} -->", "<!-- from: no such line {} -->", 1)
-    assert "no output line matches" in prose.disagreements(renamed)[0]
+    assert "no output line above it matches" in prose.disagreements(renamed)[0]
 
 
 def test_patterns_keys_and_percentages():
@@ -62,8 +64,15 @@ def test_patterns_keys_and_percentages():
         "fcn8s_miou = 0.706\n  model b: kept 24% of 4,461 crops\nmodel bb: kept 30%\n"))]
     notebook = nbformat.v4.new_notebook(cells=[cell, nbformat.v4.new_markdown_cell(
         "0.71<!-- from: fcn8s_miou --> and 24%<!-- from: model b: kept {}% --> of "
-        "4,461<!-- from: model b: * of {} crops --> (30%<!-- from: model bb: kept {}% -->)")])
-    assert [claim.written for claim in prose.claims(notebook)] == ["0.71", "24", "4,461", "30"]
+        "4,461<!-- from: model b: * of {} crops --> (30%<!-- from: model bb: kept {}% -->)"),
+        nbformat.v4.new_markdown_cell("0.706<!-- from: fcn8s_miou -->")])
+    notebook.cells.insert(2, nbformat.v4.new_code_cell("print(...)"))
+    notebook.cells[2].outputs = [nbformat.v4.new_output("stream", text="fcn8s_miou = 0.5\n")]
+    assert [claim.written for claim in prose.claims(notebook)] == [
+        "0.71", "24", "4,461", "30", "0.706"]
+    assert prose.disagreements(notebook) == [  # the nearest output above the claim counts
+        "cell 3: 0.706 <!-- from: fcn8s_miou -->: the output says 0.5"]
+    notebook.cells[3].source = "0.5<!-- from: fcn8s_miou -->"
     assert prose.disagreements(notebook) == []
     notebook.cells[1].source = "0.70<!-- from: fcn8s_miou -->"
     assert "the output says 0.706" in prose.disagreements(notebook)[0]
