@@ -28,13 +28,15 @@ CHECKS = {f"check_{exercise}": points for exercise, points in POINTS.items()}
 
 
 def graded_part(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """The cells nbgrader grades, with what they need: the cell starting the lab (the imports),
-    the solution and check cells, the score."""
+    """The cells nbgrader autogrades, with what they need: the cell starting the lab (the
+    imports), the solution and check cells, the score (code cells only: the written answers are
+    graded by hand)."""
     keep = []
     for index, cell in enumerate(notebook.cells):
         grading = cell.metadata["nbgrader"]
-        if grading["solution"] or grading["grade"] or ".start()" in cell.source \
-                or index == len(notebook.cells) - 1:
+        if cell.cell_type == "code" and (grading["solution"] or grading["grade"]
+                                         or ".start()" in cell.source
+                                         or index == len(notebook.cells) - 1):
             keep.append(cell)
     notebook.cells = keep
     return notebook
