@@ -66,10 +66,12 @@ class MaskRCNN(keras.Model):
                  rois_per_image: int = 256, foreground_fraction: float = 0.25,
                  score_threshold: float = 0.05, nms_threshold: float = 0.5,
                  max_detections: int = 100, batchnorm_momentum: float = 0.9,
-                 seed: int | None = None, anchor_matcher=None, box_encoder=None, **kwargs):
+                 seed: int | None = None, anchor_matcher=None, box_encoder=None, nms=None,
+                 **kwargs):
         super().__init__(**kwargs)
-        # RPN targets from your own functions (lab 6; see rpn.py); not saved in .keras files.
-        self.anchor_matcher, self.box_encoder = anchor_matcher, box_encoder
+        # RPN targets and the detections' NMS from your own functions (lab 6; see rpn.py and
+        # roi_heads.py); not saved in .keras files.
+        self.anchor_matcher, self.box_encoder, self.nms = anchor_matcher, box_encoder, nms
         self.config = dict(
             num_classes=num_classes, backbone=backbone, input_shape=tuple(input_shape),
             encoder_trainable=encoder_trainable, anchor_sizes=tuple(anchor_sizes),
@@ -167,7 +169,8 @@ class MaskRCNN(keras.Model):
         class_logits, deltas = self._box_outputs(features, proposals)
         cfg = self.config
         return detect(proposals, proposal_valid, class_logits, deltas, self.image_size,
-                      cfg["score_threshold"], cfg["nms_threshold"], cfg["max_detections"])
+                      cfg["score_threshold"], cfg["nms_threshold"], cfg["max_detections"],
+                      nms=self.nms)
 
     def call(self, inputs, training=False):
         image = inputs["image"] if isinstance(inputs, dict) else inputs
@@ -259,7 +262,7 @@ def _check_positive_int(name: str, value) -> int:
 OPTIONS = ("anchor_ratios", "fpn_channels", "box_head_units", "mask_head_channels", "rpn_pre_nms",
            "rpn_post_nms_train", "rpn_post_nms_test", "rpn_anchors_per_image", "rois_per_image",
            "foreground_fraction", "score_threshold", "nms_threshold", "max_detections",
-           "batchnorm_momentum", "seed", "anchor_matcher", "box_encoder")
+           "batchnorm_momentum", "seed", "anchor_matcher", "box_encoder", "nms")
 """The ``**options`` :func:`mask_rcnn` passes on to :class:`MaskRCNN` (a test keeps this list
 equal to ``MaskRCNN``'s keyword arguments after ``anchor_sizes``)."""
 
@@ -300,8 +303,10 @@ def mask_rcnn(num_classes: int, backbone: str = "resnet50", weights: str | None 
             at inference, keep up with weights that change fast; see also
             :meth:`MaskRCNN.recalibrate_batchnorm`), ``seed``; ``anchor_matcher`` and
             ``box_encoder``: your own one-image functions for the RPN's training targets (the
-            signatures are in :mod:`~segkeras.models.mask_rcnn.rpn`), used by ``fit`` but not
-            saved in ``.keras`` files (a reloaded model trains with the library's).
+            signatures are in :mod:`~segkeras.models.mask_rcnn.rpn`), used by ``fit``, and
+            ``nms``: your own one-image per-class NMS for the final detections (signature in
+            :mod:`~segkeras.models.mask_rcnn.roi_heads`); none is saved in ``.keras`` files
+            (a reloaded model uses the library's).
 
     Returns:
         A :class:`MaskRCNN`; train it with ``model.compile(optimizer)`` and ``model.fit`` on
