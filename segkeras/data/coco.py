@@ -27,12 +27,114 @@ from segkeras.data.images import MAX_IMAGE_PIXELS, read_rgb
 from segkeras.errors import SegkerasError
 
 
+class CocoIndex:
+    """A COCO-format dataset read lazily: the annotation index in memory, each image and its
+    masks decoded only when :meth:`example` asks for it (what streaming pipelines use).
+
+    Args:
+        annotation_file: the COCO instances JSON (validated by :func:`validate` before
+            pycocotools sees it).
+        image_dir: the folder the JSON's ``file_name`` entries are relative to.
+        limit: keep only the first ``limit`` images (by image id).
+
+    Category ids, which need not be contiguous, become class ids 1..C in increasing id order
+    (``class_of_category``); ``image_ids`` lists the images kept, in order.
+    """
+
+    def __init__(self, annotation_file: str | os.PathLike, image_dir: str | os.PathLike,
+                 limit: int | None = None):
+        annotation_file, image_dir = os.fspath(annotation_file), os.fspath(image_dir)
+        if not os.path.isfile(annotation_file):
+            raise FileNotFoundError(f"no such file: {annotation_file}")
+        if not os.path.isdir(image_dir):
+            raise FileNotFoundError(f"no such folder: {image_dir}")
+        content = read_json(annotation_file)
+        validate(content, annotation_file)
+        self.coco = COCO()
+        self.coco.dataset = content
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+            self.coco.createIndex()
+        categories = sorted(content["categories"], key=lambda category: category["id"])
+        if len(categories) >= IGNORE_LABEL:
+            raise SegkerasError(f"{annotation_file} has {len(categories)} categories; masks hold "
+                                f"at most {IGNORE_LABEL - 1} classes")
+        self.annotation_file, self.image_dir = annotation_file, image_dir
+        self.category_ids = [category["id"] for category in categories]
+        self.class_of_category = {category["id"]: index + 1
+                                  for index, category in enumerate(categories)}
+        self.class_names = ["background"] + [category["name"] for category in categories]
+        self.image_ids = sorted(self.coco.getImgIds())[:limit]
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes including background."""
+        return len(self.class_names)
+
+    def annotations(self, index: int) -> list[dict]:
+        """The annotations (crowds included) of image number ``index``."""
+        ids = self.coco.getAnnIds(imgIds=[self.image_ids[index]], iscrowd=None)
+        return [self.coco.anns[i] for i in ids]
+
+    def object_counts(self) -> list[int]:
+        """Per image, its annotations that are objects (not crowds), without decoding any."""
+        return [sum(not a.get("iscrowd", 0) for a in self.annotations(i)) for i in range(len(self))]
+
+    def image(self, index: int) -> np.ndarray:
+        """Image number ``index`` as HxWx3 uint8 (SegkerasError if its size is not the JSON's)."""
+        info = self.coco.imgs[self.image_ids[index]]
+        path = os.path.join(self.image_dir, info["file_name"])
+        image = read_rgb(path)
+        if image.shape[:2] != (info["height"], info["width"]):
+            raise SegkerasError(
+                f"{path} is {image.shape[0]}x{image.shape[1]} (HxW) but {self.annotation_file} "
+                f"says {info['height']}x{info['width']}; the image and the annotations disagree")
+        return image
+
+    def objects(self, index: int) -> tuple[Instances, np.ndarray]:
+        """(the objects of image ``index``: masks decoded at the image's size, tight boxes, class
+        ids; the union of its crowd regions, an HxW bool mask). Objects whose mask is empty are
+        left out."""
+        info = self.coco.imgs[self.image_ids[index]]
+        shape = (info["height"], info["width"])
+        crowd = np.zeros(shape, dtype=bool)
+        masks, class_ids = [], []
+        for annotation in self.annotations(index):
+            mask = self.coco.annToMask(annotation).astype(bool)
+            if annotation.get("iscrowd", 0):
+                crowd |= mask
+            elif mask.any():
+                masks.append(mask)
+                class_ids.append(self.class_of_category[annotation["category_id"]])
+        masks = np.array(masks, dtype=bool).reshape(len(masks), *shape)
+        return Instances(masks, boxes_from_masks(masks), np.array(class_ids, np.int32)), crowd
+
+    def crowd_boxes(self, index: int) -> np.ndarray:
+        """(K, 4) ``x1, y1, x2, y2`` boxes of image ``index``'s crowd regions (from the JSON)."""
+        boxes = [annotation["bbox"] for annotation in self.annotations(index)
+                 if annotation.get("iscrowd", 0) and "bbox" in annotation]
+        boxes = np.array(boxes, np.float32).reshape(-1, 4)
+        return np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
+
+    def example(self, index: int) -> tuple[np.ndarray, Instances, np.ndarray]:
+        """(image, its objects, its crowd boxes) of image number ``index``, decoded now."""
+        objects, crowd = self.objects(index)
+        boxes = self.crowd_boxes(index)
+        if crowd.any() and not len(boxes):  # crowds without a bbox field: their mask's box
+            boxes = boxes_from_masks(crowd[None])
+        return self.image(index), objects, boxes
+
+
 def load(
     annotation_file: str | os.PathLike,
     image_dir: str | os.PathLike,
     limit: int | None = None,
 ) -> SegmentationData:
-    """Images, semantic masks and instances of a COCO-format dataset.
+    """Images, semantic masks and instances of a COCO-format dataset, all in memory (for a large
+    dataset, stream it instead: :class:`CocoIndex` with
+    :func:`segkeras.models.mask_rcnn.mask_rcnn_dataset`).
 
     Args:
         annotation_file: the COCO instances JSON.
@@ -45,49 +147,22 @@ def load(
     ``class_of_category`` ({category id: class id}), ``image_ids`` and ``file_names``.
     Raises SegkerasError (one line: file, id, field) for anything :func:`validate` refuses.
     """
-    annotation_file, image_dir = os.fspath(annotation_file), os.fspath(image_dir)
-    if not os.path.isfile(annotation_file):
-        raise FileNotFoundError(f"no such file: {annotation_file}")
-    if not os.path.isdir(image_dir):
-        raise FileNotFoundError(f"no such folder: {image_dir}")
-    content = read_json(annotation_file)
-    validate(content, annotation_file)
-    coco = COCO()
-    coco.dataset = content
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-        coco.createIndex()
-    categories = sorted(content["categories"], key=lambda category: category["id"])
-    if len(categories) >= IGNORE_LABEL:
-        raise SegkerasError(f"{annotation_file} has {len(categories)} categories; masks hold at "
-                            f"most {IGNORE_LABEL - 1} classes")
-    class_of = {category["id"]: index + 1 for index, category in enumerate(categories)}
-    image_ids = sorted(coco.getImgIds())[:limit]
-
-    images, masks, instances, file_names = [], [], [], []
-    for image_id in image_ids:
-        info = coco.imgs[image_id]
-        path = os.path.join(image_dir, info["file_name"])
-        image = read_rgb(path)
-        if image.shape[:2] != (info["height"], info["width"]):
-            raise SegkerasError(
-                f"{path} is {image.shape[0]}x{image.shape[1]} (HxW) but {annotation_file} says "
-                f"{info['height']}x{info['width']}; the image and the annotations disagree")
-        annotations = [coco.anns[i] for i in coco.getAnnIds(imgIds=[image_id], iscrowd=None)]
-        mask, objects = _rasterize(coco, annotations, image.shape[:2], class_of)
-        images.append(image)
-        masks.append(mask)
+    index = CocoIndex(annotation_file, image_dir, limit)
+    images, masks, instances = [], [], []
+    for i in range(len(index)):
+        images.append(index.image(i))
+        objects, crowd = index.objects(i)
+        masks.append(_semantic(objects, crowd))
         instances.append(objects)
-        file_names.append(info["file_name"])
     if images and len({image.shape for image in images}) == 1:
         images, masks = np.stack(images), np.stack(masks)
     extra = {
-        "category_ids": [category["id"] for category in categories],
-        "class_of_category": class_of,
-        "image_ids": list(image_ids),
-        "file_names": file_names,
+        "category_ids": list(index.category_ids),
+        "class_of_category": dict(index.class_of_category),
+        "image_ids": list(index.image_ids),
+        "file_names": [index.coco.imgs[i]["file_name"] for i in index.image_ids],
     }
-    class_names = ["background"] + [category["name"] for category in categories]
-    return SegmentationData(images, masks, class_names, instances, extra)
+    return SegmentationData(images, masks, list(index.class_names), instances, extra)
 
 
 def read_json(annotation_file: str) -> dict:
@@ -300,20 +375,11 @@ def rle_string_counts(text: str) -> list[int]:
 # --------------------------------------------------------------------------- masks
 
 
-def _rasterize(coco: COCO, annotations: list, shape: tuple, class_of: dict):
-    """(semantic mask, Instances) of one image's (validated) annotations."""
-    semantic = np.zeros(shape, dtype=np.uint8)
-    crowd = np.zeros(shape, dtype=bool)
-    decoded = []
-    for annotation in annotations:
-        object_mask = coco.annToMask(annotation).astype(bool)
-        if annotation.get("iscrowd", 0):
-            crowd |= object_mask
-        elif object_mask.any():
-            decoded.append((object_mask, class_of[annotation["category_id"]]))
-    for object_mask, class_id in sorted(decoded, key=lambda item: -int(item[0].sum())):
-        semantic[object_mask] = class_id
+def _semantic(objects: Instances, crowd: np.ndarray) -> np.ndarray:
+    """The semantic mask of one image: objects painted largest first (small ones stay visible
+    where they overlap), crowd pixels no object covers = IGNORE_LABEL."""
+    semantic = np.zeros(crowd.shape, dtype=np.uint8)
+    for i in np.argsort([-int(mask.sum()) for mask in objects.masks], kind="stable"):
+        semantic[objects.masks[i]] = objects.class_ids[i]
     semantic[crowd & (semantic == 0)] = IGNORE_LABEL
-    object_masks = np.array([m for m, _ in decoded], dtype=bool).reshape(len(decoded), *shape)
-    class_ids = np.array([c for _, c in decoded], dtype=np.int32)
-    return semantic, Instances(object_masks, boxes_from_masks(object_masks), class_ids)
+    return semantic
