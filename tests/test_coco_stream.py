@@ -34,9 +34,9 @@ def _annotations(image_id: int, rng: np.random.Generator, first_id: int) -> list
         annotations.append({"id": first_id + k, "image_id": image_id, "category_id": 1 + k % 2,
                             "segmentation": segmentation, "iscrowd": 0})
     if image_id % 5 == 0:
+        columns_40_to_43 = {"size": [SIDE, SIDE], "counts": [SIDE * 40, SIDE * 4, SIDE * 20]}
         annotations.append({"id": first_id + 10, "image_id": image_id, "category_id": 1,
-                            "iscrowd": 1, "segmentation": {"size": [SIDE, SIDE],
-                                                           "counts": [SIDE * 40, SIDE * 4, SIDE * 20]},
+                            "iscrowd": 1, "segmentation": columns_40_to_43,
                             "bbox": [40.0, 0.0, 4.0, 64.0]})
     return annotations
 
