@@ -20,11 +20,13 @@ import math
 import os
 
 import numpy as np
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from segkeras.data.core import IGNORE_LABEL, Instances, SegmentationData, boxes_from_masks
-from segkeras.data.images import MAX_IMAGE_PIXELS, read_rgb
+from segkeras.data.images import MAX_IMAGE_PIXELS, read_rgb, write_png
 from segkeras.errors import SegkerasError
+from segkeras.runs import atomic_write_text
 
 
 class CocoIndex:
@@ -383,3 +385,55 @@ def _semantic(objects: Instances, crowd: np.ndarray) -> np.ndarray:
         semantic[objects.masks[i]] = objects.class_ids[i]
     semantic[crowd & (semantic == 0)] = IGNORE_LABEL
     return semantic
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def export(data: SegmentationData, out_dir: str | os.PathLike, description: str,
+           supercategory: str = "object") -> dict:
+    """Write an in-memory dataset with instances as a COCO-format folder.
+
+    ``out_dir/images/000000.png`` (RGB), ``out_dir/masks/000000.png`` (palette PNG of the
+    semantic mask, values = class ids) and ``out_dir/annotations.json``: COCO instances with
+    compressed-RLE masks, ``area``, ``bbox`` (``x, y, w, h`` of the mask) and ``iscrowd`` 0;
+    category id = class id. Each file is written atomically, the annotations last, so a folder
+    with ``annotations.json`` is complete. Returns ``{"images", "masks", "annotations"}``.
+    """
+    if data.instances is None:
+        raise SegkerasError("This dataset has no instances; a COCO folder needs instance masks.")
+    image_dir, mask_dir = os.path.join(out_dir, "images"), os.path.join(out_dir, "masks")
+    os.makedirs(image_dir, exist_ok=True)
+    os.makedirs(mask_dir, exist_ok=True)
+    coco = {
+        "info": {"description": description, "version": "1"},
+        "licenses": [{"id": 1, "name": "CC0 1.0",
+                      "url": "https://creativecommons.org/publicdomain/zero/1.0/"}],
+        "images": [],
+        "annotations": [],
+        "categories": [{"id": i, "name": name, "supercategory": supercategory}
+                       for i, name in enumerate(data.class_names) if i > 0],
+    }
+    for index, (image, mask, objects) in enumerate(
+            zip(data.images, data.masks, data.instances, strict=True)):
+        file_name = f"{index:06d}.png"
+        write_png(os.path.join(image_dir, file_name), image)
+        write_png(os.path.join(mask_dir, file_name), mask, palette=True)
+        height, width = np.shape(image)[:2]
+        coco["images"].append({"id": index + 1, "file_name": file_name, "width": int(width),
+                               "height": int(height), "license": 1})
+        for instance_mask, class_id in zip(objects.masks, objects.class_ids, strict=True):
+            rle = mask_utils.encode(np.asfortranarray(instance_mask.astype(np.uint8)))
+            coco["annotations"].append({
+                "id": len(coco["annotations"]) + 1,
+                "image_id": index + 1,
+                "category_id": int(class_id),
+                "segmentation": {"size": [int(v) for v in rle["size"]],
+                                 "counts": rle["counts"].decode("ascii")},
+                "area": int(mask_utils.area(rle)),
+                "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                "iscrowd": 0,
+            })
+    annotation_file = os.path.join(out_dir, "annotations.json")
+    atomic_write_text(annotation_file, json.dumps(coco))  # last: a complete dataset or none
+    return {"images": image_dir, "masks": mask_dir, "annotations": annotation_file}
