@@ -6,6 +6,10 @@ mapping is kept in ``extra``. Semantic masks paint the objects largest first, so
 stay visible where they overlap; crowd regions (``iscrowd=1``) that no object covers become 255
 (ignore), and crowd annotations are not instances. Images without annotations are kept.
 
+:func:`load` reads everything into memory; :class:`CocoIndex` keeps only the annotation index
+and decodes an image and its masks when asked (what streaming pipelines use); :func:`export`
+writes an in-memory dataset as a COCO folder.
+
 The whole file is validated in Python before pycocotools (C code) sees any of it
 (:func:`validate`): a malformed field is one :class:`SegkerasError` line naming the file, the
 image or annotation id and the field, never a crash, a traceback or a silently different mask.
