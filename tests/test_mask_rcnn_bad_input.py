@@ -67,7 +67,7 @@ def losses_of(model, inputs, targets):
 @pytest.mark.fast
 def test_a_batch_without_any_object_gives_finite_losses(model):
     inputs, targets = first_batch(dataset_of([[], []]), max_instances=4)
-    assert not inputs["class_ids"].any() and (targets == -1).all()  # all padding
+    assert not inputs["class_ids"].any() and not targets.any()  # all padding
     losses = losses_of(model, inputs, targets)
     assert all(np.isfinite(value) for value in losses.values()), losses
     assert losses["box_loss"] == 0 and losses["rpn_box_loss"] == 0  # nothing to regress
@@ -132,6 +132,9 @@ def test_more_objects_than_max_instances_keeps_the_first_with_a_warning():
                                          r"objects \(up to 5\).*max_instances=5"):
         inputs, _ = first_batch(data, max_instances=3)
     np.testing.assert_array_equal(inputs["boxes"][0], np.array(boxes[:3], np.float32))
+    # the others are ignore regions, not background
+    np.testing.assert_array_equal(inputs["ignore_boxes"][0, :2], np.array(boxes[3:], np.float32))
+    assert not inputs["ignore_boxes"][0, 2:].any() and not inputs["ignore_boxes"][1].any()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # enough room: no warning
         first_batch(data, max_instances=5)

@@ -57,8 +57,8 @@ def test_training_losses_stay_finite_on_awkward_ground_truth(model):
     class_ids[1] = [1, 2, 3]
     boxes[2, 0], class_ids[2, 0] = [-20, -20, 30, 30], 1  # partly outside: clipped
     inputs = {"image": images, "boxes": boxes, "class_ids": class_ids}
-    targets = np.full((3, 3, 28, 28), -1.0, "float32")
-    targets[1, 2] = targets[2, 0] = 1.0
+    targets = np.zeros((3, 3, 64, 64), bool)  # each object's mask at the input's size
+    targets[1, 2, 5:40, 5:40] = targets[2, 0, :30, :30] = True
     outputs = model(inputs, training=True)
     total = model.compute_loss(inputs, targets, outputs)
     for name in LOSS_NAMES[:-1]:

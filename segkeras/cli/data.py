@@ -18,6 +18,15 @@ def add_parser(commands) -> None:
     shapes.add_argument("--overwrite", action="store_true",
                         help="replace a dataset already in --out")
     shapes.set_defaults(run=_cmd_data_shapes)
+    multiscale = kinds.add_parser(
+        "multiscale", help="shapes of varied image size (256-512 px a side) and object size "
+                           "(6-250 px) as PNGs + COCO annotations, for AP_S/M/L")
+    multiscale.add_argument("--n", type=common.positive, default=500, help="number of images")
+    multiscale.add_argument("--out", required=True)
+    multiscale.add_argument("--seed", type=int, default=0)
+    multiscale.add_argument("--overwrite", action="store_true",
+                            help="replace a dataset already in --out")
+    multiscale.set_defaults(run=_cmd_data_multiscale)
 
     backbones = commands.add_parser("backbones", help="list the registered encoders")
     backbones.add_argument("--size", type=common.positive, default=64,
@@ -34,6 +43,20 @@ def _cmd_data_shapes(args: argparse.Namespace) -> None:
     paths = shapes.export(args.n, args.out, image_size=args.image_size, seed=args.seed)
     print(f"Wrote {args.n} images to {paths['images']}, masks to {paths['masks']} and "
           f"{paths['annotations']}.")
+
+
+def _cmd_data_multiscale(args: argparse.Namespace) -> None:
+    from segkeras import runs
+    from segkeras.data import coco, shapes
+
+    common.check_output_folder(args.out, "--out")
+    runs.check_existing_run(args.out, args.overwrite, names=runs.DATASET_FILES, resumable=False)
+    data = shapes.generate_multiscale(args.n, seed=args.seed)
+    paths = coco.export(data, args.out, f"segkeras multi-scale shapes: generate_multiscale("
+                                        f"{args.n}, seed={args.seed})", supercategory="shape")
+    print(f"Wrote {args.n} images of {min(min(i.shape[:2]) for i in data.images)}-"
+          f"{max(max(i.shape[:2]) for i in data.images)} px a side to {paths['images']}, masks "
+          f"to {paths['masks']} and {paths['annotations']}.")
 
 
 def _cmd_backbones(args: argparse.Namespace) -> None:

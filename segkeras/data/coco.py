@@ -6,6 +6,10 @@ mapping is kept in ``extra``. Semantic masks paint the objects largest first, so
 stay visible where they overlap; crowd regions (``iscrowd=1``) that no object covers become 255
 (ignore), and crowd annotations are not instances. Images without annotations are kept.
 
+:func:`load` reads everything into memory; :class:`CocoIndex` keeps only the annotation index
+and decodes an image and its masks when asked (what streaming pipelines use); :func:`export`
+writes an in-memory dataset as a COCO folder.
+
 The whole file is validated in Python before pycocotools (C code) sees any of it
 (:func:`validate`): a malformed field is one :class:`SegkerasError` line naming the file, the
 image or annotation id and the field, never a crash, a traceback or a silently different mask.
@@ -20,11 +24,113 @@ import math
 import os
 
 import numpy as np
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from segkeras.data.core import IGNORE_LABEL, Instances, SegmentationData, boxes_from_masks
-from segkeras.data.images import MAX_IMAGE_PIXELS, read_rgb
+from segkeras.data.images import MAX_IMAGE_PIXELS, read_rgb, write_png
 from segkeras.errors import SegkerasError
+from segkeras.runs import atomic_write_text
+
+
+class CocoIndex:
+    """A COCO-format dataset read lazily: the annotation index in memory, each image and its
+    masks decoded only when :meth:`example` asks for it (what streaming pipelines use).
+
+    Args:
+        annotation_file: the COCO instances JSON (validated by :func:`validate` before
+            pycocotools sees it).
+        image_dir: the folder the JSON's ``file_name`` entries are relative to.
+        limit: keep only the first ``limit`` images (by image id).
+
+    Category ids, which need not be contiguous, become class ids 1..C in increasing id order
+    (``class_of_category``); ``image_ids`` lists the images kept, in order.
+    """
+
+    def __init__(self, annotation_file: str | os.PathLike, image_dir: str | os.PathLike,
+                 limit: int | None = None):
+        annotation_file, image_dir = os.fspath(annotation_file), os.fspath(image_dir)
+        if not os.path.isfile(annotation_file):
+            raise FileNotFoundError(f"no such file: {annotation_file}")
+        if not os.path.isdir(image_dir):
+            raise FileNotFoundError(f"no such folder: {image_dir}")
+        content = read_json(annotation_file)
+        validate(content, annotation_file)
+        self.coco = COCO()
+        self.coco.dataset = content
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+            self.coco.createIndex()
+        categories = sorted(content["categories"], key=lambda category: category["id"])
+        if len(categories) >= IGNORE_LABEL:
+            raise SegkerasError(f"{annotation_file} has {len(categories)} categories; masks hold "
+                                f"at most {IGNORE_LABEL - 1} classes")
+        self.annotation_file, self.image_dir = annotation_file, image_dir
+        self.category_ids = [category["id"] for category in categories]
+        self.class_of_category = {category["id"]: index + 1
+                                  for index, category in enumerate(categories)}
+        self.class_names = ["background"] + [category["name"] for category in categories]
+        self.image_ids = sorted(self.coco.getImgIds())[:limit]
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes including background."""
+        return len(self.class_names)
+
+    def annotations(self, index: int) -> list[dict]:
+        """The annotations (crowds included) of image number ``index``."""
+        ids = self.coco.getAnnIds(imgIds=[self.image_ids[index]], iscrowd=None)
+        return [self.coco.anns[i] for i in ids]
+
+    def object_counts(self) -> list[int]:
+        """Per image, its annotations that are objects (not crowds), without decoding any."""
+        return [sum(not a.get("iscrowd", 0) for a in self.annotations(i)) for i in range(len(self))]
+
+    def image(self, index: int) -> np.ndarray:
+        """Image number ``index`` as HxWx3 uint8 (SegkerasError if its size is not the JSON's)."""
+        info = self.coco.imgs[self.image_ids[index]]
+        path = os.path.join(self.image_dir, info["file_name"])
+        image = read_rgb(path)
+        if image.shape[:2] != (info["height"], info["width"]):
+            raise SegkerasError(
+                f"{path} is {image.shape[0]}x{image.shape[1]} (HxW) but {self.annotation_file} "
+                f"says {info['height']}x{info['width']}; the image and the annotations disagree")
+        return image
+
+    def objects(self, index: int) -> tuple[Instances, np.ndarray]:
+        """(the objects of image ``index``: masks decoded at the image's size, tight boxes, class
+        ids; the union of its crowd regions, an HxW bool mask). Objects whose mask is empty are
+        left out."""
+        info = self.coco.imgs[self.image_ids[index]]
+        shape = (info["height"], info["width"])
+        crowd = np.zeros(shape, dtype=bool)
+        masks, class_ids = [], []
+        for annotation in self.annotations(index):
+            mask = self.coco.annToMask(annotation).astype(bool)
+            if annotation.get("iscrowd", 0):
+                crowd |= mask
+            elif mask.any():
+                masks.append(mask)
+                class_ids.append(self.class_of_category[annotation["category_id"]])
+        masks = np.array(masks, dtype=bool).reshape(len(masks), *shape)
+        return Instances(masks, boxes_from_masks(masks), np.array(class_ids, np.int32)), crowd
+
+    def crowd_boxes(self, index: int) -> np.ndarray:
+        """(K, 4) ``x1, y1, x2, y2`` boxes of image ``index``'s crowd regions (from the JSON)."""
+        boxes = [annotation["bbox"] for annotation in self.annotations(index)
+                 if annotation.get("iscrowd", 0) and "bbox" in annotation]
+        boxes = np.array(boxes, np.float32).reshape(-1, 4)
+        return np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
+
+    def example(self, index: int) -> tuple[np.ndarray, Instances, np.ndarray]:
+        """(image, its objects, its crowd boxes) of image number ``index``, decoded now."""
+        objects, crowd = self.objects(index)
+        boxes = self.crowd_boxes(index)
+        if crowd.any() and not len(boxes):  # crowds without a bbox field: their mask's box
+            boxes = boxes_from_masks(crowd[None])
+        return self.image(index), objects, boxes
 
 
 def load(
@@ -32,7 +138,9 @@ def load(
     image_dir: str | os.PathLike,
     limit: int | None = None,
 ) -> SegmentationData:
-    """Images, semantic masks and instances of a COCO-format dataset.
+    """Images, semantic masks and instances of a COCO-format dataset, all in memory (for a large
+    dataset, stream it instead: :class:`CocoIndex` with
+    :func:`segkeras.models.mask_rcnn.mask_rcnn_dataset`).
 
     Args:
         annotation_file: the COCO instances JSON.
@@ -45,49 +153,22 @@ def load(
     ``class_of_category`` ({category id: class id}), ``image_ids`` and ``file_names``.
     Raises SegkerasError (one line: file, id, field) for anything :func:`validate` refuses.
     """
-    annotation_file, image_dir = os.fspath(annotation_file), os.fspath(image_dir)
-    if not os.path.isfile(annotation_file):
-        raise FileNotFoundError(f"no such file: {annotation_file}")
-    if not os.path.isdir(image_dir):
-        raise FileNotFoundError(f"no such folder: {image_dir}")
-    content = read_json(annotation_file)
-    validate(content, annotation_file)
-    coco = COCO()
-    coco.dataset = content
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-        coco.createIndex()
-    categories = sorted(content["categories"], key=lambda category: category["id"])
-    if len(categories) >= IGNORE_LABEL:
-        raise SegkerasError(f"{annotation_file} has {len(categories)} categories; masks hold at "
-                            f"most {IGNORE_LABEL - 1} classes")
-    class_of = {category["id"]: index + 1 for index, category in enumerate(categories)}
-    image_ids = sorted(coco.getImgIds())[:limit]
-
-    images, masks, instances, file_names = [], [], [], []
-    for image_id in image_ids:
-        info = coco.imgs[image_id]
-        path = os.path.join(image_dir, info["file_name"])
-        image = read_rgb(path)
-        if image.shape[:2] != (info["height"], info["width"]):
-            raise SegkerasError(
-                f"{path} is {image.shape[0]}x{image.shape[1]} (HxW) but {annotation_file} says "
-                f"{info['height']}x{info['width']}; the image and the annotations disagree")
-        annotations = [coco.anns[i] for i in coco.getAnnIds(imgIds=[image_id], iscrowd=None)]
-        mask, objects = _rasterize(coco, annotations, image.shape[:2], class_of)
-        images.append(image)
-        masks.append(mask)
+    index = CocoIndex(annotation_file, image_dir, limit)
+    images, masks, instances = [], [], []
+    for i in range(len(index)):
+        images.append(index.image(i))
+        objects, crowd = index.objects(i)
+        masks.append(_semantic(objects, crowd))
         instances.append(objects)
-        file_names.append(info["file_name"])
     if images and len({image.shape for image in images}) == 1:
         images, masks = np.stack(images), np.stack(masks)
     extra = {
-        "category_ids": [category["id"] for category in categories],
-        "class_of_category": class_of,
-        "image_ids": list(image_ids),
-        "file_names": file_names,
+        "category_ids": list(index.category_ids),
+        "class_of_category": dict(index.class_of_category),
+        "image_ids": list(index.image_ids),
+        "file_names": [index.coco.imgs[i]["file_name"] for i in index.image_ids],
     }
-    class_names = ["background"] + [category["name"] for category in categories]
-    return SegmentationData(images, masks, class_names, instances, extra)
+    return SegmentationData(images, masks, list(index.class_names), instances, extra)
 
 
 def read_json(annotation_file: str) -> dict:
@@ -300,20 +381,63 @@ def rle_string_counts(text: str) -> list[int]:
 # --------------------------------------------------------------------------- masks
 
 
-def _rasterize(coco: COCO, annotations: list, shape: tuple, class_of: dict):
-    """(semantic mask, Instances) of one image's (validated) annotations."""
-    semantic = np.zeros(shape, dtype=np.uint8)
-    crowd = np.zeros(shape, dtype=bool)
-    decoded = []
-    for annotation in annotations:
-        object_mask = coco.annToMask(annotation).astype(bool)
-        if annotation.get("iscrowd", 0):
-            crowd |= object_mask
-        elif object_mask.any():
-            decoded.append((object_mask, class_of[annotation["category_id"]]))
-    for object_mask, class_id in sorted(decoded, key=lambda item: -int(item[0].sum())):
-        semantic[object_mask] = class_id
+def _semantic(objects: Instances, crowd: np.ndarray) -> np.ndarray:
+    """The semantic mask of one image: objects painted largest first (small ones stay visible
+    where they overlap), crowd pixels no object covers = IGNORE_LABEL."""
+    semantic = np.zeros(crowd.shape, dtype=np.uint8)
+    for i in np.argsort([-int(mask.sum()) for mask in objects.masks], kind="stable"):
+        semantic[objects.masks[i]] = objects.class_ids[i]
     semantic[crowd & (semantic == 0)] = IGNORE_LABEL
-    object_masks = np.array([m for m, _ in decoded], dtype=bool).reshape(len(decoded), *shape)
-    class_ids = np.array([c for _, c in decoded], dtype=np.int32)
-    return semantic, Instances(object_masks, boxes_from_masks(object_masks), class_ids)
+    return semantic
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def export(data: SegmentationData, out_dir: str | os.PathLike, description: str,
+           supercategory: str = "object") -> dict:
+    """Write an in-memory dataset with instances as a COCO-format folder.
+
+    ``out_dir/images/000000.png`` (RGB), ``out_dir/masks/000000.png`` (palette PNG of the
+    semantic mask, values = class ids) and ``out_dir/annotations.json``: COCO instances with
+    compressed-RLE masks, ``area``, ``bbox`` (``x, y, w, h`` of the mask) and ``iscrowd`` 0;
+    category id = class id. Each file is written atomically, the annotations last, so a folder
+    with ``annotations.json`` is complete. Returns ``{"images", "masks", "annotations"}``.
+    """
+    if data.instances is None:
+        raise SegkerasError("This dataset has no instances; a COCO folder needs instance masks.")
+    image_dir, mask_dir = os.path.join(out_dir, "images"), os.path.join(out_dir, "masks")
+    os.makedirs(image_dir, exist_ok=True)
+    os.makedirs(mask_dir, exist_ok=True)
+    coco = {
+        "info": {"description": description, "version": "1"},
+        "licenses": [{"id": 1, "name": "CC0 1.0",
+                      "url": "https://creativecommons.org/publicdomain/zero/1.0/"}],
+        "images": [],
+        "annotations": [],
+        "categories": [{"id": i, "name": name, "supercategory": supercategory}
+                       for i, name in enumerate(data.class_names) if i > 0],
+    }
+    for index, (image, mask, objects) in enumerate(
+            zip(data.images, data.masks, data.instances, strict=True)):
+        file_name = f"{index:06d}.png"
+        write_png(os.path.join(image_dir, file_name), image)
+        write_png(os.path.join(mask_dir, file_name), mask, palette=True)
+        height, width = np.shape(image)[:2]
+        coco["images"].append({"id": index + 1, "file_name": file_name, "width": int(width),
+                               "height": int(height), "license": 1})
+        for instance_mask, class_id in zip(objects.masks, objects.class_ids, strict=True):
+            rle = mask_utils.encode(np.asfortranarray(instance_mask.astype(np.uint8)))
+            coco["annotations"].append({
+                "id": len(coco["annotations"]) + 1,
+                "image_id": index + 1,
+                "category_id": int(class_id),
+                "segmentation": {"size": [int(v) for v in rle["size"]],
+                                 "counts": rle["counts"].decode("ascii")},
+                "area": int(mask_utils.area(rle)),
+                "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                "iscrowd": 0,
+            })
+    annotation_file = os.path.join(out_dir, "annotations.json")
+    atomic_write_text(annotation_file, json.dumps(coco))  # last: a complete dataset or none
+    return {"images": image_dir, "masks": mask_dir, "annotations": annotation_file}

@@ -23,7 +23,7 @@ import numpy as np
 from skimage.transform import resize
 
 from segkeras.data.core import Instances, SegmentationData, parse_size
-from segkeras.data.images import check_pixels, resize_image
+from segkeras.data.images import check_pixels, fit_size, letterbox
 from segkeras.errors import SegkerasError
 
 PADDING_TARGET = -1.0
@@ -31,6 +31,10 @@ PADDING_TARGET = -1.0
 
 MASK_SIZE = 28
 """Side of the mask head's output and targets (Mask R-CNN's 28x28)."""
+
+IGNORE_ROWS = 16
+"""Ignore boxes per image (crowd regions and objects beyond ``max_instances``); further ones are
+left out (they are then trained as background)."""
 
 MIN_JITTER_IOU = 0.5
 """A jittered box keeps at least this IoU with its ground-truth box (Mask R-CNN's positives)."""
@@ -90,39 +94,114 @@ def clip_boxes(boxes: np.ndarray, height: int, width: int) -> tuple[np.ndarray, 
     return clipped, valid
 
 
-def pad_instances(
-    data: SegmentationData, image_size: int | tuple[int, int], max_instances: int
-) -> dict[str, np.ndarray]:
-    """Every image resized to ``image_size`` with its instances padded to ``max_instances``.
-
-    Boxes are clipped to the image; boxes left without area are skipped, as are the instances
-    beyond the first ``max_instances`` of an image. Returns numpy arrays ``images`` (n, H, W, 3),
-    ``masks`` (n, max_instances, H, W) bool, ``boxes`` (n, max_instances, 4) and ``class_ids``
-    (n, max_instances), padding rows all zeros.
-    """
+def check_instances(data: SegmentationData) -> None:
+    """SegkerasError (one line naming the image) unless every image of ``data`` has valid pixels,
+    class ids in ``1..num_classes-1`` and finite ``x1, y1, x2, y2`` boxes: checked before any
+    graph, so a bad label is a clear error, never a failure inside tf.data."""
     if data.instances is None:
         raise SegkerasError(
             "This dataset has no instances (data.instances is None); use one with instance "
             "masks, e.g. segkeras.data.shapes.generate(...)."
         )
-    if int(max_instances) != max_instances or max_instances < 1:
-        raise SegkerasError(f"max_instances must be a positive int, got {max_instances!r}.")
-    height, width = parse_size(image_size, multiple_of=32)
-    n = len(data)
-    images = np.zeros((n, height, width, 3), dtype=np.float32)
-    masks = np.zeros((n, max_instances, height, width), dtype=bool)
-    boxes = np.zeros((n, max_instances, 4), dtype=np.float32)
-    class_ids = np.zeros((n, max_instances), dtype=np.int32)
     for i, (image, objects) in enumerate(zip(data.images, data.instances, strict=True)):
-        ids = check_class_ids(objects.class_ids, data.num_classes, f"Image {i}")
-        objects = resize_instances(Instances(objects.masks, objects.boxes, ids), (height, width))
-        clipped, valid = clip_boxes(objects.boxes, height, width)
-        keep = np.flatnonzero(valid)[:max_instances]
-        images[i] = resize_image(check_pixels(image, f"Image {i}"), (height, width))
-        masks[i, : len(keep)] = objects.masks[keep]
-        boxes[i, : len(keep)] = clipped[keep]
-        class_ids[i, : len(keep)] = ids[keep]
-    return {"images": images, "masks": masks, "boxes": boxes, "class_ids": class_ids}
+        check_class_ids(objects.class_ids, data.num_classes, f"Image {i}")
+        check_pixels(image, f"Image {i}")
+        clip_boxes(objects.boxes, *np.shape(image)[:2])
+
+
+def prepare_instances(
+    image: np.ndarray,
+    objects: Instances,
+    size: tuple[int, int],
+    max_instances: int,
+    ignore_boxes: np.ndarray | None = None,
+    keep_aspect: bool = False,
+) -> dict[str, np.ndarray]:
+    """One image and its objects at the model's input ``size`` (H, W), padded to ``max_instances``.
+
+    The image is resized bilinearly (to ``size``, or with ``keep_aspect`` to the largest size of
+    the same aspect ratio inside it, at the top left, zero padding below and right), masks with
+    nearest neighbour, boxes scaled and clipped; boxes left without area are skipped. Objects
+    beyond the first ``max_instances`` are not dropped into the background: their boxes join
+    ``ignore_boxes`` (e.g. COCO crowd regions, in the image's pixels), which training ignores
+    (neither object nor background; the first :data:`IGNORE_ROWS`). Returns numpy arrays
+    ``images`` (H, W, 3) float32, ``masks`` (max_instances, H, W) bool, ``boxes``
+    (max_instances, 4), ``class_ids`` (max_instances,) and ``ignore_boxes`` (IGNORE_ROWS, 4),
+    padding rows all zeros.
+    """
+    height, width = size
+    source_height, source_width = np.shape(image)[:2]
+    fitted = fit_size(source_height, source_width, min(size), max(size), size) if keep_aspect \
+        else (height, width)
+    objects = resize_instances(objects, fitted)
+    clipped, valid = clip_boxes(objects.boxes, *fitted)
+    keep = np.flatnonzero(valid)
+    kept, overflow = keep[:max_instances], keep[max_instances:]
+    arrays = {
+        "images": letterbox(np.asarray(image), fitted, size).astype(np.float32),
+        "masks": np.zeros((max_instances, height, width), bool),
+        "boxes": np.zeros((max_instances, 4), np.float32),
+        "class_ids": np.zeros(max_instances, np.int32),
+        "ignore_boxes": np.zeros((IGNORE_ROWS, 4), np.float32),
+    }
+    arrays["masks"][: len(kept), : fitted[0], : fitted[1]] = objects.masks[kept]
+    arrays["boxes"][: len(kept)] = clipped[kept]
+    arrays["class_ids"][: len(kept)] = objects.class_ids[kept]
+    ignored = [clipped[overflow]]
+    if ignore_boxes is not None and len(ignore_boxes):
+        scale = np.array([fitted[1] / source_width, fitted[0] / source_height] * 2, np.float32)
+        crowds, crowd_valid = clip_boxes(np.asarray(ignore_boxes, np.float32) * scale, *fitted)
+        ignored.append(crowds[crowd_valid])
+    ignored = np.concatenate(ignored)[:IGNORE_ROWS]
+    arrays["ignore_boxes"][: len(ignored)] = ignored
+    return arrays
+
+
+EXAMPLE_KEYS = ("images", "masks", "boxes", "class_ids", "ignore_boxes")
+"""The arrays of one prepared image (:func:`prepare_instances`), in this order in tf.data."""
+
+
+def instance_examples(read, count: int, size: tuple[int, int], max_instances: int,
+                      shuffle: bool, seed: int):
+    """A ``tf.data.Dataset`` of :func:`prepare_instances` dicts, made one image at a time.
+
+    ``read(i)`` returns image ``i``'s prepared arrays; only the image indices are held (and
+    shuffled), so memory does not grow with the number of images: each element is decoded and
+    resized when the pipeline asks for it (in parallel, in order).
+    """
+    tf = _tf()
+    dtypes = (tf.float32, tf.bool, tf.float32, tf.int32, tf.float32)
+    shapes = ((*size, 3), (max_instances, *size), (max_instances, 4), (max_instances,),
+              (IGNORE_ROWS, 4))
+
+    def load(index):
+        arrays = read(int(index))
+        return tuple(arrays[key] for key in EXAMPLE_KEYS)
+
+    def to_dict(index):
+        values = tf.numpy_function(load, [index], dtypes, stateful=False)
+        return {key: tf.ensure_shape(value, shape)
+                for key, value, shape in zip(EXAMPLE_KEYS, values, shapes, strict=True)}
+
+    dataset = tf.data.Dataset.range(count)
+    if shuffle:
+        dataset = dataset.shuffle(count, seed=seed, reshuffle_each_iteration=True)
+    return dataset.map(to_dict, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def in_memory_reader(data: SegmentationData, size: tuple[int, int], max_instances: int,
+                     keep_aspect: bool = False):
+    """``read(i)`` for :func:`instance_examples` over an in-memory dataset (checked first by
+    :func:`check_instances`)."""
+    check_instances(data)
+
+    def read(index: int) -> dict[str, np.ndarray]:
+        objects = data.instances[index]
+        objects = Instances(objects.masks, objects.boxes, np.asarray(objects.class_ids, np.int32))
+        return prepare_instances(data.images[index], objects, size, max_instances,
+                                 keep_aspect=keep_aspect)
+
+    return read
 
 
 def _tf():
@@ -205,12 +284,26 @@ def mask_targets(masks, boxes, mask_size: int = MASK_SIZE):
     return tf.cast(align_masks(masks, boxes, mask_size) >= 0.5, tf.float32)
 
 
-def _flip(image, masks, boxes, valid):
-    """Mirror left-right: image, masks and (valid) boxes alike."""
+def flip_boxes(boxes, width):
+    """Boxes mirrored left-right in an image ``width`` wide; all-zero (padding) rows stay zero."""
     tf = _tf()
-    width = tf.cast(tf.shape(image)[1], tf.float32)
     flipped = tf.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], 1)
-    return image[:, ::-1], masks[:, :, ::-1], tf.where(valid[:, None], flipped, boxes)
+    return tf.where(tf.reduce_any(boxes != 0, axis=1)[:, None], flipped, boxes)
+
+
+def random_flip(example: dict, seed):
+    """``example`` (a :func:`instance_examples` dict) mirrored left-right with probability 1/2:
+    image, masks, boxes and ignore boxes alike. ``seed``: a stateless seed pair."""
+    tf = _tf()
+    width = tf.cast(tf.shape(example["images"])[1], tf.float32)
+
+    def flipped():
+        return {**example, "images": example["images"][:, ::-1],
+                "masks": example["masks"][:, :, ::-1],
+                "boxes": flip_boxes(example["boxes"], width),
+                "ignore_boxes": flip_boxes(example["ignore_boxes"], width)}
+
+    return tf.cond(tf.random.stateless_uniform((), seed) < 0.5, flipped, lambda: example)
 
 
 def make_instance_dataset(
@@ -246,28 +339,35 @@ def make_instance_dataset(
         raise SegkerasError(f"jitter must be in [0, 1), got {jitter!r}.")
     if int(batch_size) != batch_size or batch_size < 1:
         raise SegkerasError(f"batch_size must be a positive int, got {batch_size!r}.")
-    arrays = pad_instances(data, image_size, max_instances)
-    height, width = arrays["images"].shape[1:3]
+    check_max_instances(max_instances)
+    height, width = size = parse_size(image_size, multiple_of=32)
+    examples = instance_examples(in_memory_reader(data, size, max_instances), len(data), size,
+                                 max_instances, shuffle, seed)
 
     def to_example(example, random):
-        image, masks, boxes = example["images"], example["masks"], example["boxes"]
-        class_ids = example["class_ids"]
-        valid = class_ids > 0
         if augment:
-            mirror = tf.random.stateless_uniform((), tf.stack([random, 2])) < 0.5
-            image, masks, boxes = tf.cond(
-                mirror, lambda: _flip(image, masks, boxes, valid), lambda: (image, masks, boxes)
-            )
+            example = random_flip(example, tf.stack([random, 2]))
+        boxes, class_ids = example["boxes"], example["class_ids"]
         if jitter > 0:
             boxes = jitter_boxes(boxes, jitter, tf.stack([random, 1]), height, width)
-        targets = tf.where(valid[:, None, None], mask_targets(masks, boxes), PADDING_TARGET)
-        inputs = {"image": image, "boxes": boxes, "class_ids": class_ids}
+        targets = tf.where((class_ids > 0)[:, None, None], mask_targets(example["masks"], boxes),
+                           PADDING_TARGET)
+        inputs = {"image": example["images"], "boxes": boxes, "class_ids": class_ids}
         return inputs, targets
 
-    dataset = tf.data.Dataset.from_tensor_slices(arrays)
-    if shuffle:
-        dataset = dataset.shuffle(len(data), seed=seed, reshuffle_each_iteration=True)
+    return with_randoms(examples, seed).map(
+        to_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    ).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def check_max_instances(max_instances) -> None:
+    """SegkerasError unless ``max_instances`` is a positive int."""
+    if int(max_instances) != max_instances or max_instances < 1:
+        raise SegkerasError(f"max_instances must be a positive int, got {max_instances!r}.")
+
+
+def with_randoms(dataset, seed: int):
+    """``dataset`` zipped with a stream of random int64 seeds (a new draw every epoch)."""
+    tf = _tf()
     randoms = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-    dataset = tf.data.Dataset.zip(dataset, randoms)
-    dataset = dataset.map(to_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return tf.data.Dataset.zip(dataset, randoms)

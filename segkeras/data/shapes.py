@@ -14,18 +14,14 @@ versions), so ``generate(n)[:k]`` equals ``generate(k)``.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 
 import numpy as np
-from pycocotools import mask as mask_utils
 from skimage.draw import line
 
 from segkeras.data.core import Instances, SegmentationData, boxes_from_masks
-from segkeras.data.images import write_png
 from segkeras.errors import SegkerasError
-from segkeras.runs import atomic_write_text
 
 CLASS_NAMES = ["background", "circle", "rectangle", "triangle"]
 CIRCLE, RECTANGLE, TRIANGLE = 1, 2, 3
@@ -52,6 +48,17 @@ _SIN_TABLE = np.array(_SIN, dtype=np.int64)
 _COLOR_PLANES = np.array(COLORS, dtype=np.int16)[:, :, None, None]  # (colours, 3, 1, 1)
 _MIN_CONTRAST = 150  # L1 RGB distance between an object and the background under its centre
 _MAX_OBJECTS = 255  # object indices are stored as uint8
+
+MULTISCALE_SIDES = (256, 512)
+"""Image heights and widths of :func:`generate_multiscale`, in pixels (inclusive)."""
+MULTISCALE_OBJECT_SIDES = (6, 230)
+"""Object sizes of :func:`generate_multiscale` (circle diameter, rectangle long side), pixels."""
+_MULTISCALE_STREAM = 1  # keeps the multi-scale images' random streams apart from generate()'s
+# log-uniform radii, fixed-point (64 steps; rounded to 1/16 px, far from any rounding tie)
+_MULTISCALE_RADII = tuple(
+    round(_SUB * MULTISCALE_OBJECT_SIDES[0] / 2
+          * (MULTISCALE_OBJECT_SIDES[1] / MULTISCALE_OBJECT_SIDES[0]) ** (k / 63))
+    for k in range(64))
 
 
 def generate(
@@ -87,49 +94,55 @@ def generate(
 
 
 def export(n: int, out_dir: str | os.PathLike, image_size: int = 128, seed: int = 0) -> dict:
-    """Write ``generate(n, image_size, seed)`` as a COCO-format dataset.
+    """Write ``generate(n, image_size, seed)`` as a COCO-format dataset
+    (:func:`segkeras.data.coco.export`: ``images/``, ``masks/``, ``annotations.json``)."""
+    from segkeras.data.coco import export as write_coco
 
-    ``out_dir/images/000000.png`` (RGB), ``out_dir/masks/000000.png`` (palette PNG whose values
-    are the class ids) and ``out_dir/annotations.json`` (COCO instances, masks as compressed RLE,
-    category ids = class ids). Returns ``{"images": dir, "masks": dir, "annotations": file}``.
+    description = f"segkeras synthetic shapes: generate({n}, {image_size}, seed={seed})"
+    return write_coco(generate(n, image_size, seed), out_dir, description, supercategory="shape")
+
+
+def generate_multiscale(
+    n: int,
+    seed: int = 0,
+    sides: tuple[int, int] = MULTISCALE_SIDES,
+    min_objects: int = 4,
+    max_objects: int = 16,
+) -> SegmentationData:
+    """``n`` shapes images of varied size and aspect ratio with objects from about 6 to 250 px.
+
+    Each image's height and width are drawn independently from ``sides`` (inclusive), and each
+    object's size (circle diameter, rectangle long side; triangles are drawn about 1.1x larger)
+    log-uniformly from :data:`MULTISCALE_OBJECT_SIDES`, so COCO's small (under 32x32 pixels),
+    medium and large objects are all common and AP_S/M/L mean something. No clutter blobs (they
+    would look like small circles); clutter lines remain. Images are lists (sizes differ); the
+    same seed gives the same bytes, ``generate_multiscale(n)[:k]`` equals
+    ``generate_multiscale(k)``.
     """
-    data = generate(n, image_size, seed)
-    image_dir = os.path.join(out_dir, "images")
-    mask_dir = os.path.join(out_dir, "masks")
-    os.makedirs(image_dir, exist_ok=True)
-    os.makedirs(mask_dir, exist_ok=True)
-    coco = {
-        "info": {"description": f"segkeras synthetic shapes: generate({n}, {image_size}, "
-                                f"seed={seed})", "version": "1"},
-        "licenses": [{"id": 1, "name": "CC0 1.0",
-                      "url": "https://creativecommons.org/publicdomain/zero/1.0/"}],
-        "images": [],
-        "annotations": [],
-        "categories": [{"id": i, "name": name, "supercategory": "shape"}
-                       for i, name in enumerate(CLASS_NAMES) if i > 0],
-    }
-    for index, (image, mask, objects) in enumerate(
-            zip(data.images, data.masks, data.instances, strict=True)):
-        file_name = f"{index:06d}.png"
-        write_png(os.path.join(image_dir, file_name), image)
-        write_png(os.path.join(mask_dir, file_name), mask, palette=True)
-        coco["images"].append({"id": index + 1, "file_name": file_name, "width": int(image_size),
-                               "height": int(image_size), "license": 1})
-        for instance_mask, class_id in zip(objects.masks, objects.class_ids, strict=True):
-            rle = mask_utils.encode(np.asfortranarray(instance_mask.astype(np.uint8)))
-            coco["annotations"].append({
-                "id": len(coco["annotations"]) + 1,
-                "image_id": index + 1,
-                "category_id": int(class_id),
-                "segmentation": {"size": [int(v) for v in rle["size"]],
-                                 "counts": rle["counts"].decode("ascii")},
-                "area": int(mask_utils.area(rle)),
-                "bbox": [float(v) for v in mask_utils.toBbox(rle)],
-                "iscrowd": 0,
-            })
-    annotation_file = os.path.join(out_dir, "annotations.json")
-    atomic_write_text(annotation_file, json.dumps(coco))  # last: a complete dataset or none
-    return {"images": image_dir, "masks": mask_dir, "annotations": annotation_file}
+    _check_arguments(n, 32, min_objects, max_objects)
+    low, high = (int(side) for side in sides)
+    if not 32 <= low <= high:
+        raise SegkerasError(f"sides must be (low, high) with 32 <= low <= high, got {sides!r}")
+    images, masks, instances = [], [], []
+    for index in range(n):
+        bit_generator = np.random.PCG64([seed, _MULTISCALE_STREAM, index])
+        height, width = (low + int(value) % (high - low + 1)
+                         for value in bit_generator.random_raw(2))
+        side = max(height, width)
+        centres = np.arange(side, dtype=np.int64) * _SUB + _SUB // 2
+        scene = _Scene(bit_generator, centres, radii=_MULTISCALE_RADII)
+        scene.extent = (height, width)  # objects in the part that is kept
+        scene.draw_clutter(blobs=False)
+        scene.draw_objects(min_objects, max_objects)
+        image = np.empty((side, side, 3), dtype=np.uint8)
+        scene.render(image)
+        scene.crop(height, width)
+        images.append(np.ascontiguousarray(image[:height, :width]))
+        masks.append(scene.semantic)
+        instances.append(scene.instances())
+    return SegmentationData(images, masks, list(CLASS_NAMES), instances,
+                            {"generator": "segkeras.data.shapes.generate_multiscale",
+                             "seed": seed})
 
 
 def _check_arguments(n: int, image_size: int, min_objects: int, max_objects: int) -> None:
@@ -154,7 +167,10 @@ class _Scene:
     """One image being drawn: a channels-first (3, S, S) int16 canvas (long, fast numpy loops)
     and ``owner``, the 1-based index of the object on top of each pixel (0 = background)."""
 
-    def __init__(self, bit_generator: np.random.BitGenerator, centres: np.ndarray):
+    def __init__(self, bit_generator: np.random.BitGenerator, centres: np.ndarray,
+                 radii: tuple[int, ...] | None = None):
+        self.radii = radii  # None: SIZE_RANGE of the image side; else drawn from this table
+        self.extent = (len(centres), len(centres))  # (H, W) where object centres may fall
         self.bit_generator = bit_generator
         self._draws = _raw_integers(bit_generator).__next__
         self.centres = centres
@@ -195,12 +211,15 @@ class _Scene:
         canvas += _COLOR_PLANES[first]
         return canvas
 
-    def draw_clutter(self) -> None:
-        """1-4 thin lines and 1-5 small blobs in palette colours: background, not objects."""
+    def draw_clutter(self, blobs: bool = True) -> None:
+        """1-4 thin lines and (with ``blobs``) 1-5 small blobs in palette colours: background,
+        not objects."""
         size, integer = self.size, self.integer
         for _ in range(integer(1, 5)):
             rows, cols = line(*(integer(0, size) for _ in range(4)))
             self.canvas[:, rows, cols] = _COLOR_PLANES[integer(0, len(COLORS))][:, :, 0]
+        if not blobs:
+            return
         low, high = _SUB * max(1, size // 100), _SUB * max(2, size // 30)
         for _ in range(integer(1, 6)):
             radius = integer(low, high + 1)
@@ -217,8 +236,8 @@ class _Scene:
             vertices, radius = self._outline(class_id)
             margin = radius // 2  # at most half the radius may leave the image
             for _ in range(tries):
-                cx = self.integer(margin, self.size * _SUB - margin + 1)
-                cy = self.integer(margin, self.size * _SUB - margin + 1)
+                cx = self.integer(margin, self.extent[1] * _SUB - margin + 1)
+                cy = self.integer(margin, self.extent[0] * _SUB - margin + 1)
                 if class_id == CIRCLE:
                     box, inside = self._circle(cx, cy, radius)
                 else:
@@ -235,6 +254,17 @@ class _Scene:
         for channel in range(3):
             out[..., channel] = self.canvas[channel]
 
+    def crop(self, height: int, width: int) -> None:
+        """Keep the top-left ``height`` x ``width`` pixels of the masks; objects left without
+        a visible pixel are no longer objects."""
+        self.owner, self.semantic = self.owner[:height, :width], self.semantic[:height, :width]
+        seen = np.bincount(self.owner.ravel(), minlength=len(self.class_ids) + 1)[1:]
+        kept = np.flatnonzero(seen)
+        relabel = np.zeros(len(self.class_ids) + 1, np.uint8)
+        relabel[kept + 1] = np.arange(1, len(kept) + 1)
+        self.owner = relabel[self.owner]
+        self.class_ids = [self.class_ids[i] for i in kept]
+
     def instances(self) -> Instances:
         indices = np.arange(1, len(self.class_ids) + 1, dtype=np.uint8)
         masks = self.owner[None] == indices[:, None, None]
@@ -242,8 +272,12 @@ class _Scene:
 
     def _outline(self, class_id: int) -> tuple[list, int]:
         """(polygon vertices around the origin, [] for a circle; radius), fixed-point."""
-        low, high = SIZE_RANGE
-        radius = self.integer(int(low * self.size * _SUB / 2), int(high * self.size * _SUB / 2) + 1)
+        if self.radii is None:
+            low, high = SIZE_RANGE
+            radius = self.integer(int(low * self.size * _SUB / 2),
+                                  int(high * self.size * _SUB / 2) + 1)
+        else:
+            radius = self.radii[self.integer(0, len(self.radii))]
         if class_id == CIRCLE:
             return [], radius
         if class_id == RECTANGLE:

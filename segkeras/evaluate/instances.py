@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from segkeras.data.coco import CocoIndex
 from segkeras.data.core import Instances, SegmentationData
 from segkeras.errors import SegkerasError
 
@@ -110,12 +111,16 @@ def mask_ap(
     return _coco_ap(images, truths, categories, results, "segm")
 
 
+SIZE_KEYS = ("AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L")
+"""The first six of COCOeval's ``stats``, in order."""
+
+
 def _coco_ap(images: list, truths: list, categories: set, results: list,
-             iou_type: str) -> dict[str, float]:
-    """``{"AP", "AP50", "AP75"}`` of ``results`` by ``COCOeval(iouType=iou_type)``; NaN where
-    COCO says -1 (undefined)."""
+             iou_type: str, keys: tuple[str, ...] = SIZE_KEYS[:3]) -> dict[str, float]:
+    """``{"AP", "AP50", "AP75"}`` (or ``keys``, a prefix of :data:`SIZE_KEYS`) of ``results`` by
+    ``COCOeval(iouType=iou_type)``; NaN where COCO says -1 (undefined)."""
     if not results:
-        return {"AP": 0.0, "AP50": 0.0, "AP75": 0.0}
+        return dict.fromkeys(keys, 0.0)
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO()
         coco.dataset = {"images": images, "annotations": truths,
@@ -126,9 +131,8 @@ def _coco_ap(images: list, truths: list, categories: set, results: list,
         evaluation.accumulate()
         evaluation.summarize()
     # COCO's -1 means "undefined" (nothing to score at that setting): NaN, never a score of 0
-    ap, ap50, ap75 = (float("nan") if value < 0 else float(value)
-                      for value in evaluation.stats[:3])
-    return {"AP": ap, "AP50": ap50, "AP75": ap75}
+    return {key: float("nan") if value < 0 else float(value)
+            for key, value in zip(keys, evaluation.stats, strict=False)}
 
 
 def _ground_truth_list(ground_truth) -> list:
@@ -139,56 +143,177 @@ def _ground_truth_list(ground_truth) -> list:
     return list(ground_truth)
 
 
+def _mask_rles(masks, shape, where: str) -> list[dict]:
+    """Detection masks as RLE dicts: (D, H, W) bool arrays are encoded, RLE dicts
+    (``predict_instances(..., mask_format="rle")``) are checked against the image's size."""
+    if len(masks) and isinstance(masks[0], dict):
+        for rle in masks:
+            if list(rle["size"]) != list(shape):
+                raise SegkerasError(f"{where}: an RLE mask of size {list(rle['size'])} for an "
+                                    f"image of {list(shape)}; predict at the ground truth's size.")
+        return list(masks)
+    return [_rle(mask) for mask in _as_masks(masks, shape, where)]
+
+
+def _image_shape(truth: Instances, crowd: Instances | None, found: dict) -> tuple:
+    """(H, W) of an image, from its ground truth, its crowd masks or its detections' masks."""
+    for masks in (truth.masks, None if crowd is None else crowd.masks, found["masks"]):
+        if masks is None or len(masks) == 0:
+            continue
+        if isinstance(masks[0], dict):
+            return tuple(masks[0]["size"])
+        return np.shape(masks)[1:]
+    return np.shape(found["masks"])[1:]
+
+
+class DetectionEvaluation:
+    """COCO box and mask AP accumulated one image at a time: masks become RLE as they arrive, so
+    memory holds run-length encodings, never an image-sized mask per detection.
+
+    :meth:`add` one image's ground truth and detections, then read :meth:`scores`.
+    :func:`detection_ap` does both for lists or streams of images.
+    """
+
+    def __init__(self):
+        self.images: list[dict] = []
+        self.truths: list[dict] = []
+        self.box_results: list[dict] = []
+        self.mask_results: list[dict] = []
+        self.categories: set = set()
+
+    def add(self, truth: Instances | list[dict], detections: dict,
+            crowds: Instances | None = None,
+            shape: tuple[int, int] | None = None) -> None:
+        """One image: ``truth`` its objects (an :class:`Instances`, or COCO annotations with
+        RLE ``segmentation``, class ids as ``category_id``, ``iscrowd`` and optionally ``area``
+        and ``bbox``, and then ``shape`` (H, W)); ``detections`` a dict with ``"boxes"`` (D, 4)
+        ``x1, y1, x2, y2``, ``"class_ids"``, ``"scores"`` and ``"masks"`` ((D, H, W) bool or D
+        RLE dicts); ``crowds``: the image's crowd regions as an :class:`Instances` (masks and
+        class ids), scored as COCO does: a detection of that class on a crowd is neither a true
+        nor a false positive."""
+        image_id = len(self.images) + 1
+        where = f"Image {image_id - 1}"
+        if isinstance(truth, Instances):
+            shape = _image_shape(truth, crowds, detections)
+            if len(shape) != 2:
+                raise SegkerasError(f"{where}: masks must be (N, H, W) arrays.")
+            annotations = []
+            for objects, crowd in ((truth, 0), (crowds, 1)):
+                if objects is None:
+                    continue
+                masks = _as_masks(np.asarray(objects.masks, dtype=bool), shape, where)
+                annotations += [{"segmentation": _rle(mask), "category_id": int(class_id),
+                                 "iscrowd": crowd}
+                                for mask, class_id in zip(masks, objects.class_ids, strict=True)]
+        else:
+            annotations = truth
+        self.images.append({"id": image_id, "height": int(shape[0]), "width": int(shape[1])})
+        for annotation in annotations:
+            rle = annotation["segmentation"]
+            self.truths.append({
+                "id": len(self.truths) + 1, "image_id": image_id,
+                "category_id": int(annotation["category_id"]), "segmentation": rle,
+                "area": float(annotation.get("area", mask_utils.area(rle))),
+                "bbox": [float(v) for v in annotation.get("bbox", mask_utils.toBbox(rle))],
+                "iscrowd": int(annotation.get("iscrowd", 0)),
+            })
+            self.categories.add(int(annotation["category_id"]))
+        self._add_detections(image_id, detections, shape, where)
+
+    def _add_detections(self, image_id: int, found: dict, shape: tuple, where: str) -> None:
+        boxes = np.asarray(found["boxes"], np.float64).reshape(-1, 4)
+        class_ids, scores = np.asarray(found["class_ids"]), np.asarray(found["scores"])
+        if not len(found["masks"]) == len(boxes) == len(class_ids) == len(scores):
+            raise SegkerasError(f"{where}: {len(boxes)} boxes, {len(class_ids)} class ids, "
+                                f"{len(scores)} scores and {len(found['masks'])} masks; pass one "
+                                "each per detection.")
+        rles = _mask_rles(found["masks"], shape, f"Detections for image {image_id - 1}")
+        for rle, box, class_id, score in zip(rles, boxes, class_ids, scores, strict=True):
+            common = {"image_id": image_id, "category_id": int(class_id), "score": float(score)}
+            x1, y1, x2, y2 = (float(v) for v in box)
+            self.box_results.append({**common, "bbox": [x1, y1, x2 - x1, y2 - y1]})
+            self.mask_results.append({**common, "segmentation": rle})
+            self.categories.add(int(class_id))
+
+    def scores(self, by_size: bool = False) -> dict[str, dict[str, float]]:
+        """``{"box": {"AP", "AP50", "AP75"}, "mask": {...}}``; ``by_size`` adds COCO's
+        ``"AP_S"``, ``"AP_M"``, ``"AP_L"`` (objects under 32x32 pixels, up to 96x96, larger)."""
+        if not any(not truth["iscrowd"] for truth in self.truths):
+            raise SegkerasError("The ground truth has no objects, so AP is undefined.")
+        keys = SIZE_KEYS if by_size else SIZE_KEYS[:3]
+        return {kind: _coco_ap(self.images, self.truths, self.categories, results, iou_type,
+                               keys)
+                for kind, results, iou_type in (("box", self.box_results, "bbox"),
+                                                ("mask", self.mask_results, "segm"))}
+
+
 def detection_ap(
-    ground_truth: SegmentationData | Sequence[Instances],
-    detections: Sequence[dict],
+    ground_truth: SegmentationData | Sequence[Instances] | CocoIndex,
+    detections: Iterable[dict],
+    crowds: Sequence | None = None,
+    by_size: bool = False,
 ) -> dict[str, dict[str, float]]:
     """COCO box AP and mask AP of a detector's output over a set of images.
 
     Args:
-        ground_truth: a dataset with ``instances`` or one :class:`Instances` per image.
-        detections: per image a dict with ``"boxes"`` (D, 4) ``x1, y1, x2, y2``, ``"class_ids"``
-            (D,), ``"scores"`` (D,) and ``"masks"`` (D, H, W) bool at the image's resolution
-            (what :func:`segkeras.models.mask_rcnn.predict_instances` returns).
+        ground_truth: a dataset with ``instances``, one :class:`Instances` per image, or a
+            :class:`~segkeras.data.coco.CocoIndex`, whose annotations are scored as they are in
+            the file (crowds included: ``iscrowd=1``, as COCO's own evaluation does).
+        detections: per image (a list, or any iterable: a generator streams) a dict with
+            ``"boxes"`` (D, 4) ``x1, y1, x2, y2``, ``"class_ids"`` (D,), ``"scores"`` (D,) and
+            ``"masks"``, (D, H, W) bool or D COCO RLE dicts at the image's resolution (what
+            :func:`segkeras.models.mask_rcnn.predict_instances` returns). Each image's masks are
+            encoded as RLE when it is read; no image-sized mask is kept.
+        crowds: per image its crowd regions (an :class:`Instances`: masks and class ids, or
+            None) for ground truth given as :class:`Instances`; detections of their class on
+            them are ignored, not false positives.
+        by_size: add COCO's ``"AP_S"``, ``"AP_M"`` and ``"AP_L"`` (small, medium, large objects).
 
     Returns:
         ``{"box": {"AP", "AP50", "AP75"}, "mask": {...}}``, fractions in [0, 1], or NaN where
         COCO's evaluation says -1 (undefined: nothing to score there), never 0. Ground-truth
-        boxes are the tight boxes of the ground-truth masks (COCO's convention).
+        boxes of :class:`Instances` are the tight boxes of their masks (COCO's convention).
 
     Raises SegkerasError when the lists differ in length, arrays disagree in length or size, or
     there is no ground-truth object.
     """
-    truth_list = _ground_truth_list(ground_truth)
-    if len(detections) != len(truth_list):
-        raise SegkerasError(f"Got {len(truth_list)} ground-truth images but {len(detections)} "
-                            "detection dicts; pass one per image.")
-    images, truths, box_results, mask_results = [], [], [], []
-    categories = set()
-    for image_id, (truth, found) in enumerate(zip(truth_list, detections, strict=True), 1):
-        where = f"Image {image_id - 1}"
-        truth_masks = np.asarray(truth.masks, dtype=bool)
-        shape = truth_masks.shape[1:] if truth_masks.ndim == 3 and len(truth_masks) else \
-            np.shape(found["masks"])[1:]
-        if len(shape) != 2:
-            raise SegkerasError(f"{where}: masks must be (N, H, W) arrays.")
-        images.append({"id": image_id, "height": int(shape[0]), "width": int(shape[1])})
-        _add_ground_truth(truths, categories, image_id, _as_masks(truth_masks, shape, where),
-                          truth.class_ids)
-        masks = _as_masks(found["masks"], shape, f"Detections for image {image_id - 1}")
-        boxes = np.asarray(found["boxes"], np.float64).reshape(-1, 4)
-        class_ids, scores = np.asarray(found["class_ids"]), np.asarray(found["scores"])
-        if not len(masks) == len(boxes) == len(class_ids) == len(scores):
-            raise SegkerasError(f"{where}: {len(boxes)} boxes, {len(class_ids)} class ids, "
-                                f"{len(scores)} scores and {len(masks)} masks; pass one each "
-                                "per detection.")
-        for mask, box, class_id, score in zip(masks, boxes, class_ids, scores, strict=True):
-            common = {"image_id": image_id, "category_id": int(class_id), "score": float(score)}
-            x1, y1, x2, y2 = (float(v) for v in box)
-            box_results.append({**common, "bbox": [x1, y1, x2 - x1, y2 - y1]})
-            mask_results.append({**common, "segmentation": _rle(mask)})
-            categories.add(int(class_id))
-    if not truths:
-        raise SegkerasError("The ground truth has no objects, so AP is undefined.")
-    return {"box": _coco_ap(images, truths, categories, box_results, "bbox"),
-            "mask": _coco_ap(images, truths, categories, mask_results, "segm")}
+    if isinstance(ground_truth, CocoIndex):
+        truths = [(_coco_truth(ground_truth, i), None, _coco_shape(ground_truth, i))
+                  for i in range(len(ground_truth))]
+    else:
+        truth_list = _ground_truth_list(ground_truth)
+        if crowds is not None and len(crowds) != len(truth_list):
+            raise SegkerasError(f"Got {len(truth_list)} ground-truth images but {len(crowds)} "
+                                "crowd lists; pass one per image.")
+        truths = [(truth, None if crowds is None else crowds[i], None)
+                  for i, truth in enumerate(truth_list)]
+    evaluation = DetectionEvaluation()
+    count = 0
+    for count, found in enumerate(detections, 1):
+        if count > len(truths):
+            break
+        truth, crowd, shape = truths[count - 1]
+        evaluation.add(truth, found, crowd, shape)
+    if count != len(truths):
+        raise SegkerasError(f"Got {len(truths)} ground-truth images but "
+                            f"{'more' if count > len(truths) else count} detection dicts; pass "
+                            "one per image.")
+    return evaluation.scores(by_size)
+
+
+def _coco_truth(index, i: int) -> list[dict]:
+    """Image ``i``'s annotations of a CocoIndex for :meth:`DetectionEvaluation.add`: RLE
+    masks, class ids, crowds and the file's own area and bbox."""
+    truth = []
+    for annotation in index.annotations(i):
+        entry = {"segmentation": index.coco.annToRLE(annotation),
+                 "category_id": index.class_of_category[annotation["category_id"]],
+                 "iscrowd": annotation.get("iscrowd", 0)}
+        entry.update({key: annotation[key] for key in ("area", "bbox") if key in annotation})
+        truth.append(entry)
+    return truth
+
+
+def _coco_shape(index, i: int) -> tuple[int, int]:
+    info = index.coco.imgs[index.image_ids[i]]
+    return info["height"], info["width"]

@@ -1,9 +1,20 @@
-"""Training data for Mask R-CNN: the instance pipeline with ground-truth boxes (no jitter).
+"""Training data for Mask R-CNN: images, padded ground truth, ignore regions and full masks.
 
-Each batch is ``({"image", "boxes", "class_ids"}, targets)`` from
-:func:`segkeras.data.instances.make_instance_dataset` with ``jitter=0``: padded ground-truth
-boxes and class ids (0 = padding) and each object's mask over its own box at 28x28, from which the
-model resamples the mask target of every region it samples (:mod:`.masks`).
+Each batch is ``(inputs, masks)``:
+
+- ``inputs["image"]`` (B, H, W, 3) float32 RGB in [0, 255], at the model's input size;
+- ``inputs["boxes"]`` (B, N, 4) and ``inputs["class_ids"]`` (B, N): ground truth padded to
+  ``N = max_instances`` rows (class id 0 = padding);
+- ``inputs["ignore_boxes"]`` (B, 16, 4): regions that are neither object nor background (COCO crowd
+  regions, and the objects beyond ``max_instances``); anchors and regions covered by one are not
+  trained as background (:func:`segkeras.models.mask_rcnn.sampling.ignored_by`); zero rows =
+  padding;
+- ``masks`` (B, N, H, W) bool: each object's mask at the input's resolution. The model RoIAligns
+  it over each sampled region to 28x28 in one step (:mod:`.masks`).
+
+A :class:`~segkeras.data.coco.CocoIndex` streams: only image indices live in the pipeline, and
+each image and its RLE/polygon masks are decoded when its batch is made, so memory does not grow
+with the number of images.
 """
 
 from __future__ import annotations
@@ -12,15 +23,34 @@ import warnings
 
 import numpy as np
 
+from segkeras.data.coco import CocoIndex
 from segkeras.data.core import SegmentationData, parse_size
-from segkeras.data.instances import clip_boxes, make_instance_dataset
+from segkeras.data.instances import (
+    check_max_instances,
+    clip_boxes,
+    in_memory_reader,
+    instance_examples,
+    prepare_instances,
+    random_flip,
+    with_randoms,
+)
 from segkeras.errors import SegkerasError
 
+MAX_INSTANCES = 100
+"""Default ground-truth rows per image: COCO images hold up to about 90 objects."""
 
-def mask_rcnn_dataset(data: SegmentationData, image_size: int | tuple[int, int] = 256,
-                      batch_size: int = 4, max_instances: int = 16, augment: bool = True,
-                      shuffle: bool = True, seed: int = 0):
+
+def mask_rcnn_dataset(data: SegmentationData | CocoIndex, image_size: int | tuple[int, int] = 256,
+                      batch_size: int = 4, max_instances: int = MAX_INSTANCES,
+                      augment: bool = True, shuffle: bool = True, seed: int = 0,
+                      keep_aspect: bool | None = None):
     """A ``tf.data.Dataset`` for ``MaskRCNN.fit``; ``image_size`` is the model's input size.
+
+    ``data``: an in-memory dataset (e.g. ``segkeras.data.shapes.generate``) or a
+    :class:`~segkeras.data.coco.CocoIndex`, read lazily. ``keep_aspect``: resize keeping the
+    aspect ratio (zero padding below and right, as ``predict_instances`` does); default: yes for
+    a ``CocoIndex``, no (stretch to the input) for in-memory data. ``augment`` mirrors images
+    left-right at random.
 
     Bad ground truth is handled before any training step, so that no NaN reaches a loss:
 
@@ -31,30 +61,57 @@ def mask_rcnn_dataset(data: SegmentationData, image_size: int | tuple[int, int] 
     - clipped: boxes reaching outside the image (the part inside is kept);
     - dropped with a warning: boxes without area inside the image (zero width or height, or
       entirely outside it);
-    - truncated with a warning: images with more than ``max_instances`` objects keep their first
-      ``max_instances`` (the rest are not trained on, so they count as background); raise
-      ``max_instances`` to keep them.
+    - ignored with a warning: in images with more than ``max_instances`` objects, those beyond
+      the first ``max_instances`` become ignore regions (not trained on, but not background
+      either); raise ``max_instances`` to train on them.
 
-    Images without objects are fine (all regions are background). ``augment`` mirrors images
-    left-right at random.
+    Images without objects are fine (all regions are background).
     """
-    if data.instances is None:
-        raise SegkerasError("This dataset has no instances; Mask R-CNN needs instance masks "
-                            "(e.g. segkeras.data.shapes.generate(...)).")
-    kept = _objects_with_area(data)
-    if sum(kept) < sum(len(objects) for objects in data.instances):
-        dropped = sum(len(objects) for objects in data.instances) - sum(kept)
-        warnings.warn(f"{dropped} ground-truth boxes have no area inside their image (zero width "
-                      "or height, or outside the image) and are dropped; check the annotations.",
-                      stacklevel=2)
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise SegkerasError(f"batch_size must be a positive int, got {batch_size!r}.")
+    check_max_instances(max_instances)
+    size = parse_size(image_size, multiple_of=32)
+    if isinstance(data, CocoIndex):
+        kept = data.object_counts()
+
+        def read(index: int) -> dict[str, np.ndarray]:
+            image, objects, crowd_boxes = data.example(index)
+            return prepare_instances(image, objects, size, max_instances, crowd_boxes,
+                                     keep_aspect=keep_aspect is not False)
+    else:
+        if data.instances is None:
+            raise SegkerasError("This dataset has no instances; Mask R-CNN needs instance masks "
+                                "(e.g. segkeras.data.shapes.generate(...)).")
+        kept = _objects_with_area(data)
+        if sum(kept) < sum(len(objects) for objects in data.instances):
+            dropped = sum(len(objects) for objects in data.instances) - sum(kept)
+            warnings.warn(f"{dropped} ground-truth boxes have no area inside their image (zero "
+                          "width or height, or outside the image) and are dropped; check the "
+                          "annotations.", stacklevel=2)
+        read = in_memory_reader(data, size, max_instances, keep_aspect=bool(keep_aspect))
     crowded = sum(count > max_instances for count in kept)
     if crowded:
         warnings.warn(f"{crowded} of {len(data)} images have more than max_instances="
                       f"{max_instances} objects (up to {max(kept)}); only the first "
-                      f"{max_instances} are trained on. Pass max_instances={max(kept)} to keep "
-                      "them all.", stacklevel=2)
-    return make_instance_dataset(data, parse_size(image_size), batch_size, max_instances,
-                                 jitter=0.0, augment=augment, shuffle=shuffle, seed=seed)
+                      f"{max_instances} are trained on, the others are ignored regions. Pass "
+                      f"max_instances={max(kept)} to train on them all.", stacklevel=2)
+    return _batches(instance_examples(read, len(data), size, max_instances, shuffle, seed),
+                    batch_size, augment, seed)
+
+
+def _batches(examples, batch_size: int, augment: bool, seed: int):
+    import tensorflow as tf
+
+    def to_batch_element(example, random):
+        if augment:
+            example = random_flip(example, tf.stack([random, 2]))
+        inputs = {"image": example["images"], "boxes": example["boxes"],
+                  "class_ids": example["class_ids"], "ignore_boxes": example["ignore_boxes"]}
+        return inputs, example["masks"]
+
+    return with_randoms(examples, seed).map(
+        to_batch_element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    ).batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 def _objects_with_area(data: SegmentationData) -> list[int]:

@@ -208,24 +208,26 @@ class MaskRCNN(keras.Model):
         gt_boxes = clip_to_image(inputs["boxes"], *self.image_size)
         gt_class_ids = ops.cast(inputs["class_ids"], "int32")
         gt_valid = (gt_class_ids > 0) & (box_area(gt_boxes) > 0)
+        ignore_boxes = inputs.get("ignore_boxes")
         anchor_keys = keras.random.uniform(ops.shape(rpn["objectness"]),
                                            seed=self.seed_generator)
         objectness_loss, rpn_box_loss = rpn_losses(
             anchors, rpn["objectness"], rpn["deltas"], gt_boxes, gt_valid, anchor_keys,
             cfg["rpn_anchors_per_image"], anchor_matcher=self.anchor_matcher,
-            box_encoder=self.box_encoder)
+            box_encoder=self.box_encoder, ignore_boxes=ignore_boxes)
         region_keys = keras.random.uniform(
             (ops.shape(proposals)[0], ops.shape(proposals)[1] + ops.shape(gt_boxes)[1]),
             seed=self.seed_generator)
         sample = sample_rois(proposals, proposal_valid, gt_boxes, gt_class_ids, gt_valid,
-                             region_keys, cfg["rois_per_image"], cfg["foreground_fraction"])
+                             region_keys, cfg["rois_per_image"], cfg["foreground_fraction"],
+                             ignore_boxes)
         class_logits, deltas = self._box_outputs(features, sample["rois"])
         class_loss, box_loss = box_head_losses(class_logits, deltas, sample, gt_boxes)
         slots = slice(0, self.mask_slots)  # foreground regions come first
         mask_rois = sample["rois"][:, slots]
         return {
             "rpn_objectness_loss": objectness_loss, "rpn_box_loss": rpn_box_loss,
-            "class_loss": class_loss, "box_loss": box_loss, "gt_boxes": gt_boxes,
+            "class_loss": class_loss, "box_loss": box_loss,
             "mask_logits": self._mask_logits(features, mask_rois, sample["class_ids"][:, slots],
                                              self.select_training_masks),
             "mask_rois": mask_rois, "mask_matched": sample["matched"][:, slots],
@@ -233,14 +235,14 @@ class MaskRCNN(keras.Model):
         }
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        """The sum of the five losses (each tracked as a metric); ``y``: the instance
-        pipeline's (B, N, 28, 28) mask targets of the ground-truth boxes."""
+        """The sum of the five losses (each tracked as a metric); ``y``: the (B, N, H, W) masks
+        of the ground-truth objects at the input's resolution (:func:`mask_rcnn_dataset`)."""
         if "rpn_box_loss" not in y_pred or y is None:
             raise SegkerasError(
                 "Mask R-CNN computes its losses in training only, from inputs with 'boxes' and "
-                "'class_ids' and mask targets (mask_rcnn_dataset); to score a model use "
+                "'class_ids' and masks (mask_rcnn_dataset); to score a model use "
                 "segkeras.evaluate.detection_ap on predict_instances' output.")
-        targets = region_mask_targets(y, y_pred["gt_boxes"], y_pred["mask_rois"],
+        targets = region_mask_targets(y, y_pred["mask_rois"],
                                       y_pred["mask_matched"], y_pred["mask_foreground"],
                                       self.target_align)
         mask_loss = self.mask_loss.call(targets, y_pred["mask_logits"])

@@ -31,6 +31,7 @@ from segkeras.boxes import (
 )
 from segkeras.models.mask_rcnn.sampling import (
     count_true,
+    ignored_by,
     match_to_ground_truth,
     sample_subset,
     smooth_l1,
@@ -59,12 +60,14 @@ def box_head(roi_shape: tuple, units: int, num_classes: int) -> keras.Model:
 
 
 def sample_rois(proposals, proposal_valid, gt_boxes, gt_class_ids, gt_valid, uniform,
-                rois_per_image: int, foreground_fraction: float) -> dict:
+                rois_per_image: int, foreground_fraction: float, ignore_boxes=None) -> dict:
     """The regions each image trains the box head on, ``rois_per_image`` slots, foreground first.
 
     Returns ``{"rois", "valid", "foreground", "class_ids", "matched"}``: (B, R, 4) boxes, (B, R)
     bool (slot used), bool, int32 target classes (0 = background) and int32 index of the matched
-    ground-truth box. ``uniform`` (B, P + N) random keys.
+    ground-truth box. ``uniform`` (B, P + N) random keys. A background candidate inside one of
+    ``ignore_boxes`` (B, K, 4; :func:`~segkeras.models.mask_rcnn.sampling.ignored_by`) is not
+    sampled.
     """
     candidates = ops.concatenate(
         [ops.stop_gradient(ops.cast(proposals, "float32")), ops.cast(gt_boxes, "float32")], axis=1)
@@ -72,6 +75,8 @@ def sample_rois(proposals, proposal_valid, gt_boxes, gt_class_ids, gt_valid, uni
     best, matched, _ = match_to_ground_truth(candidates, gt_boxes, gt_valid)
     foreground = valid & (best >= FOREGROUND_IOU)
     background = valid & (best < FOREGROUND_IOU)
+    if ignore_boxes is not None:
+        background = background & ~ignored_by(candidates, ignore_boxes)
     max_foreground = int(rois_per_image * foreground_fraction)
     foreground = sample_subset(foreground, ops.minimum(count_true(foreground), max_foreground),
                                max_foreground, uniform)

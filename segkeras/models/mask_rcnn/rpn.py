@@ -35,6 +35,7 @@ from segkeras.boxes import (
 )
 from segkeras.models.mask_rcnn.sampling import (
     count_true,
+    ignored_by,
     match_to_ground_truth,
     sample_subset,
     smooth_l1,
@@ -101,14 +102,18 @@ def _labels_per_image(anchor_matcher, anchors, gt_boxes, gt_valid):
 
 def rpn_losses(anchors, objectness, deltas, gt_boxes, gt_valid, uniform,
                anchors_per_image: int = 256, positive_fraction: float = 0.5,
-               anchor_matcher=None, box_encoder=None):
+               anchor_matcher=None, box_encoder=None, ignore_boxes=None):
     """``(objectness_loss, box_loss)`` of a batch; ``uniform`` (B, A) random keys in [0, 1).
-    ``anchor_matcher``, ``box_encoder``: one-image replacements for the library's (see above)."""
+    ``anchor_matcher``, ``box_encoder``: one-image replacements for the library's (see above).
+    ``ignore_boxes`` (B, K, 4): crowd regions and untrained objects; a negative anchor inside one
+    (:func:`~segkeras.models.mask_rcnn.sampling.ignored_by`) is ignored instead."""
     if anchor_matcher is None:
         positive, negative, matched = anchor_labels(anchors, gt_boxes, gt_valid)
     else:
         positive, negative, matched = _labels_per_image(anchor_matcher, anchors, gt_boxes,
                                                         gt_valid)
+    if ignore_boxes is not None:
+        negative = negative & ~ignored_by(anchors, ignore_boxes)
     max_positive = int(anchors_per_image * positive_fraction)
     positive = sample_subset(positive, ops.minimum(count_true(positive), max_positive),
                              max_positive, uniform)

@@ -50,3 +50,24 @@ def smooth_l1(difference, beta: float):
     """Huber-style smooth L1 (Girshick, "Fast R-CNN", ICCV 2015), quadratic below ``beta``."""
     absolute = ops.abs(difference)
     return ops.where(absolute < beta, 0.5 * difference * difference / beta, absolute - 0.5 * beta)
+
+
+IGNORE_IOA = 0.7
+"""A box whose intersection with an ignore region covers more than this fraction of its own area
+is not trained as background (Detectron's ``TRAIN.CROWD_FILTER_THRESH``)."""
+
+
+def ignored_by(boxes, ignore_boxes, threshold: float = IGNORE_IOA):
+    """(B, n) bool: boxes (B, n, 4) or (n, 4) (shared, e.g. anchors) whose intersection over
+    their own area (IoA) with some of ``ignore_boxes`` (B, K, 4) exceeds ``threshold``. All-zero
+    ignore rows (padding) cover nothing."""
+    boxes = ops.cast(boxes, "float32")
+    if len(ops.shape(boxes)) == 2:
+        boxes = boxes[None]
+    ignore = ops.cast(ignore_boxes, "float32")[:, None, :, :]  # (B, 1, K, 4)
+    boxes = boxes[:, :, None, :]  # (B, n, 1, 4)
+    sides = ops.maximum(ops.minimum(boxes[..., 2:], ignore[..., 2:])
+                        - ops.maximum(boxes[..., :2], ignore[..., :2]), 0.0)
+    intersection = sides[..., 0] * sides[..., 1]
+    area = ops.maximum((boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1]), 1e-6)
+    return ops.any(intersection > threshold * area, axis=2)
