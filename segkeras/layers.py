@@ -323,7 +323,9 @@ class MultiScaleRoIAlign(keras.layers.Layer):
         flat = ops.concatenate([ops.reshape(ops.cast(level, self.compute_dtype), (-1, channels))
                                 for level in features], axis=0)
         first_rows = np.cumsum([0] + [h * w for h, w in zip(heights, widths, strict=True)])[:-1]
-        level = fpn_levels(boxes, self.min_level, self.max_level) - self.min_level
+        finite = ops.all(ops.isfinite(ops.cast(boxes, "float32")), axis=-1)[:, None]
+        level = fpn_levels(ops.where(finite, boxes, 0.0), self.min_level,
+                           self.max_level) - self.min_level  # a bad box's crop is zeroed below
 
         def per_box(values, dtype):
             return ops.take(ops.convert_to_tensor(np.asarray(values), dtype), level)

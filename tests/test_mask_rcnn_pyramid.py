@@ -1,12 +1,15 @@
 """Mask R-CNN on a feature pyramid (Lin et al. 2017): eq. 1 level assignment, the FPN's P2-P6,
 multi-level RoIAlign, per-level anchors and proposals, and the pyramid model end to end."""
 
+import argparse
+
 import keras
 import numpy as np
 import pytest
 from keras import ops
 
 from segkeras import backbones
+from segkeras.cli import common
 from segkeras.errors import SegkerasError
 from segkeras.layers import MultiScaleRoIAlign, RoIAlign, fpn_levels
 from segkeras.models.mask_rcnn import MaskRCNN, mask_rcnn, predict_instances
@@ -97,6 +100,18 @@ def test_multiscale_roi_align_is_roi_align_on_the_assigned_level(aligned):
         np.testing.assert_allclose(pooled[k], expected, atol=2e-5, err_msg=f"box {k}")
 
 
+def test_multiscale_roi_align_bad_boxes_inside_a_graph_give_zeros():
+    features = [np.ones((2, 64 // s, 64 // s, 3), "float32") for s in (4, 8, 16, 32)]
+    boxes = np.array([[0, 0, np.nan, 9], [0, 0, np.inf, 9], [8, 8, 4, 4], [0, 0, 300, 300],
+                      [0, 0, 300, 300], [1, 1, 9, 9]], "float32")
+    indices = np.array([0, 1, 0, -1, 2, 1], "int32")
+    layer = MultiScaleRoIAlign(2, 1)
+    with pytest.raises(SegkerasError, match="box 0"):  # values known: refused up front
+        layer(features, boxes, indices)
+    pooled = _np(layer.call(features, boxes, indices))  # as in a compiled graph
+    assert (pooled[:5] == 0).all() and (pooled[5] == 1).all()
+
+
 def test_multiscale_roi_align_config_and_bad_strides():
     layer = MultiScaleRoIAlign((14, 14), 3, (8, 16, 32), aligned=False)
     clone = MultiScaleRoIAlign.from_config(layer.get_config())
@@ -184,6 +199,9 @@ def test_builder_defaults_and_bad_pyramid_arguments():
             single["rpn_post_nms_train"], single["rpn_post_nms_test"],
             single["rois_per_image"], single["pyramid"]) == ((16, 32, 64, 128), 1000, 1000, 500,
                                                              200, 256, False)
+    # the command line's --model maskrcnn-fpn is this model (maskrcnn: the single level)
+    args = argparse.Namespace(model="maskrcnn-fpn", backbone=None, stacks=2, image_size=64)
+    assert common.build_model(args, 4, None).config["pyramid"] is True
     for bad in [dict(anchor_sizes=(16, 32, 64, 128)), dict(pyramid="yes"),
                 dict(rpn_pre_nms_test=0), dict(rois_per_image=2000)]:
         with pytest.raises(SegkerasError):
