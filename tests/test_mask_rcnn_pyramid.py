@@ -12,7 +12,12 @@ from segkeras import backbones
 from segkeras.cli import common
 from segkeras.errors import SegkerasError
 from segkeras.layers import MultiScaleRoIAlign, RoIAlign, fpn_levels
-from segkeras.models.mask_rcnn import MaskRCNN, mask_rcnn, predict_instances
+from segkeras.models.mask_rcnn import (
+    MaskRCNN,
+    mask_rcnn,
+    predict_instances,
+    predict_masks_in_boxes,
+)
 from segkeras.models.mask_rcnn.anchors import anchor_grid, pyramid_anchors
 from segkeras.models.mask_rcnn.model import LOSS_NAMES
 from segkeras.models.mask_rcnn.neck import FPN_STRIDES, feature_pyramid_levels
@@ -279,6 +284,8 @@ def test_pyramid_detection_masks_match_the_full_call(pyramid_model):
                                              image_indices.astype("int32"),
                                              _np(found["class_ids"])[keep]))
     np.testing.assert_allclose(logits, full["mask_logits"][keep], atol=1e-4)
+    masks = predict_masks_in_boxes(model, [images[0]], [np.array([[4, 4, 30, 40.]])], [[2]])
+    assert masks[0].shape == (1, 64, 64) and not masks[0][0, 45:].any()
 
 
 @pytest.fixture
