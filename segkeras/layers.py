@@ -345,3 +345,75 @@ class MultiScaleRoIAlign(keras.layers.Layer):
         return {**super().get_config(), "output_size": self.output_size,
                 "sampling_ratio": self.sampling_ratio, "strides": self.strides,
                 "aligned": self.aligned}
+
+
+def _round_half_away(values):
+    """``std::round`` (what torchvision's RoIPool rounds with): halves away from zero."""
+    return ops.sign(values) * ops.floor(ops.abs(values) + 0.5)
+
+
+def _pool_bins(start, end, bins: int, size: int):
+    """(K, bins, size) bool: the feature rows (or columns) in each of RoIPool's bins, for boxes
+    from cell ``start`` to cell ``end`` (both included, already rounded), on a map ``size`` long."""
+    bin_size = ops.maximum(end - start + 1.0, 1.0) / bins
+    edges = ops.convert_to_tensor(np.arange(bins, dtype="float32"))
+    low = ops.floor(edges[None] * bin_size[:, None]) + start[:, None]
+    high = ops.ceil((edges[None] + 1.0) * bin_size[:, None]) + start[:, None]
+    low, high = ops.clip(low, 0.0, float(size)), ops.clip(high, 0.0, float(size))
+    cells = ops.convert_to_tensor(np.arange(size, dtype="float32"))
+    return (cells[None, None] >= low[..., None]) & (cells[None, None] < high[..., None])
+
+
+@keras.saving.register_keras_serializable(package="segkeras")
+class RoIPool(keras.layers.Layer):
+    """RoIPool, the quantised crop of Fast R-CNN (Girshick, ICCV 2015) that RoIAlign replaced
+    (He et al., ICCV 2017, Sec. 3 and Table 2c); for ablations against :class:`RoIAlign`, whose
+    arguments and inputs it takes: ``(features (B, H, W, C), boxes (K, 4) x1, y1, x2, y2 in image
+    pixels, box_indices (K,))`` -> (K, P, P, C).
+
+    Same definition as ``torchvision.ops.roi_pool`` (Caffe's): the box is scaled by
+    ``spatial_scale`` and **rounded** to whole cells (``x1' = round(x1 * s)``, ``x2' = round(x2 *
+    s)``, inclusive, at least one cell wide); bin ``p`` of P covers cells ``floor(p * w / P)`` to
+    ``ceil((p + 1) * w / P)`` (exclusive) after ``x1'``, clipped to the map; its value is the
+    **maximum** over those cells, 0 for an empty bin. Vectorised with ``keras.ops`` (a masked
+    maximum over rows and then columns, no loop over boxes); computes in float32.
+    """
+
+    def __init__(self, output_size: int | tuple[int, int] = 14, spatial_scale: float = 1.0 / 16,
+                 **kwargs):
+        super().__init__(autocast=False, **kwargs)
+        size = (output_size, output_size) if np.ndim(output_size) == 0 else tuple(output_size)
+        if len(size) != 2 or min(size) < 1:
+            raise ValueError(f"output_size must be a positive int or a pair, got {output_size!r}.")
+        if spatial_scale <= 0:
+            raise ValueError(f"spatial_scale must be positive, got {spatial_scale!r}.")
+        self.output_size = (int(size[0]), int(size[1]))
+        self.spatial_scale = float(spatial_scale)
+
+    def __call__(self, features, boxes, box_indices, **kwargs):
+        _check_known_boxes(features, boxes, box_indices)
+        return super().__call__(features, boxes, box_indices, **kwargs)
+
+    def call(self, features, boxes, box_indices):
+        features = ops.cast(features, "float32")
+        boxes = ops.stop_gradient(ops.cast(boxes, "float32"))
+        crops = ops.take(features, ops.cast(box_indices, "int32"), axis=0)  # (K, H, W, C)
+        height, width = features.shape[1], features.shape[2]
+        if height is None or width is None:
+            raise ValueError("RoIPool needs a feature map of known height and width.")
+        x1, y1, x2, y2 = (_round_half_away(boxes[:, i] * self.spatial_scale) for i in range(4))
+        rows = _pool_bins(y1, y2, self.output_size[0], height)  # (K, P, H)
+        cols = _pool_bins(x1, x2, self.output_size[1], width)  # (K, Q, W)
+        lowest = np.finfo("float32").min
+        # max over each bin's columns, then over its rows: (K, H, Q, C), then (K, P, Q, C)
+        by_cols = ops.max(ops.where(cols[:, None, :, :, None], crops[:, :, None], lowest), axis=3)
+        pooled = ops.max(ops.where(rows[:, :, :, None, None], by_cols[:, None], lowest), axis=2)
+        empty = ~(ops.any(rows, axis=-1)[:, :, None] & ops.any(cols, axis=-1)[:, None, :])
+        return ops.where(empty[..., None], 0.0, pooled)
+
+    def compute_output_shape(self, features_shape, boxes_shape, box_indices_shape):
+        return (boxes_shape[0], *self.output_size, features_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "output_size": self.output_size,
+                "spatial_scale": self.spatial_scale}

@@ -64,6 +64,9 @@ def stamp(notebook: nbformat.NotebookNode, folder: str, name: str) -> nbformat.N
 
 _DEFINITION = re.compile(r"^(?:def|class)\s+(\w+)", re.MULTILINE)
 SOLUTION_MARK = "### BEGIN SOLUTION"
+# A written answer's points, in its markdown cell (an HTML comment: students see no markup).
+_POINTS = re.compile(r"<!--\s*points:\s*(\d+)\s*-->")
+RUBRIC_MARK = "**Rubric**"
 
 
 def _check_points(lab: str, name: str, where: str) -> tuple[str, int]:
@@ -77,16 +80,25 @@ def _check_points(lab: str, name: str, where: str) -> tuple[str, int]:
 
 
 def grade_metadata(notebook: nbformat.NotebookNode, name: str = "") -> nbformat.NotebookNode:
-    """nbgrader metadata from the cells: a cell with ``### BEGIN SOLUTION`` is a solution cell
-    (``grade_id`` the function it defines); a cell that is one ``checks.<lab>.<exercise>(...)``
+    """nbgrader metadata from the cells: a code cell with ``### BEGIN SOLUTION`` is a solution
+    cell (``grade_id`` the function it defines); a cell that is one ``checks.<lab>.<exercise>(...)``
     call an autograded, locked test cell (``grade_id`` ``check_<exercise>``, the check's points);
-    every other cell a locked read-only cell."""
-    seen = set()
+    a markdown cell with ``### BEGIN SOLUTION`` a manually graded written answer (the model answer
+    and its ``**Rubric**`` inside the block, the points in ``<!-- points: N -->``; ``grade_id``
+    ``<lab>_q<k>``, k counting the lab's written answers); every other cell a locked read-only
+    cell."""
+    seen, questions = set(), 0
+    lab = lab_name(notebook)
     for index, cell in enumerate(notebook.cells):
         metadata = {"grade": False, "solution": False, "locked": True,
                     "grade_id": f"cell-{index:02d}", "schema_version": 3}
         call = check_arguments(cell.source) if cell.cell_type == "code" else None
-        if cell.cell_type == "code" and SOLUTION_MARK in cell.source:
+        if cell.cell_type == "markdown" and SOLUTION_MARK in cell.source:
+            questions += 1
+            metadata = {"grade": True, "solution": True, "locked": False,  # nbgrader's schema
+                        "points": _written_points(cell.source, f"{name} cell {index}"),
+                        "grade_id": f"{lab or 'lab'}_q{questions}", "schema_version": 3}
+        elif cell.cell_type == "code" and SOLUTION_MARK in cell.source:
             defined = _DEFINITION.findall(cell.source)
             metadata.update(solution=True, locked=False,
                             grade_id=defined[0] if defined else f"solution-{index:02d}")
@@ -99,10 +111,22 @@ def grade_metadata(notebook: nbformat.NotebookNode, name: str = "") -> nbformat.
                                 "call per check cell.")
         seen.add(metadata["grade_id"])
         cell.metadata["nbgrader"] = metadata
-    lab = lab_name(notebook)
     if lab is not None:
         notebook.metadata["segkeras"] = {"lab": lab}
     return notebook
+
+
+def _written_points(source: str, where: str) -> int:
+    """The points of a written answer cell: its ``<!-- points: N -->``; it must carry a rubric."""
+    found = _POINTS.findall(source)
+    if len(found) != 1 or int(found[0]) <= 0:
+        raise SegkerasError(f"{where}: a written answer cell needs one `<!-- points: N -->` line "
+                            "(N > 0) with its question")
+    block = source.partition(SOLUTION_MARK)[2].partition("### END SOLUTION")[0]
+    if not any(line.startswith(RUBRIC_MARK) for line in block.splitlines()):
+        raise SegkerasError(f"{where}: put a line starting `{RUBRIC_MARK}` (how the points are "
+                            "given) after the model answer, inside the solution block")
+    return int(found[0])
 
 
 def lab_name(notebook: nbformat.NotebookNode) -> str | None:

@@ -9,7 +9,7 @@ from segkeras import notebooks
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = ROOT / "solutions" / "06_boxes_to_masks.ipynb"
-POINTS = {"box_iou": 2, "match_anchors": 3, "encode_boxes": 2}
+POINTS = {"box_iou": 2, "match_anchors": 3, "encode_boxes": 2, "nms": 3}
 
 SOLUTION_SOURCES = {}  # filled from the solution notebook below
 STUB = '''def {name}(*args, **kwargs):
@@ -20,6 +20,7 @@ os.environ["SEGKERAS_GRADING"] = "0"
 checks.detection.box_iou = lambda *functions: None
 checks.detection.match_anchors = lambda *functions: None
 checks.detection.encode_boxes = lambda *functions: None
+checks.detection.nms = lambda *functions: None
 checks.core._RESULTS[("06_boxes_to_masks", "match_anchors")] = checks.core.CheckResult(
     "match_anchors", True, 3, 3, "")
 np.allclose = lambda *args, **kwargs: True
@@ -78,6 +79,25 @@ def box_iou(boxes_a, boxes_b):
     return _saved(boxes_a, boxes_b)
 '''
 
+# Issue 22's wrong NMS answers, each in an otherwise honest submission: the solution's loop with
+# one rule changed (the last of equal scores first, suppression at IoU == threshold, across
+# classes), and a Python loop that gives the right indices on numpy arrays but not in a graph.
+NMS_LAST_OF_TIES = ("& (index[:, None] < index[None, :]))",
+                    "& (index[:, None] > index[None, :]))")
+NMS_AT_THRESHOLD = ("(box_iou(boxes, boxes) > iou_threshold)",
+                    "(box_iou(boxes, boxes) >= iou_threshold)")
+NMS_ACROSS_CLASSES = ("& (\n        class_ids[:, None] == class_ids[None, :])", "")
+LOOPING_NMS = '''def nms(boxes, scores, class_ids, iou_threshold, max_outputs):
+    boxes, scores = np.asarray(boxes), np.asarray(scores)
+    iou = ops.convert_to_numpy(box_iou(boxes, boxes))
+    kept = []
+    for i in sorted(range(len(scores)), key=lambda i: -scores[i]):
+        if all(iou[i, j] <= iou_threshold or class_ids[i] != class_ids[j] for j in kept):
+            kept.append(i)
+    kept = kept[:max_outputs]
+    return np.array(kept + [-1] * (max_outputs - len(kept)), np.int32)
+'''
+
 
 def solution() -> nbformat.NotebookNode:
     return notebooks.grade_metadata(nbformat.read(SOLUTION, as_version=4), SOLUTION.name)
@@ -101,6 +121,14 @@ def solution_source(name: str) -> str:
     return answer_cell(solution(), name).source
 
 
+def wrong_nms(change: tuple[str, str]) -> str:
+    """The solution's nms with one rule changed (``change``: old text, new text)."""
+    source = solution_source("nms")
+    if change[0] not in source:
+        raise AssertionError(f"the solution's nms no longer contains {change[0]!r}")
+    return source.replace(*change)
+
+
 # Each case: (submission, expected points per exercise). Together they cover issue 21 items 1-4
 # and 6 for lab 6: tampers beside honest answers, wrong answers, references and library code as
 # answers, an answer special-casing the symbolic probe, a loop, an exit, a crashing import.
@@ -111,19 +139,21 @@ def cases() -> dict[str, tuple[nbformat.NotebookNode, dict[str, int]]]:
         "    return _saved(reference, boxes, weights)")
     return {
         "solution": (submission(), POINTS),
-        "untouched": (submission(box_iou=None, match_anchors=None, encode_boxes=None),
+        "untouched": (submission(box_iou=None, match_anchors=None, encode_boxes=None, nms=None),
                       dict.fromkeys(POINTS, 0)),
         "tampered": (submission(box_iou=TAMPERS + solution_source("box_iou"),
                                 match_anchors=TAMPERS + STUB.format(name="match_anchors"),
                                 encode_boxes=PATCHED_WRONG_CODER),
-                     {"box_iou": 2, "match_anchors": 0, "encode_boxes": 0}),
-        "hostile": (submission(box_iou=LOOPING_IOU, encode_boxes=CRASHING_IMPORT),
-                    {"box_iou": 0, "match_anchors": 3, "encode_boxes": 0}),
+                     {"box_iou": 2, "match_anchors": 0, "encode_boxes": 0, "nms": 3}),
+        "hostile": (submission(box_iou=LOOPING_IOU, encode_boxes=CRASHING_IMPORT,
+                               nms=wrong_nms(NMS_LAST_OF_TIES)),
+                    {"box_iou": 0, "match_anchors": 3, "encode_boxes": 0, "nms": 0}),
         "lazy": (submission(box_iou=NUMPY_DODGING_IOU, match_anchors=EXITING_MATCHER,
-                            encode_boxes=KERAS_CODER),
+                            encode_boxes=KERAS_CODER, nms=LOOPING_NMS),
                  dict.fromkeys(POINTS, 0)),
-        "borrowed": (submission(box_iou=REFERENCE_AS_ANSWER),
-                     {"box_iou": 0, "match_anchors": 3, "encode_boxes": 2}),
-        "captured": (submission(box_iou=PRIVATE_BY_CLOSURE, encode_boxes=coder),
-                     {"box_iou": 0, "match_anchors": 3, "encode_boxes": 0}),
+        "borrowed": (submission(box_iou=REFERENCE_AS_ANSWER, nms=wrong_nms(NMS_AT_THRESHOLD)),
+                     {"box_iou": 0, "match_anchors": 3, "encode_boxes": 2, "nms": 0}),
+        "captured": (submission(box_iou=PRIVATE_BY_CLOSURE, encode_boxes=coder,
+                                nms=wrong_nms(NMS_ACROSS_CLASSES)),
+                     {"box_iou": 0, "match_anchors": 3, "encode_boxes": 0, "nms": 0}),
     }

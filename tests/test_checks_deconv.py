@@ -28,8 +28,9 @@ def refused(result) -> bool:
 
 @pytest.mark.fast
 def test_the_lab_declares_its_exercises_and_points():
-    assert checks.LAB.exercises == {"transposed_output_size": 2, "overlap_counts": 2,
-                                    "bilinear_kernel": 3, "upsampling_block": 3, "max_unpool": 2}
+    assert checks.LAB.exercises == {"transposed_conv_matrix": 3, "transposed_output_size": 2,
+                                    "overlap_counts": 2, "bilinear_kernel": 3,
+                                    "upsampling_block": 3, "max_unpool": 2}
 
 
 # --- the checks' own references agree with Keras and segkeras --------------------------------
@@ -133,6 +134,7 @@ def test_output_size_draws_cases_beyond_a_fixed_table():
 
 
 @pytest.mark.parametrize("exercise, private", [
+    ("transposed_conv_matrix", checks.reference_conv_matrix),
     ("transposed_output_size", checks.reference_output_size),
     ("overlap_counts", checks.reference_overlap_counts),
     ("bilinear_kernel", checks.reference_bilinear_kernel),
@@ -411,7 +413,7 @@ def test_use_falls_back_to_the_library_until_the_check_passes(capsys):
                                   checks.reference_max_unpool(values, pre_pool))
     checks.max_unpool(max_unpool)
     assert checks.use("max_unpool", max_unpool) is max_unpool
-    assert checks.total() == (2, 12)
+    assert checks.total() == (2, 15)
 
 
 def test_the_library_fallbacks_are_right_answers():
@@ -422,3 +424,75 @@ def test_the_library_fallbacks_are_right_answers():
         fallback = checks.use(name, stub)
         assert fallback is not stub and fallback not in checks.PRIVATE
         core.in_float32(checks.LAB.judges[name])(LocalAnswer(name, (fallback,)))
+
+
+# --- transposed_conv_matrix -------------------------------------------------------------------
+
+
+def conv_matrix(kernel, size, stride, padding, top=None, flip=False):
+    """The convolution's matrix C from its definition (``top``: the padding above and left)."""
+    kernel = np.asarray(kernel)[::-1, ::-1] if flip else np.asarray(kernel)
+    k = len(kernel)
+    out = -(-size // stride) if padding == "same" else (size - k) // stride + 1
+    total = max((out - 1) * stride + k - size, 0) if padding == "same" else 0
+    top = total // 2 if top is None else top(total)
+    conv = np.zeros((out * out, size * size))
+    for i, j, a, b in np.ndindex(out, out, k, k):
+        y, x = i * stride - top + a, j * stride - top + b
+        if 0 <= y < size and 0 <= x < size:
+            conv[i * out + j, y * size + x] = kernel[a, b]
+    return conv
+
+
+def transposed_conv_matrix(kernel, size, stride, padding):
+    return conv_matrix(kernel, size, stride, padding).T
+
+
+@pytest.mark.fast
+def test_conv_matrix_reference_is_the_transpose_of_conv2d_transpose():
+    """C from the convolution's responses to one-hot images, transposed, is what Conv2DTranspose
+    does to one-hot images of the convolution's output size, and what the definition gives."""
+    keras.config.set_dtype_policy("float32")
+    for kernel, size, stride, padding in checks._matrix_cases(np.random.default_rng(3)):
+        conv = checks.reference_conv_matrix(kernel, size, stride, padding)
+        np.testing.assert_allclose(conv, conv_matrix(kernel, size, stride, padding), atol=1e-6)
+        np.testing.assert_allclose(
+            conv.T, checks._library_transposed_conv_matrix(kernel, size, stride, padding),
+            atol=1e-5)
+
+
+@pytest.mark.fast
+def test_conv_matrix_accepts_the_solution():
+    assert checks.transposed_conv_matrix(transposed_conv_matrix).points == 3
+
+
+@pytest.mark.parametrize("wrong, words", [
+    (conv_matrix, "this is the convolution's matrix C"),  # C handed in instead of C^T
+    (lambda k, n, s, p: conv_matrix(k, n, 1, p).T, "shape"),  # stride ignored
+    (lambda k, n, s, p: conv_matrix(k, n, s, "valid").T, "shape"),  # padding ignored
+    (lambda k, n, s, p: conv_matrix(k, n, s, p, top=lambda total: total - total // 2).T,
+     "the extra pixel goes to the bottom"),  # 'same' padded like PyTorch's symmetric-first
+    (lambda k, n, s, p: conv_matrix(k, n, s, p, flip=True).T, "no kernel flip"),
+    (lambda k, n, s, p: conv_matrix(k, n, s, p).reshape(-1)[::-1].reshape(
+        conv_matrix(k, n, s, p).T.shape), "C^T @ y must equal Conv2DTranspose"),
+])
+def test_conv_matrix_rejects_typical_mistakes(wrong, words):
+    result = checks.transposed_conv_matrix(wrong)
+    assert not result and words in result.message, result.message
+
+
+def probe_the_transposed_layer(kernel, size, stride, padding):
+    """C^T read off Conv2DTranspose's responses to one-hot images: no matrix built."""
+    return checks._library_transposed_conv_matrix(kernel, size, stride, padding)
+
+
+def probe_the_convolution(kernel, size, stride, padding):
+    """C read off keras.ops.conv's responses to one-hot images, transposed."""
+    basis = np.eye(size * size, dtype="float32").reshape(-1, size, size, 1)
+    out = keras.ops.conv(basis, np.asarray(kernel, "float32")[:, :, None, None], stride, padding)
+    return keras.ops.convert_to_numpy(out).reshape(size * size, -1)
+
+
+@pytest.mark.parametrize("delegate", [probe_the_transposed_layer, probe_the_convolution])
+def test_conv_matrix_refuses_keras_convolutions(delegate):
+    assert refused(checks.transposed_conv_matrix(delegate))

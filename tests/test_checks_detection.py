@@ -111,6 +111,53 @@ def make_encode(log=True, divide=True, centre="middle", weights_used=True, swap=
 encode_boxes = make_encode()
 
 
+def make_nms(first_of_ties=True, strict=True, per_class=True, best_first=True, pad=-1):
+    """Greedy NMS over the boxes in score order (keras.ops.fori_loop), and its usual mistakes."""
+    def nms(boxes, scores, class_ids, iou_threshold, max_outputs):
+        boxes, scores = ops.convert_to_tensor(boxes), ops.convert_to_tensor(scores)
+        class_ids = ops.convert_to_tensor(class_ids)
+        n = ops.shape(scores)[0]
+        index = ops.arange(n)
+        tie_order = index[:, None] < index[None, :] if first_of_ties else \
+            index[:, None] > index[None, :]
+        before = (scores[:, None] > scores[None, :]) | (
+            (scores[:, None] == scores[None, :]) & tie_order)
+        rank = ops.sum(ops.cast(before, "int32"), axis=0)
+        order = ops.argsort(rank)
+        iou = box_iou(boxes, boxes)
+        suppresses = iou > iou_threshold if strict else iou >= iou_threshold
+        if per_class:
+            suppresses = suppresses & (class_ids[:, None] == class_ids[None, :])
+
+        def visit(k, keep):
+            i = order[k]
+            return ops.where(index == i, ~ops.any(keep & ops.take(suppresses, i, axis=1)), keep)
+
+        keep = ops.fori_loop(0, n, visit, ops.zeros((n,), "bool"))
+        priority = n - rank if best_first else n - index
+        priority = ops.concatenate([ops.where(keep, priority, -1),
+                                    -ops.ones((max_outputs,), "int32")])
+        top, slots = ops.top_k(priority, max_outputs)
+        padded = ops.concatenate([index, -ops.ones((max_outputs,), "int32")])
+        return ops.where(top > 0, ops.take(padded, slots), pad)
+
+    return nms
+
+
+nms = make_nms()
+
+
+def loop_nms(boxes, scores, class_ids, iou_threshold, max_outputs):
+    """Greedy NMS as a Python loop in numpy: right indices, but not in a graph."""
+    boxes, scores = np.asarray(boxes), np.asarray(scores)
+    iou, kept = numpy_iou(boxes, boxes), []
+    for i in sorted(range(len(scores)), key=lambda i: -scores[i]):  # sorted() is stable
+        if all(iou[i, j] <= iou_threshold or class_ids[i] != class_ids[j] for j in kept):
+            kept.append(i)
+    kept = kept[:max_outputs]
+    return np.array(kept + [-1] * (max_outputs - len(kept)), np.int32)
+
+
 def assert_fails(result, *words):
     assert not result and result.points == 0, "a wrong answer must not score"
     for word in words:
@@ -131,7 +178,8 @@ def test_right_answers_pass_with_full_points():
     assert checks.box_iou(box_iou).points == 2
     assert checks.match_anchors(match_anchors).points == 3
     assert checks.encode_boxes(encode_boxes).points == 2
-    assert core.total() == (7, 7)
+    assert checks.nms(nms).points == 3
+    assert core.total() == (10, 10)
 
 
 def test_the_reference_agrees_with_the_library():
@@ -152,6 +200,25 @@ def test_the_reference_agrees_with_the_library():
         expected, expected_match, _ = checks.reference_labels(anchors, gt, valid)
         np.testing.assert_array_equal(labels, expected)
         np.testing.assert_array_equal(matched[labels == 1], expected_match[labels == 1])
+
+
+def test_the_nms_reference_agrees_with_the_library():
+    """The checks' numpy greedy NMS and segkeras' vectorised one keep the same boxes, in the same
+    order, on the hand-made boxes and on random clusters with tied scores."""
+    cases = [(checks._NMS_BOXES, checks._NMS_SCORES, checks._NMS_CLASSES, 0.5, 6)]
+    rng = np.random.default_rng(3)
+    for threshold in (0.3, 0.5, 0.7):
+        cases.append((*checks._nms_clusters(rng, threshold), threshold, 12))
+    for case in cases:
+        np.testing.assert_array_equal(ops.convert_to_numpy(checks.library_nms(*case)),
+                                      checks.reference_nms(*case))
+
+
+def test_the_hand_made_nms_boxes_tell_each_mistake_apart():
+    case = (checks._NMS_BOXES, checks._NMS_SCORES, checks._NMS_CLASSES, 0.5, 6)
+    assert checks.reference_nms(*case).tolist() == [2, 4, 3, 0, -1, -1]
+    outputs = {tuple(checks.reference_nms(*case, **mistake)) for mistake, _ in checks._NMS_MISTAKES}
+    assert len(outputs) == len(checks._NMS_MISTAKES) and (2, 4, 3, 0, -1, -1) not in outputs
 
 
 def test_the_hand_made_anchors_each_test_one_rule():
@@ -283,6 +350,32 @@ def test_encode_boxes_rejects(answer, words):
     assert_fails(checks.encode_boxes(answer), *words)
 
 
+@pytest.mark.parametrize("answer, words", [
+    (make_nms(first_of_ties=False), ["equal scores the earlier index comes first"]),
+    (make_nms(strict=False), ["strictly above the threshold", "IoU == threshold"]),
+    (make_nms(per_class=False), ["different classes never suppress each other"]),
+    (make_nms(best_first=False), ["best first"]),
+    (make_nms(pad=0), ["padded with -1"]),
+    (lambda *args: nms(*args)[:-1], ["fixed-size", "padded with -1"]),
+    (lambda *args: ops.cast(nms(*args), "float32"), ["integer indices"]),
+    (loop_nms, ["traced as a graph", "keras.ops"]),
+    (stub, ["not answered yet"]),
+], ids=["last of ties", ">= threshold", "across classes", "index order", "zero padding",
+        "short", "float", "python loop", "stub"])
+def test_nms_rejects(answer, words):
+    assert_fails(checks.nms(answer), *words)
+
+
+def test_nms_rejects_an_answer_that_breaks_only_in_the_detector():
+    """Right on the judge's cases, but it breaks on the detector's output size (10 slots)."""
+    def sized_nms(boxes, scores, class_ids, iou_threshold, max_outputs):
+        if max_outputs == 10:
+            raise ValueError("only small outputs")
+        return nms(boxes, scores, class_ids, iou_threshold, max_outputs)
+
+    assert_fails(checks.nms(sized_nms), "where the detector runs it", "only small outputs")
+
+
 # --- delegation -----------------------------------------------------------------------------------
 
 def _delegations():
@@ -313,10 +406,12 @@ def _delegations():
         ("encode_boxes", lambda r, b, w=(1.0, 1.0, 1.0, 1.0): library_encode(r, b, w),
          "segkeras.boxes.encode_boxes"),
         ("encode_boxes", encode_by_inverse, "segkeras.boxes.decode_boxes"),
+        ("nms", lambda boxes, scores, class_ids, threshold, size: checks.library_nms(
+            boxes, scores, class_ids, threshold, size), "library_nms"),
     ]
 
 
-@pytest.mark.parametrize("index", range(6))
+@pytest.mark.parametrize("index", range(7))
 def test_answers_that_call_the_library_fail(index):
     exercise, answer, name = _delegations()[index]
     assert_fails(getattr(checks, exercise)(answer), "write it yourself", name)
@@ -335,7 +430,7 @@ def test_the_library_works_after_the_checks():
 
 def test_the_fallbacks_are_the_library_answers(capsys):
     fallbacks = {name: checks.use(name, stub) for name in checks.LAB.exercises}
-    assert capsys.readouterr().out.count("has not passed its check yet (not answered)") == 3
+    assert capsys.readouterr().out.count("has not passed its check yet (not answered)") == 4
     a, b = checks._IOU_A, checks._IOU_B
     np.testing.assert_allclose(ops.convert_to_numpy(fallbacks["box_iou"](a, b)),
                                checks.reference_iou(a, b), atol=1e-6)
@@ -345,6 +440,9 @@ def test_the_fallbacks_are_the_library_answers(capsys):
                                   checks.reference_labels(anchors, gt, valid)[0])
     np.testing.assert_allclose(ops.convert_to_numpy(fallbacks["encode_boxes"](a[:4], b[:4])),
                                checks.reference_codes(a[:4], b[:4]), atol=1e-5)
+    case = (checks._NMS_BOXES, checks._NMS_SCORES, checks._NMS_CLASSES, 0.5, 6)
+    np.testing.assert_array_equal(ops.convert_to_numpy(fallbacks["nms"](*case)),
+                                  checks.reference_nms(*case))
 
 
 def test_the_rpn_loss_with_the_students_functions_equals_the_librarys():
@@ -381,10 +479,38 @@ def test_the_model_trains_with_the_students_matcher():
     assert "anchor_matcher" not in model.get_config()
 
 
+def test_the_detector_predicts_with_the_students_nms():
+    """mask_rcnn(nms=...) runs it on every image in predict_instances, with the same detections
+    as the library's; set later, the compiled detector follows."""
+    from segkeras.data import shapes
+    from segkeras.models.mask_rcnn import mask_rcnn, predict_instances
+
+    calls = []
+
+    def counting_nms(*args):
+        calls.append("nms")
+        return nms(*args)
+
+    data = shapes.generate(2, 64, seed=0)
+    model = mask_rcnn(data.num_classes, "mobilenetv2", weights=None, input_shape=(64, 64, 3),
+                      anchor_sizes=(16, 32), fpn_channels=16, box_head_units=16,
+                      mask_head_channels=8, rpn_pre_nms=50, rpn_post_nms_train=20,
+                      rpn_post_nms_test=10, rois_per_image=8, max_detections=5, seed=0,
+                      score_threshold=0.0)
+    library = predict_instances(model, data.images)
+    model.nms = counting_nms
+    mine = predict_instances(model, data.images)
+    assert calls, "the detector never called the student's nms"
+    for ours, theirs in zip(mine, library, strict=True):
+        assert len(ours["boxes"]) == len(theirs["boxes"]) > 0
+        np.testing.assert_allclose(ours["boxes"], theirs["boxes"], atol=1e-4)
+        np.testing.assert_array_equal(ours["class_ids"], theirs["class_ids"])
+
+
 def test_the_score_adds_up_over_the_lab(capsys):
     checks.box_iou(box_iou)
     checks.encode_boxes(make_encode(log=False))
-    assert core.total() == (2, 7)
+    assert core.total() == (2, 10)
     assert capsys.readouterr().out.endswith(
-        "Score in this notebook: 2/7 points (1/3 exercises passed; the grader re-runs every "
+        "Score in this notebook: 2/10 points (1/4 exercises passed; the grader re-runs every "
         "answer on its own)\n")

@@ -50,6 +50,10 @@ def test_each_submission_scores_what_its_honest_part_earns(graded, capsys):
     assert "encode_box_to_deltas" in messages["lazy", "encode_boxes"]
     assert "write it yourself" in messages["captured", "box_iou"]
     assert "not answered" in messages["untouched", "box_iou"]
+    assert "earlier index comes first" in messages["hostile", "nms"]
+    assert "strictly above the threshold" in messages["borrowed", "nms"]
+    assert "different classes never suppress" in messages["captured", "nms"]
+    assert "traced as a graph" in messages["lazy", "nms"]
     print(f"grading one lab-6 submission took {seconds:.0f} s on average")  # bench/s9_grading.py
 
 
@@ -57,7 +61,7 @@ def test_feedback_per_student_and_an_earlier_grading_is_kept(graded, capsys):
     code, out, expected, _ = graded
     assert sorted(path.stem for path in (out / "feedback").glob("*.md")) == sorted(expected)
     text = (out / "feedback" / "tampered.md").read_text(encoding="utf-8")
-    assert "**2/7 points**" in text and "✓ **box_iou**: 2/2 points" in text
+    assert "**5/10 points**" in text and "✓ **box_iou**: 2/2 points" in text
     assert "dw and dh are logarithms" in text
     before = (out / "grades.csv").read_text(encoding="utf-8")
     capsys.readouterr()

@@ -1,7 +1,8 @@
 """Labs 01-03 graded out of process (a worker per answer, hidden-seed inputs, RemoteAnswer): each
-solution notebook gets full marks, and each wrong answer of issue 21 for these labs (and the ways
-around the kernel's checks that only the worker's order of events closes) loses exactly its
-exercise's points. The same wrong answers fail in the kernel (tests/test_checks_fcn.py, ...).
+solution notebook gets full marks (its written answers are left to the instructor), and each
+wrong answer of issue 21 for these labs (and the ways around the kernel's checks that only the
+worker's order of events closes) loses exactly its exercise's points. The same wrong answers
+fail in the kernel (tests/test_checks_fcn.py, ...).
 """
 
 import time
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from segkeras.checks.core import lab_module
 from segkeras.grading.grade import grade_answers, grade_notebook
 
 SOLUTIONS = Path(__file__).resolve().parents[1] / "solutions"
@@ -64,6 +66,20 @@ REFERENCE = '''import segkeras
 def {name}(*args):
     return getattr(segkeras, "che" + "cks").deconv.{reference}(*args)
 '''
+NOT_TRANSPOSED = '''def transposed_conv_matrix(kernel, size, stride, padding):
+    k = len(kernel)
+    if padding == "same":
+        out = -(-size // stride)
+        top = max((out - 1) * stride + k - size, 0) // 2
+    else:
+        out, top = (size - k) // stride + 1, 0
+    conv = np.zeros((out * out, size * size))
+    for i, j, a, b in np.ndindex(out, out, k, k):
+        y, x = i * stride - top + a, j * stride - top + b
+        if 0 <= y < size and 0 <= x < size:
+            conv[i * out + j, y * size + x] = kernel[a, b]
+    return conv  # the convolution's matrix, not its transpose
+'''
 RELU_BEFORE_BATCHNORM = '''def upsampling_block(x, skip, filters, name):
     x = layers.Conv2DTranspose(filters, 4, strides=2, padding="same", use_bias=False,
                                name=f"{name}_deconv")(x)
@@ -117,7 +133,7 @@ FREEZE_CONVOLUTIONS_ONLY = '''def freeze_encoder(model):
     return model
 '''
 
-SOLUTION_NOTEBOOKS = {"01_fcn": 9, "02_transposed_convolutions": 12,
+SOLUTION_NOTEBOOKS = {"01_fcn": 9, "02_transposed_convolutions": 15,
                       "03_unet_transfer_learning": 7}
 
 # (lab, answers) -> {exercise: words of the hint}; each run grades only the exercises it names
@@ -130,6 +146,7 @@ WRONG = [
      {"convolutionize": "write it yourself", "fuse_skip": "the transposed convolution itself",
       "fcn_head": "x2 upsamplings are learned"}),
     ("02_transposed_convolutions", {
+        "transposed_conv_matrix": NOT_TRANSPOSED,
         "transposed_output_size": KERAS_INTERNAL_SIZE,
         "overlap_counts": REFERENCE.format(name="overlap_counts",
                                            reference="reference_overlap_counts"),
@@ -137,7 +154,8 @@ WRONG = [
                                             reference="reference_bilinear_kernel"),
         "upsampling_block": RELU_BEFORE_BATCHNORM,
         "max_unpool": REFERENCE.format(name="max_unpool", reference="reference_max_unpool")},
-     {"transposed_output_size": "write it yourself", "overlap_counts": "write it yourself",
+     {"transposed_conv_matrix": "the convolution's matrix C",
+      "transposed_output_size": "write it yourself", "overlap_counts": "write it yourself",
       "bilinear_kernel": "write it yourself", "upsampling_block": "no activation before",
       "max_unpool": "write it yourself"}),
     ("03_unet_transfer_learning", {"decoder_block": NEAREST_THEN_1X1_TRANSPOSED,
@@ -160,6 +178,8 @@ def test_the_solution_gets_full_marks_out_of_process(lab, capsys):
     seconds = time.perf_counter() - started
     assert all(grade.passed for grade in grades), [str(grade) for grade in grades]
     assert sum(grade.points for grade in grades) == SOLUTION_NOTEBOOKS[lab]
+    # the written answers (manually graded markdown cells) are not the grader's
+    assert [grade.exercise for grade in grades] == list(lab_module(lab).LAB.exercises)
     with capsys.disabled():
         print(f"\n{lab}: the solution graded out of process in {seconds:.0f} s")
 

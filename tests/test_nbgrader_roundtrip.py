@@ -28,13 +28,15 @@ CHECKS = {f"check_{exercise}": points for exercise, points in POINTS.items()}
 
 
 def graded_part(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """The cells nbgrader grades, with what they need: the cell starting the lab (the imports),
-    the solution and check cells, the score."""
+    """The cells nbgrader autogrades, with what they need: the cell starting the lab (the
+    imports), the solution and check cells, the score (code cells only: the written answers are
+    graded by hand)."""
     keep = []
     for index, cell in enumerate(notebook.cells):
         grading = cell.metadata["nbgrader"]
-        if grading["solution"] or grading["grade"] or ".start()" in cell.source \
-                or index == len(notebook.cells) - 1:
+        if cell.cell_type == "code" and (grading["solution"] or grading["grade"]
+                                         or ".start()" in cell.source
+                                         or index == len(notebook.cells) - 1):
             keep.append(cell)
     notebook.cells = keep
     return notebook
@@ -108,33 +110,34 @@ def test_the_release_is_the_student_version(course):
 def test_a_solution_gets_full_points(course, monkeypatch):
     _, _, solved, _ = course
     score, maximum, grades = autograde(course, "solution", solved, monkeypatch)
-    assert (score, maximum) == (7, 7) and grades == CHECKS
+    assert (score, maximum) == (10, 10) and grades == CHECKS
 
 
 def test_an_untouched_lab_gets_zero(course, monkeypatch):
     _, _, _, released = course
     score, maximum, grades = autograde(course, "untouched", released, monkeypatch)
-    assert (score, maximum) == (0, 7) and set(grades.values()) == {0}
+    assert (score, maximum) == (0, 10) and set(grades.values()) == {0}
 
 
 def test_one_wrong_answer_loses_exactly_that_exercises_points(course, monkeypatch):
     _, _, solved, _ = course
     wrong = answered_with(solved, encode_boxes=PATCHED_WRONG_CODER)
     score, _, grades = autograde(course, "wrong", wrong, monkeypatch)
-    assert grades == {**CHECKS, "check_encode_boxes": 0} and score == 5
+    assert grades == {**CHECKS, "check_encode_boxes": 0} and score == 8
 
 
 def test_tampering_scores_only_what_the_honest_answers_earn(course, monkeypatch):
     """box_iou: honest, beside every tamper (the kernel's checks rebound, their results forged,
     numpy patched, SEGKERAS_GRADING=0); match_anchors: loops forever; encode_boxes: honest after
     a sys.exit(); and a cell of its own with a crashing import. Untampered, the kernel would
-    print 7/7."""
+    print 10/10; nms: honest."""
     _, _, solved, released = course
     tampered = answered_with(
         released, box_iou=TAMPERS + solution_source("box_iou"),
         match_anchors=LOOPING_IOU.replace("box_iou(boxes_a, boxes_b)",
                                           "match_anchors(anchors, gt_boxes, gt_valid)"),
-        encode_boxes="import sys\nsys.exit()\n" + solution_source("encode_boxes"))
+        encode_boxes="import sys\nsys.exit()\n" + solution_source("encode_boxes"),
+        nms=solution_source("nms"))
     tampered.cells.insert(1, nbformat.v4.new_code_cell("import no_such_module_anywhere"))
     score, maximum, grades = autograde(course, "tampered", tampered, monkeypatch)
-    assert grades == {**CHECKS, "check_match_anchors": 0} and (score, maximum) == (4, 7)
+    assert grades == {**CHECKS, "check_match_anchors": 0} and (score, maximum) == (7, 10)

@@ -82,9 +82,66 @@ def test_solution_carries_nbgrader_metadata(path):
     assert [cell.metadata.get("nbgrader") for cell in committed.cells] == [
         cell.metadata["nbgrader"] for cell in solution.cells], "run `make labs`"
     graded = [cell.metadata["nbgrader"] for cell in solution.cells
-              if cell.metadata["nbgrader"]["grade"]]
+              if cell.metadata["nbgrader"]["grade"] and cell.cell_type == "code"]
     assert graded and all(grade["points"] > 0 and grade["locked"] for grade in graded)
     assert all(grade["grade_id"].startswith("check_") for grade in graded)
+    written = [cell.metadata["nbgrader"] for cell in solution.cells
+               if cell.cell_type == "markdown" and cell.metadata["nbgrader"]["grade"]]
+    lab = solution.metadata["segkeras"]["lab"]
+    assert [grade["grade_id"] for grade in written] == [
+        f"{lab}_q{k}" for k in range(1, len(written) + 1)]
+    assert all(grade["solution"] and grade["points"] > 0 for grade in written)
+
+
+WRITTEN = "### BEGIN SOLUTION\nA model answer.\n\n**Rubric** (2 points): one per idea.\n" \
+          "### END SOLUTION"
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name)
+def test_written_answers_are_released_without_the_model_answer(path):
+    """The questions to think about are manually graded answer cells: the solution keeps the
+    model answer and its rubric, the lab has nbgrader's "YOUR ANSWER HERE" in their place."""
+    solution = nbformat.read(path, as_version=4)
+    lab = nbformat.read(ROOT / "labs" / path.name, as_version=4)
+    answers = [index for index, cell in enumerate(solution.cells)
+               if cell.cell_type == "markdown" and "### BEGIN SOLUTION" in cell.source]
+    if not answers and path.name[:2] not in ("01", "02", "03"):
+        pytest.xfail("this lab's questions have no written answer cells yet")
+    assert answers, "the questions to think about need answer cells"
+    for index in answers:
+        assert "**Rubric**" in solution.cells[index].source
+        released = lab.cells[index]
+        assert released.cell_type == "markdown" and "YOUR ANSWER HERE" in released.source
+        assert "Rubric" not in released.source and "BEGIN SOLUTION" not in released.source
+        model_answer = solution.cells[index].source.partition("### BEGIN SOLUTION")[2]
+        assert model_answer.splitlines()[1] not in released.source
+        assert released.metadata["nbgrader"]["grade"] and released.metadata["nbgrader"][
+            "solution"]
+
+
+def test_grade_metadata_marks_a_written_answer_cell():
+    notebook = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("checks.mask_head.paste_mask(f)"),
+        nbformat.v4.new_markdown_cell("**1.** Why?\n<!-- points: 2 -->\n\n" + WRITTEN),
+        nbformat.v4.new_markdown_cell("**2.** How?\n<!-- points: 3 -->\n\n" + WRITTEN),
+    ])
+    grades = [cell.metadata["nbgrader"] for cell in notebooks.grade_metadata(notebook).cells]
+    assert grades[1] == {"grade": True, "solution": True, "locked": False, "points": 2,
+                         "grade_id": "05_mask_rcnn_head_q1", "schema_version": 3}
+    assert grades[2]["grade_id"] == "05_mask_rcnn_head_q2" and grades[2]["points"] == 3
+
+
+@pytest.mark.parametrize("source, words", [
+    ("Why?\n\n" + WRITTEN, "points: N"),
+    ("Why?\n<!-- points: 2 -->\n\n### BEGIN SOLUTION\nAn answer.\n### END SOLUTION",
+     "Rubric"),
+])
+def test_grade_metadata_refuses_a_written_answer_without_points_or_rubric(source, words):
+    from segkeras.errors import SegkerasError
+
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(source)])
+    with pytest.raises(SegkerasError, match=words):
+        notebooks.grade_metadata(notebook, "x.ipynb")
 
 
 def test_grade_metadata_from_the_cells():
@@ -129,6 +186,7 @@ def test_sync_writes_labs_from_a_solution(tmp_path):
             "(https://colab.research.google.com/github/old/place/blob/main/solutions/x.ipynb)"),
         nbformat.v4.new_code_cell(
             "print('keep me')\n### BEGIN SOLUTION\nanswer = 42\n### END SOLUTION"),
+        nbformat.v4.new_markdown_cell("**1.** Why 42?\n<!-- points: 2 -->\n\n" + WRITTEN),
     ]
     notebook.cells[1].outputs = [nbformat.v4.new_output("stream", text="keep me\n")]
     nbformat.write(notebook, solutions / "01_x.ipynb")
@@ -141,8 +199,11 @@ def test_sync_writes_labs_from_a_solution(tmp_path):
         "locked"] and lab.cells[0].metadata["editable"] is False  # nbgrader's LockCells
     assert "print('keep me')" in lab.cells[1].source and lab.cells[1].outputs == []
     assert notebooks.colab_url("labs", "01_x.ipynb") in lab.cells[0].source
+    assert lab.cells[2].source == "**1.** Why 42?\n<!-- points: 2 -->\n\nYOUR ANSWER HERE"
+    assert lab.cells[2].metadata["nbgrader"]["points"] == 2  # a manually graded answer cell
     solution = nbformat.read(solutions / "01_x.ipynb", as_version=4)
     assert solution.cells[1].outputs, "solution keeps outputs"
+    assert "A model answer." in solution.cells[2].source
     os.remove(labs / "01_x.ipynb")
     assert notebooks.stale(solutions, labs) == ["01_x.ipynb"]
 

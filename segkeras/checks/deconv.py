@@ -2,7 +2,9 @@
 
 Each check tests the idea of its exercise against an independent reference written here in numpy
 (the tests compare these references with what Keras and segkeras actually do): the output size of
-``Conv2DTranspose``, how many input pixels write each output pixel (the cause of checkerboard
+``Conv2DTranspose``, the transposed convolution as the transpose of the convolution's matrix
+(checked against a matrix built from the convolution's responses to one-hot images), how many
+input pixels write each output pixel (the cause of checkerboard
 artefacts), a bilinear kernel that upsamples a ramp like bilinear resizing, a decoder step whose
 upsampling *is* a learned stride-2 transposed convolution, and DeconvNet's unpooling with
 switches. An answer that calls the Keras or segkeras code implementing the exercise (Keras'
@@ -26,8 +28,8 @@ from segkeras.grading.answer import Answer
 from segkeras.grading.probes import build_model, probe
 
 LAB = Lab("02_transposed_convolutions", {
-    "transposed_output_size": 2, "overlap_counts": 2, "bilinear_kernel": 3,
-    "upsampling_block": 3, "max_unpool": 2,
+    "transposed_conv_matrix": 3, "transposed_output_size": 2, "overlap_counts": 2,
+    "bilinear_kernel": 3, "upsampling_block": 3, "max_unpool": 2,
 })
 
 
@@ -63,7 +65,89 @@ def _numpy(x) -> np.ndarray:
     return np.asarray(keras.ops.convert_to_numpy(x), dtype="float64")
 
 
-# --- exercise 1: the output size -----------------------------------------------------------------
+# --- exercise 1: the transposed convolution as a matrix ------------------------------------------
+
+def reference_conv_matrix(kernel: np.ndarray, size: int, stride: int, padding: str) -> np.ndarray:
+    """The matrix C of a one-channel ``Conv2D`` (no bias) on a ``size`` x ``size`` image, both
+    flattened row-major: column j is the convolution's response to the j-th one-hot image."""
+    basis = np.eye(size * size, dtype="float32").reshape(size * size, size, size, 1)
+    responses = keras.ops.conv(basis, np.asarray(kernel, "float32")[:, :, None, None],
+                               strides=stride, padding=padding)
+    return _numpy(responses).reshape(size * size, -1).T
+
+
+def _library_transposed_conv_matrix(kernel, size: int, stride: int, padding: str) -> np.ndarray:
+    """``Conv2DTranspose``'s responses to one-hot images of the convolution's output size."""
+    kernel = np.asarray(kernel, "float32")
+    out = -(-size // stride) if padding == "same" else (size - len(kernel)) // stride + 1
+    layer = keras.layers.Conv2DTranspose(1, len(kernel), strides=stride, padding=padding,
+                                         use_bias=False)
+    layer.build((None, out, out, 1))
+    layer.set_weights([kernel[:, :, None, None]])
+    basis = np.eye(out * out, dtype="float32").reshape(out * out, out, out, 1)
+    return _numpy(layer(basis)).reshape(out * out, -1).T
+
+
+def _transposed_conv(kernel: np.ndarray, stride: int, padding: str, y: np.ndarray) -> np.ndarray:
+    """``Conv2DTranspose`` holding ``kernel`` applied to the one-channel image ``y``."""
+    layer = keras.layers.Conv2DTranspose(1, len(kernel), strides=stride, padding=padding,
+                                         use_bias=False)
+    layer.build((None, *y.shape, 1))
+    layer.set_weights([kernel[:, :, None, None].astype("float32")])
+    return _numpy(layer(y[None, :, :, None].astype("float32")))[0, :, :, 0]
+
+
+def _matrix_cases(rng: np.random.Generator) -> list[tuple[np.ndarray, int, int, str]]:
+    """(kernel, size, stride, padding): the lab's 4x4 examples, then random ones, each with a
+    size the transposed convolution gives back exactly (no output_padding needed) and a kernel
+    at least as wide as the stride (as in the rest of the lab)."""
+    cases = [(3, 4, 1, "valid"), (3, 4, 2, "same"), (3, 5, 2, "valid"), (2, 4, 1, "same")]
+    for _ in range(6):
+        stride = int(rng.integers(1, 4))
+        kernel, padding = int(rng.integers(stride, 6)), str(rng.choice(["valid", "same"]))
+        out = int(rng.integers(2, 5))
+        size = out * stride if padding == "same" else (out - 1) * stride + kernel
+        cases.append((kernel, size, stride, padding))
+    return [(rng.normal(size=(k, k)).round(2) + np.eye(k)[::-1], size, stride, padding)
+            for k, size, stride, padding in cases]  # the anti-diagonal: never symmetric
+
+
+@LAB.check("transposed_conv_matrix",
+           forbid=[*_KERAS_TRANSPOSED, keras.layers.Conv2D, keras.ops.conv],
+           fallback=_library_transposed_conv_matrix)
+@in_float32
+def transposed_conv_matrix(answer: Answer) -> None:
+    """``answer(kernel, size, stride, padding)`` -> C^T, (size², out²), C the matrix of the
+    ``Conv2D`` (kernel, stride, padding) on a flattened size x size image."""
+    for kernel, size, stride, padding in _matrix_cases(answer.rng):
+        case = f"a {len(kernel)}x{len(kernel)} kernel, size={size}, stride={stride}, " \
+               f"padding={padding!r}"
+        conv = reference_conv_matrix(kernel, size, stride, padding)
+        got = np.asarray(answer(kernel, size, stride, padding), dtype="float64")
+        if got.shape == conv.shape and np.allclose(got, conv, atol=1e-4) \
+                and not np.allclose(conv, conv.T if conv.shape == conv.T.shape else 0):
+            raise CheckFailed(f"{case}: this is the convolution's matrix C (one row per "
+                              "output pixel); the transposed convolution is its transpose C^T")
+        require(got.shape == conv.T.shape,
+                f"{case}: C^T has one row per pixel of the size x size image and one column "
+                f"per pixel of the convolution's output: shape {conv.T.shape}, got {got.shape}"
+                + (" ('same': the output side is ceil(size / stride))" if padding == "same"
+                   else " ('valid': (size - kernel) // stride + 1 per side)"))
+        y = answer.rng.normal(size=(int(conv.shape[0] ** 0.5),) * 2)
+        expected = _transposed_conv(kernel, stride, padding, y).ravel()
+        require_close(got @ y.ravel(), expected,
+                      f"{case}: C^T @ y must equal Conv2DTranspose (same kernel, stride and "
+                      "padding) of y. Row i of C is the kernel laid over the image window of "
+                      "output pixel i: window corners `stride` apart"
+                      + (", starting at -(total padding // 2), where the total padding is "
+                         "max((out - 1) * stride + kernel - size, 0) (the extra pixel goes "
+                         "to the bottom and the right)" if padding == "same" else
+                         ", starting at 0 (no padding)")
+                      + "; no kernel flip (Keras convolutions are correlations)",
+                      atol=1e-3 * max(1.0, float(np.abs(expected).max())))
+
+
+# --- exercise 2: the output size -----------------------------------------------------------------
 
 def reference_output_size(size: int, kernel: int, stride: int, padding: str) -> int:
     """``Conv2DTranspose``'s output side: whole stamps ("valid") or cropped to size x stride."""
@@ -103,7 +187,7 @@ def transposed_output_size(answer: Answer) -> None:
                    "'same' crops the 'valid' output to exactly size x stride."))
 
 
-# --- exercise 2: counting the stamps -------------------------------------------------------------
+# --- exercise 3: counting the stamps -------------------------------------------------------------
 
 def reference_overlap_counts(size: int, kernel: int, stride: int) -> np.ndarray:
     """For each output pixel of a 1-D "valid" transposed convolution, how many inputs write it."""
@@ -144,7 +228,7 @@ def overlap_counts(answer: Answer) -> None:
                       "of each output pixel")
 
 
-# --- exercise 3: a bilinear kernel ---------------------------------------------------------------
+# --- exercise 4: a bilinear kernel ---------------------------------------------------------------
 
 def reference_bilinear_kernel(size: int, channels: int) -> np.ndarray:
     """The tent kernel (FCN's bilinear initialisation) at ``[:, :, c, c]``, zeros elsewhere."""
@@ -200,7 +284,7 @@ def bilinear_kernel(answer: Answer) -> None:
                       f"{'an even' if size % 2 == 0 else 'an odd'} size the centre is {centre}")
 
 
-# --- exercise 4: a decoder step ------------------------------------------------------------------
+# --- exercise 5: a decoder step ------------------------------------------------------------------
 
 def _set_weights(model: keras.Model, layer_type, make) -> None:
     for layer in model.layers:
@@ -320,7 +404,7 @@ def upsampling_block(answer: Answer) -> None:
     _check_upsampling(model, [coarse, features], filters)
 
 
-# --- exercise 5: unpooling with switches ---------------------------------------------------------
+# --- exercise 6: unpooling with switches ---------------------------------------------------------
 
 def reference_max_unpool(values: np.ndarray, pre_pool: np.ndarray) -> np.ndarray:
     """2x2 unpooling of ``(H/2, W/2, C)`` values at the first (row-major) maximum of each window
@@ -375,7 +459,7 @@ def max_unpool(answer: Answer) -> None:
 
 
 # The checks' own references: refused as answers, forbidden while any answer runs.
-PRIVATE = (reference_output_size, reference_overlap_counts, reference_bilinear_kernel,
-           reference_max_unpool)
+PRIVATE = (reference_conv_matrix, reference_output_size, reference_overlap_counts,
+           reference_bilinear_kernel, reference_max_unpool)
 
 start, use, guard, total = LAB.start, LAB.use, LAB.guard, LAB.total

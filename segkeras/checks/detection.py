@@ -1,6 +1,7 @@
 """Checks for lab 6, from boxes to masks: the IoU of two sets of boxes, the RPN's matching of
 anchors to ground-truth boxes and the box coder of Faster R-CNN (Ren, He, Girshick & Sun, NIPS
-2015, Sec. 3.1.2 and eq. 2), which Mask R-CNN (He et al., ICCV 2017) trains its proposals with.
+2015, Sec. 3.1.2 and eq. 2), which Mask R-CNN (He et al., ICCV 2017) trains its proposals with,
+and the greedy per-class non-maximum suppression its detections go through.
 
 Each judge compares the student's function with a plain numpy reference written here (private:
 refused as an answer; the library's and Keras' own box functions are forbidden: "write it
@@ -10,6 +11,15 @@ answer breaks. Then it runs the answer where the model runs it: traced as a grap
 :func:`segkeras.models.mask_rcnn.rpn.rpn_losses` on a batch under ``tf.function``, comparing
 values (an answer in numpy that special-cases symbolic tensors fails there). The fallbacks are the
 library's versions, what the lab trains with until an exercise passes.
+
+NMS's contract (the library's :func:`segkeras.boxes.batched_non_max_suppression`, one image):
+``nms(boxes (n, 4), scores (n,), class_ids (n,), iou_threshold, max_outputs)`` -> (max_outputs,)
+int indices of the kept boxes, best first, padded with -1. Boxes are visited by descending score,
+equal scores in index order (the earlier index first); a box is kept unless a kept box of the
+**same class** visited before it overlaps it with IoU **strictly above** the threshold. The judge
+compares with a plain numpy greedy loop on hand-made boxes (a tie, an IoU of exactly the
+threshold, two classes) and on random clusters with tied scores, traced as a graph, and inside
+the detector's final step (:func:`segkeras.models.mask_rcnn.roi_heads.detect`).
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ import keras.utils.bounding_boxes as keras_boxes
 import numpy as np
 
 import segkeras.boxes
+import segkeras.models.mask_rcnn.roi_heads
 import segkeras.models.mask_rcnn.rpn
 import segkeras.models.mask_rcnn.sampling
 from segkeras.checks.core import CheckFailed, Lab, in_float32, require
@@ -32,7 +43,7 @@ from segkeras.models.mask_rcnn.anchors import anchor_grid
 POSITIVE_IOU, NEGATIVE_IOU = 0.7, 0.3
 _ATOL = 1e-4
 
-LAB = Lab("06_boxes_to_masks", {"box_iou": 2, "match_anchors": 3, "encode_boxes": 2})
+LAB = Lab("06_boxes_to_masks", {"box_iou": 2, "match_anchors": 3, "encode_boxes": 2, "nms": 3})
 start, use, guard, total = LAB.start, LAB.use, LAB.guard, LAB.total
 
 
@@ -139,6 +150,14 @@ def library_match_anchors(anchors, gt_boxes, gt_valid):
 def library_encode_boxes(reference_boxes, boxes, weights=(1.0, 1.0, 1.0, 1.0)):
     """segkeras' answer to exercise 3."""
     return segkeras.boxes.encode_boxes(reference_boxes, boxes, weights)
+
+
+def library_nms(boxes, scores, class_ids, iou_threshold, max_outputs):
+    """segkeras' answer to exercise 4: indices padded with -1."""
+    keep, kept = segkeras.boxes.batched_non_max_suppression(
+        keras.ops.expand_dims(boxes, 0), keras.ops.expand_dims(scores, 0),
+        keras.ops.expand_dims(class_ids, 0), iou_threshold, max_outputs)
+    return keras.ops.where(kept[0], keep[0], -1)
 
 
 # --- running an answer inside the model -------------------------------------------------------
@@ -471,7 +490,217 @@ def encode_boxes(encode_fn: Answer) -> None:
     _check_trains(encode_fn, "box_encoder")
 
 
+# --- exercise 4: non-maximum suppression ------------------------------------------------------
+
+def reference_nms(boxes, scores, class_ids, iou_threshold: float, max_outputs: int,
+                  first_of_ties: bool = True, strict: bool = True,
+                  per_class: bool = True) -> np.ndarray:
+    """Greedy NMS in plain numpy -> (max_outputs,) indices padded with -1; the keywords make the
+    usual mistakes (the last of equal scores first, suppressing at IoU == threshold, suppressing
+    across classes)."""
+    boxes, scores = np.asarray(boxes, np.float64), np.asarray(scores, np.float64)
+    classes = np.asarray(class_ids)
+    index = np.arange(len(scores))
+    order = np.lexsort((index if first_of_ties else -index, -scores))
+    iou = reference_iou(boxes, boxes)
+    overlaps = iou > iou_threshold if strict else iou >= iou_threshold
+    if per_class:
+        overlaps &= classes[:, None] == classes[None, :]
+    suppressed = np.zeros(len(scores), bool)
+    kept = []
+    for i in order:
+        if not suppressed[i]:
+            kept.append(i)
+            suppressed |= overlaps[i]
+    kept = kept[:max_outputs]
+    return np.array(kept + [-1] * (max_outputs - len(kept)), np.int64)
+
+
+# One image where each rule shows: boxes 0 and 1 tie in score and overlap (keep 0, the earlier),
+# box 3 overlaps box 2 with IoU exactly 0.5 (kept at threshold 0.5), box 4 (class 2) covers
+# box 0 (class 1) and suppresses nothing of it.
+_NMS_BOXES = np.array([[10, 10, 30, 30], [11, 11, 31, 31], [40, 0, 60, 10], [40, 0, 50, 10],
+                       [12, 10, 32, 30]], np.float32)
+_NMS_SCORES = np.array([0.6, 0.6, 0.9, 0.7, 0.8], np.float32)
+_NMS_CLASSES = np.array([1, 1, 1, 1, 2], np.int32)
+
+_NMS_MISTAKES = (
+    (dict(first_of_ties=False),
+     "of two boxes with equal scores the earlier index comes first (a stable sort by descending "
+     "score): yours kept the later one."),
+    (dict(strict=False),
+     "a box is suppressed when its IoU with a kept box is strictly above the threshold: at "
+     "IoU == threshold it stays."),
+    (dict(per_class=False),
+     "boxes of different classes never suppress each other: a box is suppressed only by a kept "
+     "box of its own class."),
+)
+
+
+def _nms_clusters(rng: np.random.Generator, iou_threshold: float):
+    """Clusters of jittered boxes of two classes with scores on a coarse grid (so some tie),
+    redrawn until no pair's IoU is within 1e-3 of the threshold (float32 rounding must not
+    decide a case)."""
+    while True:
+        centres = np.repeat(rng.uniform(20, 80, size=(4, 2)), 5, axis=0)
+        centres += rng.normal(0, 3, size=centres.shape)
+        sides = rng.uniform(10, 30, size=centres.shape)
+        boxes = np.concatenate([centres - sides / 2, centres + sides / 2], axis=1)
+        iou = reference_iou(boxes, boxes)
+        if np.all(np.abs(iou - iou_threshold) > 1e-3):
+            break
+    scores = rng.integers(1, 10, size=len(boxes)) / 10
+    classes = rng.integers(1, 3, size=len(boxes))
+    return boxes.astype(np.float32), scores.astype(np.float32), classes.astype(np.int32)
+
+
+def _nms_result(answer, exercise: str, max_outputs: int) -> np.ndarray:
+    indices = _numpy(answer)
+    require(indices.shape == (max_outputs,),
+            f"{exercise} should return a fixed-size (max_outputs,) = ({max_outputs},) array of "
+            f"indices, padded with -1; got shape {indices.shape}.")
+    require(np.issubdtype(indices.dtype, np.integer),
+            f"{exercise} should return integer indices (e.g. int32), got {indices.dtype}.")
+    return indices.astype(np.int64)
+
+
+def _diagnose_nms(answer: np.ndarray, expected: np.ndarray, case: tuple, where: str) -> str:
+    boxes, scores, classes, threshold, max_outputs = case
+    for mistake, hint in _NMS_MISTAKES:
+        if np.array_equal(answer, reference_nms(boxes, scores, classes, threshold, max_outputs,
+                                                **mistake)):
+            return f"{where}: {hint}"
+    kept = expected[expected >= 0]
+    if np.array_equal(np.sort(answer[answer >= 0]), np.sort(kept)):
+        return (f"{where}: you keep the right boxes but list them as {answer.tolist()}: the "
+                f"kept indices come best first ({expected.tolist()}), then -1 padding.")
+    if set(answer[len(kept):].tolist()) - {-1}:
+        return (f"{where}: after the kept boxes the output is padded with -1 up to max_outputs; "
+                f"got {answer.tolist()}, expected {expected.tolist()}.")
+    return (f"{where} (IoU threshold {threshold}, max_outputs {max_outputs}) your nms gives "
+            f"{answer.tolist()}, expected {expected.tolist()}. Visit the boxes by descending "
+            "score; keep a box unless a kept box of its class overlaps it with IoU > threshold.")
+
+
+@probe
+def nms_in_graph(function: Callable, boxes, scores, class_ids, iou_threshold: float,
+                 max_outputs: int):
+    """``function`` on tensors traced as a graph (``tf.function``, as ``predict`` runs the
+    detector; ``jax.jit`` on JAX), the threshold and output size fixed Python numbers."""
+    def run(*tensors):
+        return function(*tensors, iou_threshold, max_outputs)
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        run = tf.function(run, autograph=False)
+    elif backend == "jax":
+        import jax
+
+        run = jax.jit(run)
+    return run(*(keras.ops.convert_to_tensor(array) for array in (boxes, scores, class_ids)))
+
+
+@functools.lru_cache(maxsize=1)
+def _detector_batch() -> dict[str, np.ndarray]:
+    """Two images' worth of the box head's output: 24 proposals (the last 4 of the second image
+    not valid), logits over the background and 2 classes, and box deltas."""
+    rng = np.random.default_rng(16)
+    corners = rng.uniform(0, 40, size=(2, 24, 2))
+    proposals = np.concatenate([corners, corners + rng.uniform(8, 24, size=(2, 24, 2))], -1)
+    valid = np.ones((2, 24), bool)
+    valid[1, 20:] = False
+    return {"proposals": proposals.astype(np.float32), "valid": valid,
+            "logits": rng.normal(0, 2, size=(2, 24, 3)).astype(np.float32),
+            "deltas": rng.normal(0, 0.5, size=(2, 24, 3, 4)).astype(np.float32)}
+
+
+def _detections(nms=None) -> dict[str, np.ndarray]:
+    """The detector's last step on :func:`_detector_batch`, traced as a graph, with ``nms`` in
+    place of the library's per-class NMS."""
+    batch = _detector_batch()
+
+    def run(proposals, valid, logits, deltas):
+        return segkeras.models.mask_rcnn.roi_heads.detect(
+            proposals, valid, logits, deltas, (64, 64), 0.05, 0.5, 10, nms=nms)
+
+    tensors = [keras.ops.convert_to_tensor(batch[name])
+               for name in ("proposals", "valid", "logits", "deltas")]
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        run = tf.function(run, autograph=False)
+    return {key: _numpy(value) for key, value in run(*tensors).items()}
+
+
+@probe
+def detections_with(function: Callable):
+    """The detector's final detections with the student's NMS: an error comes back as its
+    message, a string."""
+    try:
+        return _detections(function)
+    except CheckFailed:
+        raise
+    except Exception as error:
+        return f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
+
+
+_library_detections = functools.lru_cache(maxsize=1)(_detections)
+
+
+@LAB.check("nms", forbid=[segkeras.boxes.non_max_suppression,
+                          segkeras.boxes.batched_non_max_suppression],
+           fallback=library_nms)
+@in_float32
+def nms(nms_fn: Answer) -> None:
+    """``nms(boxes (n, 4), scores (n,), class_ids (n,), iou_threshold, max_outputs)`` ->
+    (max_outputs,) kept indices, best first, padded with -1: each rule on its own, random clusters
+    with tied scores, traced as a graph, and inside the detector."""
+    rng = nms_fn.rng
+    handmade = (_NMS_BOXES, _NMS_SCORES, _NMS_CLASSES, 0.5, 6)
+    cases = [("on 5 hand-made boxes", handmade),
+             ("with max_outputs 3", (*handmade[:4], 3))]
+    for threshold in (0.3, 0.7):
+        boxes, scores, classes = _nms_clusters(rng, threshold)
+        cases += [(f"on {len(boxes)} random boxes in clusters", (boxes, scores, classes,
+                                                                 threshold, len(boxes) + 3)),
+                  (f"on {len(boxes)} random boxes, max_outputs 4", (boxes, scores, classes,
+                                                                   threshold, 4))]
+    for where, case in cases:
+        boxes, scores, classes, threshold, max_outputs = case
+        answer = _nms_result(nms_fn(boxes.copy(), scores.copy(), classes.copy(), threshold,
+                                    max_outputs), "nms", max_outputs)
+        expected = reference_nms(*case)
+        if not np.array_equal(answer, expected):
+            require(False, _diagnose_nms(answer, expected, case, where))
+    boxes, scores, classes, threshold, max_outputs = cases[2][1]
+    try:
+        traced = nms_fn.probe(nms_in_graph, boxes, scores, classes, threshold, max_outputs)
+    except CheckFailed:
+        raise
+    except Exception as error:
+        raise CheckFailed(_keras_ops_hint(
+            "nms", "traced as a graph (as the detector runs it)", error)) from None
+    traced = _nms_result(traced, "nms traced as a graph", max_outputs)
+    require(bool(np.array_equal(traced, reference_nms(*cases[2][1]))),
+            f"traced as a graph (as the detector runs it) your nms gives {traced.tolist()}, "
+            "other indices than on numpy arrays: write it with keras.ops only (a loop over a "
+            "fixed number of steps with keras.ops.fori_loop, no Python `if` on tensor values).")
+    actual = nms_fn.probe(detections_with)
+    if isinstance(actual, str):
+        raise CheckFailed(
+            "your nms gives the right indices but fails where the detector runs it, on every "
+            f"image of a batch ({actual}). Write it with keras.ops only: no numpy, no Python "
+            "`if` on tensor values, no boolean indexing.")
+    expected = _library_detections()
+    require(all(np.allclose(actual[key], expected[key], atol=_ATOL) for key in expected),
+            "with your nms the detector's final detections differ from the library's: it must "
+            "give the same results on tensors (inside model.predict) as on numpy arrays.")
+
+
 # Every reference and library answer of this module: refused as answers, forbidden while any
 # answer runs (the grader's worker swaps them out before the answer is even defined).
 PRIVATE = (reference_iou, _area, _xywh_to_corners, reference_labels, reference_codes, _codes,
-           library_box_iou, library_match_anchors, library_encode_boxes)
+           library_box_iou, library_match_anchors, library_encode_boxes, reference_nms,
+           library_nms)

@@ -37,6 +37,7 @@ class _Detector(keras.Model):
         super().__init__(name=f"{model.name}_detect")
         self.parts = [model.features, model.rpn, model.box_head, model.box_align]
         self.owner = weakref.ref(model)
+        self.nms = model.nms  # the NMS it was compiled with
 
     def build(self, input_shape=None):
         self.built = True
@@ -49,7 +50,7 @@ _DETECTORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _detector(model: MaskRCNN) -> _Detector:
-    if model not in _DETECTORS:
+    if model not in _DETECTORS or _DETECTORS[model].nms is not model.nms:
         _DETECTORS[model] = _Detector(model)
     return _DETECTORS[model]
 

@@ -96,10 +96,12 @@ class MaskRCNN(keras.Model):
                  foreground_fraction: float = 0.25, score_threshold: float = 0.05,
                  nms_threshold: float = 0.5, max_detections: int = 100,
                  batchnorm_momentum: float = 0.9, pyramid: bool = False,
-                 seed: int | None = None, anchor_matcher=None, box_encoder=None, **kwargs):
+                 seed: int | None = None, anchor_matcher=None, box_encoder=None, nms=None,
+                 **kwargs):
         super().__init__(**kwargs)
-        # RPN targets from your own functions (lab 6; see rpn.py); not saved in .keras files.
-        self.anchor_matcher, self.box_encoder = anchor_matcher, box_encoder
+        # RPN targets and the detections' NMS from your own functions (lab 6; see rpn.py and
+        # roi_heads.py); not saved in .keras files.
+        self.anchor_matcher, self.box_encoder, self.nms = anchor_matcher, box_encoder, nms
         pyramid = bool(pyramid)
         sized = resolve_defaults(
             pyramid, anchor_sizes=anchor_sizes, rpn_pre_nms=rpn_pre_nms,
@@ -234,7 +236,8 @@ class MaskRCNN(keras.Model):
         class_logits, deltas = self._box_outputs(features, proposals)
         cfg = self.config
         return detect(proposals, proposal_valid, class_logits, deltas, self.image_size,
-                      cfg["score_threshold"], cfg["nms_threshold"], cfg["max_detections"])
+                      cfg["score_threshold"], cfg["nms_threshold"], cfg["max_detections"],
+                      nms=self.nms)
 
     def call(self, inputs, training=False):
         image = inputs["image"] if isinstance(inputs, dict) else inputs
@@ -329,7 +332,7 @@ OPTIONS = ("anchor_ratios", "fpn_channels", "box_head_units", "mask_head_channel
            "rpn_pre_nms_test", "rpn_post_nms_train", "rpn_post_nms_test", "rpn_anchors_per_image",
            "rois_per_image", "foreground_fraction", "score_threshold", "nms_threshold",
            "max_detections", "batchnorm_momentum", "pyramid", "seed", "anchor_matcher",
-           "box_encoder")
+           "box_encoder", "nms")
 """The ``**options`` :func:`mask_rcnn` passes on to :class:`MaskRCNN` (a test keeps this list
 equal to ``MaskRCNN``'s keyword arguments after ``anchor_sizes``)."""
 
@@ -381,10 +384,11 @@ def mask_rcnn(num_classes: int, backbone: str = "resnet50", weights: str | None 
             statistics, used at inference, keep up with weights that change fast; see also
             :meth:`MaskRCNN.recalibrate_batchnorm`), ``seed``; ``anchor_matcher`` and
             ``box_encoder``: your own one-image functions for the RPN's training targets (the
-            signatures are in :mod:`~segkeras.models.mask_rcnn.rpn`), used by ``fit`` but not
-            saved in ``.keras`` files (a reloaded model trains with the library's). RoIAlign
-            takes 2 x 2 samples per bin (torchvision's Mask R-CNN; Detectron's adaptive
-            ratio is not supported).
+            signatures are in :mod:`~segkeras.models.mask_rcnn.rpn`), used by ``fit``, and
+            ``nms``: your own one-image per-class NMS for the final detections (signature in
+            :mod:`~segkeras.models.mask_rcnn.roi_heads`); none is saved in ``.keras`` files
+            (a reloaded model uses the library's). RoIAlign takes 2 x 2 samples per bin
+            (torchvision's Mask R-CNN; Detectron's adaptive ratio is not supported).
 
     Returns:
         A :class:`MaskRCNN`; train it with ``model.compile(optimizer)`` and ``model.fit`` on

@@ -10,7 +10,11 @@ slots first. Losses: softmax cross-entropy over the sampled regions, smooth L1 o
 the true class of the foreground ones, both divided by the number of sampled regions.
 
 Inference: every proposal is decoded once per class and clipped; pairs scoring above a threshold
-go through per-class NMS (IoU 0.5); the best ``max_detections`` are kept.
+go through per-class NMS (IoU 0.5); the best ``max_detections`` are kept. Your own NMS can do that
+step (``mask_rcnn(nms=...)``, lab 6): ``nms(boxes (n, 4), scores (n,), class_ids (n,),
+iou_threshold, max_outputs)`` -> (max_outputs,) ints, the kept boxes' indices best first, padded
+with -1, for one image; it runs on each image of a batch (``keras.ops.map``), so it must be
+``keras.ops`` code.
 """
 
 from __future__ import annotations
@@ -100,10 +104,31 @@ def box_head_losses(class_logits, deltas, sample: dict, gt_boxes):
     return class_loss, box_loss
 
 
+def _nms_per_image(nms, boxes, scores, class_ids, usable, iou_threshold: float,
+                   max_output: int):
+    """``(keep, kept)`` as :func:`batched_non_max_suppression` returns them, from a one-image
+    ``nms`` (see the module's docstring) run on every image. Unusable pairs go in as empty boxes
+    scoring below every usable one: they suppress nothing and come after every usable one."""
+
+    def one_image(values):
+        image_boxes, image_scores, image_classes, image_usable = values
+        index = nms(ops.where(image_usable[:, None], image_boxes, 0.0),
+                    ops.where(image_usable, image_scores, -1.0), image_classes, iou_threshold,
+                    max_output)
+        return ops.reshape(ops.cast(index, "int32"), (max_output,))
+
+    index = ops.map(one_image, (boxes, scores, class_ids, usable))
+    safe = ops.maximum(index, 0)
+    kept = (index >= 0) & gather_rows(usable, safe)
+    return ops.where(kept, safe, 0), kept
+
+
 def detect(proposals, proposal_valid, class_logits, deltas, image_size: tuple[int, int],
-           score_threshold: float, nms_threshold: float, max_detections: int) -> dict:
+           score_threshold: float, nms_threshold: float, max_detections: int,
+           nms=None) -> dict:
     """Final detections: ``{"boxes" (B, D, 4), "scores" (B, D), "class_ids" (B, D) int32,
-    "valid" (B, D) bool}``, best first, padding rows (valid False) zero."""
+    "valid" (B, D) bool}``, best first, padding rows (valid False) zero. ``nms``: a one-image
+    replacement for the library's per-class NMS (see the module's docstring)."""
     count, num_classes = ops.shape(class_logits)[1], ops.shape(class_logits)[2]
     scores = ops.softmax(ops.cast(class_logits, "float32"), axis=-1)[:, :, 1:]
     boxes = decode_boxes(proposals[:, :, None, :], ops.cast(deltas, "float32")[:, :, 1:],
@@ -120,8 +145,12 @@ def detect(proposals, proposal_valid, class_logits, deltas, image_size: tuple[in
         _, best = ops.top_k(ops.where(usable, scores, -1.0), MAX_NMS_CANDIDATES)
         boxes, scores = gather_rows(boxes, best), gather_rows(scores, best)
         class_ids, usable = gather_rows(class_ids, best), gather_rows(usable, best)
-    keep, kept = batched_non_max_suppression(boxes, scores, class_ids, nms_threshold,
-                                             max_detections, usable)
+    if nms is None:
+        keep, kept = batched_non_max_suppression(boxes, scores, class_ids, nms_threshold,
+                                                 max_detections, usable)
+    else:
+        keep, kept = _nms_per_image(nms, boxes, scores, class_ids, usable, nms_threshold,
+                                    max_detections)
     mask = ops.cast(kept, "float32")
     return {"boxes": gather_rows(boxes, keep) * mask[..., None],
             "scores": gather_rows(scores, keep) * mask,

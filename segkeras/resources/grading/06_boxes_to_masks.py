@@ -48,11 +48,14 @@ def padded(objects, rows=MAX_INSTANCES):
     boxes[:count] = objects.boxes[:count]
     return (boxes, np.arange(rows) < count)
 
+LABEL_AT = [(10, 7, 'left'), (52, 7, 'right'), (60, 18, 'left'), (12, 58, 'left'), (50, 58, 'right')]
+
 EPOCHS = 4
 
 def show_instances(ax, image, masks, boxes=(), labels=(), outlines=(), alpha=0.55):
-    """``image`` with each mask tinted in its own colour, its box and label, and white outlines."""
-    picture = np.asarray(image, np.float64).copy()
+    """A grey copy of ``image`` (so masks stand out from the coloured shapes) with each mask tinted
+    in its own colour, its box and label, and white outlines."""
+    picture = np.repeat(np.asarray(image, np.float64).mean(axis=-1, keepdims=True), 3, axis=-1)
     for k, mask in enumerate(masks):
         picture[mask] = (1 - alpha) * picture[mask] + alpha * 255 * TAB10[k % 10]
     ax.imshow(picture.round().astype(np.uint8))
