@@ -145,6 +145,57 @@ def _check_known_boxes(features, boxes, box_indices) -> None:
         raise SegkerasError(f"RoIAlign: box {k} {box.tolist()} {problem}.")
 
 
+def _sampling_grid(output_size, sampling_ratio) -> tuple[tuple[int, int], int]:
+    """RoIAlign's checked ``(output_size pair, sampling_ratio)``."""
+    size = (output_size, output_size) if np.ndim(output_size) == 0 else tuple(output_size)
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"output_size must be a positive int or a pair, got {output_size!r}.")
+    if int(sampling_ratio) < 1:
+        raise ValueError(
+            f"sampling_ratio must be a positive int (adaptive sampling is not supported), "
+            f"got {sampling_ratio!r}."
+        )
+    return (int(size[0]), int(size[1])), int(sampling_ratio)
+
+
+def _pool_boxes(flat, boxes, box_indices, batch, spatial_scale, height, width, base,
+                output_size: tuple[int, int], sampling_ratio: int, aligned: bool, dtype):
+    """RoIAlign (see :class:`RoIAlign`) of K boxes from ``flat``, feature maps stacked as rows
+    (image-major, then row, then column): box ``k`` reads the ``height x width`` map of image
+    ``box_indices[k]`` whose first row is ``base`` at ``spatial_scale``. The geometry is either
+    one number for every box or, for a pyramid, (K, 1, 1) per box (``spatial_scale`` (K,))."""
+    boxes = ops.stop_gradient(ops.cast(boxes, "float32"))
+    box_indices = ops.cast(box_indices, "int32")
+    usable = (
+        ops.all(ops.isfinite(boxes), axis=-1)
+        & (boxes[:, 2] >= boxes[:, 0]) & (boxes[:, 3] >= boxes[:, 1])
+        & (box_indices >= 0) & (box_indices < batch)
+    )
+    boxes = ops.where(usable[:, None], boxes, 0.0)  # a harmless box, its crop zeroed below
+    box_indices = ops.where(usable, box_indices, 0)
+    channels = ops.shape(flat)[-1]
+    offset = 0.5 if aligned else 0.0
+    x1, y1, x2, y2 = (boxes[:, i] * spatial_scale - offset for i in range(4))
+    box_width, box_height = x2 - x1, y2 - y1
+    if not aligned:
+        box_width, box_height = ops.maximum(box_width, 1.0), ops.maximum(box_height, 1.0)
+    bins_y, bins_x = output_size
+    rows, row_weights = _axis_taps(y1, box_height, bins_y, sampling_ratio, height)
+    cols, col_weights = _axis_taps(x1, box_width, bins_x, sampling_ratio, width)
+    first_row = box_indices[:, None, None] * height
+    row_weights = ops.cast(row_weights, dtype)
+    col_weights = ops.cast(col_weights, dtype)
+    pooled = 0.0
+    for i in range(2 * sampling_ratio):
+        row_start = (first_row + rows[:, :, i : i + 1]) * width + base
+        for j in range(2 * sampling_ratio):
+            index = ops.reshape(row_start + cols[:, None, :, j], (-1,))
+            weight = row_weights[:, :, i, None, None] * col_weights[:, None, :, j, None]
+            taps = ops.reshape(ops.take(flat, index, axis=0), (-1, bins_y, bins_x, channels))
+            pooled = pooled + weight * taps
+    return pooled * ops.cast(usable, dtype)[:, None, None, None]
+
+
 @keras.saving.register_keras_serializable(package="segkeras")
 class RoIAlign(keras.layers.Layer):
     """RoIAlign: a fixed-size feature crop per box (He et al., "Mask R-CNN", ICCV 2017).
@@ -185,18 +236,9 @@ class RoIAlign(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(autocast=False, **kwargs)
-        size = (output_size, output_size) if np.ndim(output_size) == 0 else tuple(output_size)
-        if len(size) != 2 or min(size) < 1:
-            raise ValueError(f"output_size must be a positive int or a pair, got {output_size!r}.")
-        if int(sampling_ratio) < 1:
-            raise ValueError(
-                f"sampling_ratio must be a positive int (adaptive sampling is not supported), "
-                f"got {sampling_ratio!r}."
-            )
+        self.output_size, self.sampling_ratio = _sampling_grid(output_size, sampling_ratio)
         if spatial_scale <= 0:
             raise ValueError(f"spatial_scale must be positive, got {spatial_scale!r}.")
-        self.output_size = (int(size[0]), int(size[1]))
-        self.sampling_ratio = int(sampling_ratio)
         self.spatial_scale = float(spatial_scale)
         self.aligned = bool(aligned)
 
@@ -205,38 +247,11 @@ class RoIAlign(keras.layers.Layer):
         return super().__call__(features, boxes, box_indices, **kwargs)
 
     def call(self, features, boxes, box_indices):
-        features = ops.cast(features, self.compute_dtype)
-        boxes = ops.stop_gradient(ops.cast(boxes, "float32"))
-        box_indices = ops.cast(box_indices, "int32")
         batch, height, width, channels = ops.shape(features)
-        usable = (
-            ops.all(ops.isfinite(boxes), axis=-1)
-            & (boxes[:, 2] >= boxes[:, 0]) & (boxes[:, 3] >= boxes[:, 1])
-            & (box_indices >= 0) & (box_indices < batch)
-        )
-        boxes = ops.where(usable[:, None], boxes, 0.0)  # a harmless box, its crop zeroed below
-        box_indices = ops.where(usable, box_indices, 0)
-        flat = ops.reshape(features, (-1, channels))
-        offset = 0.5 if self.aligned else 0.0
-        x1, y1, x2, y2 = (boxes[:, i] * self.spatial_scale - offset for i in range(4))
-        box_width, box_height = x2 - x1, y2 - y1
-        if not self.aligned:
-            box_width, box_height = ops.maximum(box_width, 1.0), ops.maximum(box_height, 1.0)
-        bins_y, bins_x = self.output_size
-        rows, row_weights = _axis_taps(y1, box_height, bins_y, self.sampling_ratio, height)
-        cols, col_weights = _axis_taps(x1, box_width, bins_x, self.sampling_ratio, width)
-        first_row = box_indices[:, None, None] * height
-        row_weights = ops.cast(row_weights, self.compute_dtype)
-        col_weights = ops.cast(col_weights, self.compute_dtype)
-        pooled = 0.0
-        for i in range(2 * self.sampling_ratio):
-            row_start = (first_row + rows[:, :, i : i + 1]) * width
-            for j in range(2 * self.sampling_ratio):
-                index = ops.reshape(row_start + cols[:, None, :, j], (-1,))
-                weight = row_weights[:, :, i, None, None] * col_weights[:, None, :, j, None]
-                taps = ops.reshape(ops.take(flat, index, axis=0), (-1, bins_y, bins_x, channels))
-                pooled = pooled + weight * taps
-        return pooled * ops.cast(usable, self.compute_dtype)[:, None, None, None]
+        flat = ops.reshape(ops.cast(features, self.compute_dtype), (-1, channels))
+        return _pool_boxes(flat, boxes, box_indices, batch, self.spatial_scale, height, width, 0,
+                           self.output_size, self.sampling_ratio, self.aligned,
+                           self.compute_dtype)
 
     def compute_output_shape(self, features_shape, boxes_shape, box_indices_shape):
         return (boxes_shape[0], *self.output_size, features_shape[-1])
@@ -249,6 +264,87 @@ class RoIAlign(keras.layers.Layer):
             "spatial_scale": self.spatial_scale,
             "aligned": self.aligned,
         }
+
+
+CANONICAL_SCALE, CANONICAL_LEVEL = 224.0, 4
+"""Eq. 1 of the FPN paper: an RoI of ImageNet's canonical size 224 maps to level 4 (P4)."""
+
+
+def fpn_levels(boxes, min_level: int = 2, max_level: int = 5):
+    """(..., 4) boxes -> (...) int32 pyramid levels by eq. 1 of Lin et al., "Feature Pyramid
+    Networks for Object Detection", CVPR 2017: ``k = floor(4 + log2(sqrt(w h) / 224))`` clamped
+    to ``[min_level, max_level]`` (plus 1e-6 inside the floor, as torchvision's ``LevelMapper``,
+    so a side of exactly 112, 224, 448 is not lost to rounding; empty boxes go to ``min_level``).
+    """
+    boxes = ops.cast(boxes, "float32")
+    sides = ops.maximum(boxes[..., 2:] - boxes[..., :2], 0.0)
+    scale = ops.sqrt(sides[..., 0] * sides[..., 1])
+    level = ops.floor(CANONICAL_LEVEL + ops.log2(scale / CANONICAL_SCALE) + 1e-6)
+    return ops.cast(ops.clip(level, min_level, max_level), "int32")
+
+
+@keras.saving.register_keras_serializable(package="segkeras")
+class MultiScaleRoIAlign(keras.layers.Layer):
+    """RoIAlign over a feature pyramid (Lin et al. 2017; He et al., "Mask R-CNN", ICCV 2017):
+    each box is pooled from the one level eq. 1 assigns it (:func:`fpn_levels`).
+
+    Called on ``(features, boxes, box_indices)``: ``features`` a list of (B, H_l, W_l, C) maps
+    at ``strides`` (finest first, each twice the previous: level ``log2(stride)``), ``boxes``
+    (K, 4) and ``box_indices`` (K,) as for :class:`RoIAlign`, which it equals on the assigned
+    level. The levels are stacked into one table of rows and each box gathers its samples from
+    its own level's rows (one gather per sample, as a single-level RoIAlign: no level is pooled
+    for boxes it does not hold, and shapes stay static). Bad boxes as in :class:`RoIAlign`.
+    """
+
+    def __init__(self, output_size: int | tuple[int, int] = 7, sampling_ratio: int = 2,
+                 strides: tuple[int, ...] = (4, 8, 16, 32), aligned: bool = True, **kwargs):
+        super().__init__(autocast=False, **kwargs)
+        self.output_size, self.sampling_ratio = _sampling_grid(output_size, sampling_ratio)
+        self.aligned = bool(aligned)
+        strides = tuple(int(stride) for stride in strides)
+        levels = np.log2(strides)
+        if not strides or np.any(levels != np.round(levels)) or np.any(np.diff(levels) != 1):
+            raise ValueError(f"strides must be consecutive powers of two, finest first, got "
+                             f"{strides!r}.")
+        self.strides = strides
+        self.min_level, self.max_level = int(levels[0]), int(levels[-1])
+
+    def __call__(self, features, boxes, box_indices, **kwargs):
+        _check_known_boxes(features[0], boxes, box_indices)
+        return super().__call__(list(features), boxes, box_indices, **kwargs)
+
+    def call(self, features, boxes, box_indices):
+        if len(features) != len(self.strides):
+            raise SegkerasError(f"MultiScaleRoIAlign got {len(features)} feature maps for "
+                                f"{len(self.strides)} strides {self.strides}.")
+        batch, channels = ops.shape(features[0])[0], ops.shape(features[0])[-1]
+        heights = [int(ops.shape(level)[1]) for level in features]
+        widths = [int(ops.shape(level)[2]) for level in features]
+        flat = ops.concatenate([ops.reshape(ops.cast(level, self.compute_dtype), (-1, channels))
+                                for level in features], axis=0)
+        first_rows = np.cumsum([0] + [h * w for h, w in zip(heights, widths, strict=True)])[:-1]
+        finite = ops.all(ops.isfinite(ops.cast(boxes, "float32")), axis=-1)[:, None]
+        level = fpn_levels(ops.where(finite, boxes, 0.0), self.min_level,
+                           self.max_level) - self.min_level  # a bad box's crop is zeroed below
+
+        def per_box(values, dtype):
+            return ops.take(ops.convert_to_tensor(np.asarray(values), dtype), level)
+
+        scale = per_box([1.0 / stride for stride in self.strides], "float32")
+        height = per_box(heights, "int32")[:, None, None]
+        width = per_box(widths, "int32")[:, None, None]
+        base = per_box(first_rows, "int32")[:, None, None] * ops.cast(batch, "int32")
+        return _pool_boxes(flat, boxes, box_indices, batch, scale, height, width, base,
+                           self.output_size, self.sampling_ratio, self.aligned,
+                           self.compute_dtype)
+
+    def compute_output_shape(self, features_shape, boxes_shape, box_indices_shape):
+        return (boxes_shape[0], *self.output_size, features_shape[0][-1])
+
+    def get_config(self):
+        return {**super().get_config(), "output_size": self.output_size,
+                "sampling_ratio": self.sampling_ratio, "strides": self.strides,
+                "aligned": self.aligned}
 
 
 def _round_half_away(values):

@@ -127,3 +127,5 @@ MASK_RCNN_CPU_RECIPE = {
 :func:`~segkeras.models.mask_rcnn.mask_rcnn`'s own defaults are the paper's, for ResNet-50."""
 register("maskrcnn", mask_rcnn, "mobilenetv2", options=MASK_RCNN_CPU_RECIPE, task="instances",
          summary="Mask R-CNN (He et al. 2017)")
+register("maskrcnn-fpn", mask_rcnn, "mobilenetv2", options={"pyramid": True}, task="instances",
+         summary="Mask R-CNN on the feature pyramid P2-P6 (Lin et al. 2017), for real images")

@@ -117,7 +117,7 @@ def _predict_batch(model: MaskRCNN, images: list[np.ndarray], sides: tuple[int, 
     probabilities = np.zeros((0, *model.mask_head.output_shape[1:3]), np.float32)
     if len(slots):  # the mask branch on the kept detections only
         logits = model.detection_mask_logits(
-            ops.convert_to_tensor(outputs["features"]), outputs["boxes"][keep],
+            outputs["features"], outputs["boxes"][keep],
             image_indices.astype(np.int32), outputs["class_ids"][keep])
         probabilities = 1.0 / (1.0 + np.exp(-np.asarray(ops.convert_to_numpy(logits))))
     results = []

@@ -1,9 +1,14 @@
 """Mask R-CNN (He, Gkioxari, Dollár & Girshick, ICCV 2017): Faster R-CNN (Ren et al., NIPS 2015)
 with a third, mask head, over a ``keras.applications`` encoder and an FPN neck (Lin et al., 2017).
 
-    image -> encoder P3..P5 -> FPN (one level, stride 8) -> RPN -> proposals
-          -> RoIAlign 7x7 -> box head -> class scores + boxes -> per-class NMS -> detections
-          -> RoIAlign 14x14 -> mask head -> 28x28 mask of each detection's class
+    image -> encoder P2..P5 -> FPN P2..P6 -> RPN (shared by the levels) -> proposals
+          -> RoIAlign 7x7 on each RoI's level -> box head -> class scores + boxes
+          -> per-class NMS -> detections
+          -> RoIAlign 14x14 on each detection's level -> mask head -> 28x28 mask of its class
+
+That is ``pyramid=True``, the papers' model for real images. The default, ``pyramid=False``, is
+the small CPU option for small images: the encoder's P3..P5 merged into one map (stride 8) that
+the RPN and both RoI heads read.
 
 :class:`MaskRCNN` is a ``keras.Model`` subclass: ``call`` runs the detector; with
 ``training=True`` and ground truth in the inputs it also samples the training regions and computes
@@ -25,7 +30,7 @@ from keras import ops
 from segkeras import backbones
 from segkeras.boxes import box_area, clip_to_image
 from segkeras.errors import SegkerasError
-from segkeras.layers import RoIAlign
+from segkeras.layers import MultiScaleRoIAlign, RoIAlign
 from segkeras.models.common import check_num_classes
 from segkeras.models.mask_head import (
     FlattenBoxes,
@@ -33,15 +38,40 @@ from segkeras.models.mask_head import (
     SelectClassMask,
     mask_branch,
 )
-from segkeras.models.mask_rcnn.anchors import anchor_grid
+from segkeras.models.mask_rcnn.anchors import anchor_grid, pyramid_anchors
 from segkeras.models.mask_rcnn.masks import region_mask_targets
-from segkeras.models.mask_rcnn.neck import feature_pyramid
+from segkeras.models.mask_rcnn.neck import FPN_STRIDES, feature_pyramid, feature_pyramid_levels
 from segkeras.models.mask_rcnn.roi_heads import box_head, box_head_losses, detect, sample_rois
 from segkeras.models.mask_rcnn.rpn import propose, rpn_head, rpn_losses
 
 FEATURE_STRIDE = backbones.STRIDES["P3"]
 BOX_ROI_SIZE, MASK_ROI_SIZE, MASK_SIZE = 7, 14, 28
 LOSS_NAMES = ("rpn_objectness_loss", "rpn_box_loss", "class_loss", "box_loss", "mask_loss")
+ROI_STRIDES = FPN_STRIDES[:-1]
+"""The pyramid levels the RoI heads read (P2-P5); P6 serves the RPN only."""
+DEFAULTS = {
+    False: dict(anchor_sizes=(16, 32, 64, 128), rpn_pre_nms=1000, rpn_post_nms_train=500,
+                rpn_post_nms_test=200, rois_per_image=256),
+    True: dict(anchor_sizes=(32, 64, 128, 256, 512), rpn_pre_nms=2000, rpn_post_nms_train=1000,
+               rpn_post_nms_test=1000, rois_per_image=512),
+}
+"""The defaults of the arguments left ``None``, by ``pyramid``: the single level's are sized for
+small images; the pyramid's are the papers' for real data (Lin et al. 2017, Sec. 5.1; He et al.
+2017, Sec. 3.1: 2000 proposals per level before NMS and 1000 after it in training, 1000 and
+1000 at test time (``rpn_pre_nms_test``), 512 sampled RoIs per image; Detectron's numbers,
+torchvision keeps 2000 after NMS in training)."""
+
+
+def resolve_defaults(pyramid: bool, **values) -> dict:
+    """``values`` with each ``None`` replaced by :data:`DEFAULTS`; ``rpn_pre_nms_test``
+    defaults to ``rpn_pre_nms`` (at most 1000 with the pyramid)."""
+    resolved = {name: DEFAULTS[bool(pyramid)][name] if value is None else value
+                for name, value in values.items() if name != "rpn_pre_nms_test"}
+    test = values.get("rpn_pre_nms_test")
+    if test is None and "rpn_pre_nms" in resolved:
+        pre_nms = resolved["rpn_pre_nms"]
+        test = min(pre_nms, 1000) if pyramid else pre_nms
+    return {**resolved, "rpn_pre_nms_test": test}
 
 
 @keras.saving.register_keras_serializable(package="segkeras")
@@ -57,31 +87,40 @@ class MaskRCNN(keras.Model):
 
     def __init__(self, num_classes: int, backbone: str = "resnet50",
                  weights: str | None = "imagenet", input_shape: Sequence[int] = (256, 256, 3),
-                 encoder_trainable: bool = True,
-                 anchor_sizes: Sequence[float] = (16, 32, 64, 128),
+                 encoder_trainable: bool = True, anchor_sizes: Sequence[float] | None = None,
                  anchor_ratios: Sequence[float] = (0.5, 1.0, 2.0), fpn_channels: int = 256,
                  box_head_units: int = 1024, mask_head_channels: int = 256,
-                 rpn_pre_nms: int = 1000, rpn_post_nms_train: int = 500,
-                 rpn_post_nms_test: int = 200, rpn_anchors_per_image: int = 256,
-                 rois_per_image: int = 256, foreground_fraction: float = 0.25,
-                 score_threshold: float = 0.05, nms_threshold: float = 0.5,
-                 max_detections: int = 100, batchnorm_momentum: float = 0.9,
+                 rpn_pre_nms: int | None = None, rpn_pre_nms_test: int | None = None,
+                 rpn_post_nms_train: int | None = None, rpn_post_nms_test: int | None = None,
+                 rpn_anchors_per_image: int = 256, rois_per_image: int | None = None,
+                 foreground_fraction: float = 0.25, score_threshold: float = 0.05,
+                 nms_threshold: float = 0.5, max_detections: int = 100,
+                 batchnorm_momentum: float = 0.9, pyramid: bool = False,
                  seed: int | None = None, anchor_matcher=None, box_encoder=None, nms=None,
                  **kwargs):
         super().__init__(**kwargs)
         # RPN targets and the detections' NMS from your own functions (lab 6; see rpn.py and
         # roi_heads.py); not saved in .keras files.
         self.anchor_matcher, self.box_encoder, self.nms = anchor_matcher, box_encoder, nms
+        pyramid = bool(pyramid)
+        sized = resolve_defaults(
+            pyramid, anchor_sizes=anchor_sizes, rpn_pre_nms=rpn_pre_nms,
+            rpn_pre_nms_test=rpn_pre_nms_test, rpn_post_nms_train=rpn_post_nms_train,
+            rpn_post_nms_test=rpn_post_nms_test, rois_per_image=rois_per_image)
+        anchor_sizes, rois_per_image = tuple(sized["anchor_sizes"]), sized["rois_per_image"]
         self.config = dict(
             num_classes=num_classes, backbone=backbone, input_shape=tuple(input_shape),
-            encoder_trainable=encoder_trainable, anchor_sizes=tuple(anchor_sizes),
+            encoder_trainable=encoder_trainable, anchor_sizes=anchor_sizes,
             anchor_ratios=tuple(anchor_ratios), fpn_channels=fpn_channels,
             box_head_units=box_head_units, mask_head_channels=mask_head_channels,
-            rpn_pre_nms=rpn_pre_nms, rpn_post_nms_train=rpn_post_nms_train,
-            rpn_post_nms_test=rpn_post_nms_test, rpn_anchors_per_image=rpn_anchors_per_image,
-            rois_per_image=rois_per_image, foreground_fraction=foreground_fraction,
-            score_threshold=score_threshold, nms_threshold=nms_threshold,
-            max_detections=max_detections, batchnorm_momentum=batchnorm_momentum, seed=seed)
+            rpn_pre_nms=sized["rpn_pre_nms"], rpn_pre_nms_test=sized["rpn_pre_nms_test"],
+            rpn_post_nms_train=sized["rpn_post_nms_train"],
+            rpn_post_nms_test=sized["rpn_post_nms_test"],
+            rpn_anchors_per_image=rpn_anchors_per_image, rois_per_image=rois_per_image,
+            foreground_fraction=foreground_fraction, score_threshold=score_threshold,
+            nms_threshold=nms_threshold, max_detections=max_detections,
+            batchnorm_momentum=batchnorm_momentum, pyramid=pyramid, seed=seed)
+        self.pyramid = pyramid
         self.image_size = (int(input_shape[0]), int(input_shape[1]))
         self.mask_slots = int(rois_per_image * foreground_fraction)
         encoder = backbones.build_encoder(backbone, tuple(input_shape), weights,
@@ -89,15 +128,28 @@ class MaskRCNN(keras.Model):
         if backbones.trains_from_scratch(encoder):
             backbones.train_from_scratch(encoder, batchnorm_momentum)
         image = keras.Input(tuple(input_shape), name="image")
-        self.features = keras.Model(image, feature_pyramid(encoder(image), fpn_channels),
+        neck = feature_pyramid_levels if pyramid else feature_pyramid
+        self.features = keras.Model(image, neck(encoder(image), fpn_channels),
                                     name="encoder_fpn")
-        grid = (self.image_size[0] // FEATURE_STRIDE, self.image_size[1] // FEATURE_STRIDE)
-        self.anchors = anchor_grid(grid, FEATURE_STRIDE, anchor_sizes, anchor_ratios)
-        per_location = len(anchor_sizes) * len(anchor_ratios)
-        self.rpn = rpn_head((*grid, fpn_channels), fpn_channels, per_location)
-        self.box_align = RoIAlign(BOX_ROI_SIZE, 2, 1.0 / FEATURE_STRIDE, name="box_roi_align")
-        self.mask_align = RoIAlign(MASK_ROI_SIZE, 2, 1.0 / FEATURE_STRIDE,
-                                   name="mask_roi_align")
+        if pyramid:  # one anchor size per level, one RPN head for all levels
+            grids = [tuple(output.shape[1:3]) for output in self.features.outputs]
+            self.anchors = pyramid_anchors(grids, FPN_STRIDES, anchor_sizes, anchor_ratios)
+            self.level_sizes = tuple(h * w * len(anchor_ratios) for h, w in grids)
+            self.rpn = rpn_head((None, None, fpn_channels), fpn_channels, len(anchor_ratios))
+            self.box_align = MultiScaleRoIAlign(BOX_ROI_SIZE, 2, ROI_STRIDES,
+                                                name="box_roi_align")
+            self.mask_align = MultiScaleRoIAlign(MASK_ROI_SIZE, 2, ROI_STRIDES,
+                                                 name="mask_roi_align")
+        else:
+            grid = (self.image_size[0] // FEATURE_STRIDE, self.image_size[1] // FEATURE_STRIDE)
+            self.anchors = anchor_grid(grid, FEATURE_STRIDE, anchor_sizes, anchor_ratios)
+            self.level_sizes = None
+            per_location = len(anchor_sizes) * len(anchor_ratios)
+            self.rpn = rpn_head((*grid, fpn_channels), fpn_channels, per_location)
+            self.box_align = RoIAlign(BOX_ROI_SIZE, 2, 1.0 / FEATURE_STRIDE,
+                                      name="box_roi_align")
+            self.mask_align = RoIAlign(MASK_ROI_SIZE, 2, 1.0 / FEATURE_STRIDE,
+                                       name="mask_roi_align")
         self.target_align = RoIAlign(MASK_SIZE, 2, 1.0, name="mask_target_align")
         self.box_head = box_head((BOX_ROI_SIZE, BOX_ROI_SIZE, fpn_channels), box_head_units,
                                  num_classes)
@@ -141,9 +193,15 @@ class MaskRCNN(keras.Model):
         """Nothing to create: every weight lives in the sub-models built in ``__init__``."""
         self.built = True
 
+    def _roi_features(self, features):
+        """What the RoI heads pool from: the single map, or the pyramid's P2-P5 (of P2-P6)."""
+        if not self.pyramid:
+            return features
+        return [ops.convert_to_tensor(level) for level in features][:len(ROI_STRIDES)]
+
     def _pool(self, align, features, boxes):
         flat, image_indices = self.flatten_boxes(boxes)
-        return align(features, flat, image_indices)
+        return align(self._roi_features(features), flat, image_indices)
 
     def _box_outputs(self, features, boxes):
         rows = ops.shape(boxes)[1]
@@ -155,13 +213,22 @@ class MaskRCNN(keras.Model):
     def _mask_logits(self, features, boxes, class_ids, select):
         return select(self.mask_head(self._pool(self.mask_align, features, boxes)), class_ids)
 
+    def _rpn(self, features):
+        if not self.pyramid:
+            return self.rpn(features)
+        levels = [self.rpn(level) for level in features]
+        return {name: ops.concatenate([level[name] for level in levels], axis=1)
+                for name in ("objectness", "deltas")}
+
     def _proposals(self, features, training):
-        rpn = self.rpn(features)
+        rpn = self._rpn(features)
         anchors = ops.convert_to_tensor(self.anchors)
         cfg = self.config
+        pre_nms = cfg["rpn_pre_nms"] if training else cfg["rpn_pre_nms_test"]
         post_nms = cfg["rpn_post_nms_train"] if training else cfg["rpn_post_nms_test"]
         proposals, proposal_valid = propose(anchors, rpn["objectness"], rpn["deltas"],
-                                            self.image_size, cfg["rpn_pre_nms"], post_nms)
+                                            self.image_size, pre_nms, post_nms,
+                                            level_sizes=self.level_sizes)
         return rpn, anchors, proposals, proposal_valid
 
     def _detect(self, features):
@@ -184,17 +251,19 @@ class MaskRCNN(keras.Model):
         return detections
 
     def detect(self, images):
-        """The detections of :meth:`call` without their masks, and the feature map they were
-        found on: ``{"boxes", "scores", "class_ids", "valid", "features"}``. With
-        :meth:`detection_mask_logits` on the kept rows only, this is ``call`` without running
-        the mask branch on padding and low-scoring slots."""
+        """The detections of :meth:`call` without their masks, and the feature map(s) the
+        mask branch reads (the pyramid's P2-P5): ``{"boxes", "scores", "class_ids", "valid",
+        "features"}``. With :meth:`detection_mask_logits` on the kept rows only, this is
+        ``call`` without running the mask branch on padding and low-scoring slots."""
         features = self.features(images, training=False)
-        return {**self._detect(features), "features": features}
+        return {**self._detect(features), "features": self._roi_features(features)}
 
     def detection_mask_logits(self, features, boxes, image_indices, class_ids):
         """(K, 28, 28) float32 mask logits of K boxes (input pixels), each in the feature map
-        of its image (``image_indices`` (K,) into ``features`` from :meth:`detect`), for its
-        class id (K,)."""
+        of its image (``image_indices`` (K,) into ``features`` from :meth:`detect` or
+        ``model.features(images)``), for its class id (K,)."""
+        features = (self._roi_features(features) if self.pyramid
+                    else ops.convert_to_tensor(features))
         pooled = self.mask_align(features, ops.cast(boxes, "float32"),
                                  ops.cast(image_indices, "int32"))
         logits = self.mask_head(pooled, training=False)
@@ -262,9 +331,10 @@ def _check_positive_int(name: str, value) -> int:
 
 
 OPTIONS = ("anchor_ratios", "fpn_channels", "box_head_units", "mask_head_channels", "rpn_pre_nms",
-           "rpn_post_nms_train", "rpn_post_nms_test", "rpn_anchors_per_image", "rois_per_image",
-           "foreground_fraction", "score_threshold", "nms_threshold", "max_detections",
-           "batchnorm_momentum", "seed", "anchor_matcher", "box_encoder", "nms")
+           "rpn_pre_nms_test", "rpn_post_nms_train", "rpn_post_nms_test", "rpn_anchors_per_image",
+           "rois_per_image", "foreground_fraction", "score_threshold", "nms_threshold",
+           "max_detections", "batchnorm_momentum", "pyramid", "seed", "anchor_matcher",
+           "box_encoder", "nms")
 """The ``**options`` :func:`mask_rcnn` passes on to :class:`MaskRCNN` (a test keeps this list
 equal to ``MaskRCNN``'s keyword arguments after ``anchor_sizes``)."""
 
@@ -281,8 +351,16 @@ def _check_option_names(options: dict) -> None:
 
 def mask_rcnn(num_classes: int, backbone: str = "resnet50", weights: str | None = "imagenet",
               input_shape: Sequence[int] = (256, 256, 3), encoder_trainable: bool = True,
-              anchor_sizes: Sequence[float] = (16, 32, 64, 128), **options) -> MaskRCNN:
-    """Mask R-CNN (He et al., ICCV 2017) named e.g. ``"mask_rcnn_resnet50"``.
+              anchor_sizes: Sequence[float] | None = None, **options) -> MaskRCNN:
+    """Mask R-CNN (He et al., "Mask R-CNN", ICCV 2017) named e.g. ``"mask_rcnn_resnet50"``,
+    on a feature pyramid (Lin et al., "Feature Pyramid Networks for Object Detection", CVPR
+    2017).
+
+    Two sizes of the same detector: ``pyramid=True`` is the papers' model for real images
+    (FPN P2-P6, one anchor size per level, the RPN shared by the levels, each RoI pooled from
+    the level of eq. 1 for the box and mask heads; the papers' proposal counts). The default,
+    ``pyramid=False``, is the small CPU option for small images such as the shapes: one merged
+    map of stride 8 read by the RPN and both heads, with smaller proposal counts.
 
     Args:
         num_classes: classes including the background (``data.num_classes``), >= 2.
@@ -293,22 +371,26 @@ def mask_rcnn(num_classes: int, backbone: str = "resnet50", weights: str | None 
             size inside it (aspect ratio kept, padded) and maps results back.
         encoder_trainable: fine-tune the encoder with the heads (a random one trains its
             BatchNorm too) or keep it frozen.
-        anchor_sizes: anchor sides in input pixels (each with ratios 1:2, 1:1, 2:1 by default),
-            to span the objects' sizes.
-        **options: further :class:`MaskRCNN` arguments: ``anchor_ratios``, ``fpn_channels``
-            (256), ``box_head_units`` (1024), ``mask_head_channels`` (256), ``rpn_pre_nms``
-            (1000), ``rpn_post_nms_train`` (500) / ``rpn_post_nms_test`` (200) proposals per
-            image, ``rpn_anchors_per_image`` (256), ``rois_per_image`` (256),
-            ``foreground_fraction`` (0.25), ``score_threshold`` (0.05), ``nms_threshold``
-            (0.5), ``max_detections`` (100), ``batchnorm_momentum`` (0.9: the momentum of
-            a from-scratch encoder's BatchNorm, low enough that its moving statistics, used
-            at inference, keep up with weights that change fast; see also
+        anchor_sizes: anchor sides in input pixels, each with ratios 1:2, 1:1, 2:1 by default.
+            Single level: all sizes on the one map, to span the objects' sizes (default 16, 32,
+            64, 128). Pyramid: one size per level P2-P6 (default 32, 64, 128, 256, 512).
+        **options: further :class:`MaskRCNN` arguments: ``pyramid`` (False), ``anchor_ratios``,
+            ``fpn_channels`` (256), ``box_head_units`` (1024), ``mask_head_channels`` (256);
+            the RPN's ``rpn_pre_nms`` best anchors (per level) before NMS in training and
+            ``rpn_pre_nms_test`` at test time, ``rpn_post_nms_train`` / ``rpn_post_nms_test``
+            proposals per image after it (single level 1000, 1000, 500, 200; pyramid 2000,
+            1000, 1000, 1000); ``rpn_anchors_per_image`` (256), ``rois_per_image`` (256;
+            pyramid 512), ``foreground_fraction`` (0.25), ``score_threshold`` (0.05),
+            ``nms_threshold`` (0.5), ``max_detections`` (100), ``batchnorm_momentum`` (0.9: the
+            momentum of a from-scratch encoder's BatchNorm, low enough that its moving
+            statistics, used at inference, keep up with weights that change fast; see also
             :meth:`MaskRCNN.recalibrate_batchnorm`), ``seed``; ``anchor_matcher`` and
             ``box_encoder``: your own one-image functions for the RPN's training targets (the
             signatures are in :mod:`~segkeras.models.mask_rcnn.rpn`), used by ``fit``, and
             ``nms``: your own one-image per-class NMS for the final detections (signature in
             :mod:`~segkeras.models.mask_rcnn.roi_heads`); none is saved in ``.keras`` files
-            (a reloaded model uses the library's).
+            (a reloaded model uses the library's). RoIAlign takes 2 x 2 samples per bin
+            (torchvision's Mask R-CNN; Detectron's adaptive ratio is not supported).
 
     Returns:
         A :class:`MaskRCNN`; train it with ``model.compile(optimizer)`` and ``model.fit`` on
@@ -323,22 +405,35 @@ def mask_rcnn(num_classes: int, backbone: str = "resnet50", weights: str | None 
         raise SegkerasError(f"input_shape must be a fixed (H, W, 3), got {input_shape!r}: "
                             "Mask R-CNN lays its anchors out for one size.")
     backbones.check_input_shape(shape, 32)
+    _check_option_names(options)
+    pyramid = options.get("pyramid", False)
+    if not isinstance(pyramid, bool):
+        raise SegkerasError(f"pyramid must be True or False, got {pyramid!r}.")
+    sized = resolve_defaults(pyramid, anchor_sizes=anchor_sizes, **{
+        name: options.get(name) for name in ("rpn_pre_nms", "rpn_pre_nms_test",
+                                             "rpn_post_nms_train", "rpn_post_nms_test",
+                                             "rois_per_image")})
+    anchor_sizes = sized.pop("anchor_sizes")
     if not anchor_sizes or min(anchor_sizes) <= 0:
         raise SegkerasError(f"anchor_sizes must be positive pixel sizes, got {anchor_sizes!r}.")
-    _check_option_names(options)
+    if pyramid and len(anchor_sizes) != len(FPN_STRIDES):
+        raise SegkerasError(f"with pyramid=True anchor_sizes holds one size per level P2-P6 "
+                            f"({len(FPN_STRIDES)} sizes, e.g. (32, 64, 128, 256, 512)), got "
+                            f"{anchor_sizes!r}.")
+    options = {**options, **sized}
     for name in ("fpn_channels", "box_head_units", "mask_head_channels", "rpn_pre_nms",
-                 "rpn_post_nms_train", "rpn_post_nms_test", "rpn_anchors_per_image",
-                 "rois_per_image", "max_detections"):
+                 "rpn_pre_nms_test", "rpn_post_nms_train", "rpn_post_nms_test",
+                 "rpn_anchors_per_image", "rois_per_image", "max_detections"):
         if name in options:
             _check_positive_int(name, options[name])
     momentum = options.get("batchnorm_momentum", 0.9)
     if not isinstance(momentum, numbers.Real) or not 0 <= momentum < 1:
         raise SegkerasError(f"batchnorm_momentum must be in [0, 1), got {momentum!r}.")
     fraction = options.get("foreground_fraction", 0.25)
-    rois = options.get("rois_per_image", 256)
-    if rois > options.get("rpn_post_nms_train", 500):
+    rois = options["rois_per_image"]
+    if rois > options["rpn_post_nms_train"]:
         raise SegkerasError(f"rois_per_image={rois} exceeds the proposals per training image "
-                            f"(rpn_post_nms_train={options.get('rpn_post_nms_train', 500)}); "
+                            f"(rpn_post_nms_train={options['rpn_post_nms_train']}); "
                             "lower it or raise rpn_post_nms_train.")
     if not 0 < fraction <= 1 or int(rois * fraction) < 1:
         raise SegkerasError(f"foreground_fraction={fraction} leaves no foreground slot of "

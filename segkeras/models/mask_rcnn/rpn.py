@@ -3,7 +3,9 @@
 A 3x3 convolution slides over the feature map; at each position two sibling 1x1 convolutions
 predict, for each of the k anchors there, an objectness logit and box deltas (the coder of
 :mod:`segkeras.boxes`). Proposals: the top-scoring anchors, decoded, clipped to the image,
-reduced by NMS (IoU 0.7) to a fixed number per image.
+reduced by NMS (IoU 0.7) to a fixed number per image. On a feature pyramid (Lin et al., CVPR
+2017, Sec. 4.1) the same head, weights included, runs on every level, each level with anchors of
+one size; the levels' anchors are concatenated, so targets and losses are those of one level.
 
 Training targets (Sec. 3.1.2): an anchor is positive with IoU >= 0.7 with a ground-truth box, and
 so is the best anchor of each ground-truth box; negative below 0.3 (every anchor of an image
@@ -22,6 +24,8 @@ box_encoder=...)``, lab 6): written for one image, they run on each image of a b
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import keras
 from keras import layers, ops
@@ -47,7 +51,8 @@ SMOOTH_L1_BETA = 1.0 / 9
 
 
 def rpn_head(feature_shape: tuple, channels: int, anchors_per_location: int) -> keras.Model:
-    """(B, h, w, C) features -> ``{"objectness": (B, h*w*k), "deltas": (B, h*w*k, 4)}``."""
+    """(B, h, w, C) features -> ``{"objectness": (B, h*w*k), "deltas": (B, h*w*k, 4)}``.
+    On a pyramid (``feature_shape`` ``(None, None, C)``) the same head runs on every level."""
     small = keras.initializers.RandomNormal(stddev=0.01)
     features = keras.Input(feature_shape, name="rpn_features")
     x = layers.Conv2D(channels, 3, padding="same", activation="relu", kernel_initializer=small,
@@ -62,21 +67,39 @@ def rpn_head(feature_shape: tuple, channels: int, anchors_per_location: int) -> 
 
 
 def propose(anchors, objectness, deltas, image_size: tuple[int, int], pre_nms: int,
-            post_nms: int, nms_threshold: float = 0.7, min_size: float = 1e-3):
+            post_nms: int, nms_threshold: float = 0.7, min_size: float = 1e-3,
+            level_sizes: Sequence[int] | None = None):
     """``(proposals (B, post_nms, 4), valid (B, post_nms))``, best first; no gradient flows.
 
     The ``pre_nms`` best anchors of each image are decoded and clipped; boxes thinner than
-    ``min_size`` pixels are dropped; NMS keeps at most ``post_nms``.
+    ``min_size`` pixels are dropped; NMS keeps at most ``post_nms``. On a pyramid,
+    ``level_sizes`` gives the number of anchors of each level (consecutive in ``anchors``): this
+    is done on each level (``pre_nms`` per level; levels do not suppress each other, as in
+    torchvision and Detectron), then the ``post_nms`` best over all levels are kept.
     """
     objectness = ops.stop_gradient(ops.cast(objectness, "float32"))
     deltas = ops.stop_gradient(ops.cast(deltas, "float32"))
-    scores, index = ops.top_k(objectness, min(pre_nms, ops.shape(objectness)[1]))
-    boxes = decode_boxes(ops.take(anchors, index, axis=0), gather_rows(deltas, index),
-                         RPN_BOX_WEIGHTS)
-    boxes = clip_to_image(boxes, *image_size)
-    large_enough = ops.all(boxes[..., 2:] - boxes[..., :2] >= min_size, axis=-1)
-    keep, kept = non_max_suppression(boxes, scores, nms_threshold, post_nms, large_enough)
-    return gather_rows(boxes, keep), kept
+    level_sizes = (ops.shape(objectness)[1],) if level_sizes is None else tuple(level_sizes)
+    boxes, scores, valid, start = [], [], [], 0
+    for count in level_sizes:
+        level = slice(start, start + count)
+        start += count
+        top, index = ops.top_k(objectness[:, level], min(pre_nms, count))
+        level_boxes = decode_boxes(ops.take(anchors[level], index, axis=0),
+                                   gather_rows(deltas[:, level], index), RPN_BOX_WEIGHTS)
+        level_boxes = clip_to_image(level_boxes, *image_size)
+        large_enough = ops.all(level_boxes[..., 2:] - level_boxes[..., :2] >= min_size, axis=-1)
+        keep, kept = non_max_suppression(level_boxes, top, nms_threshold, post_nms,
+                                         large_enough)
+        boxes.append(gather_rows(level_boxes, keep))
+        scores.append(gather_rows(top, keep))
+        valid.append(kept)
+    if len(level_sizes) == 1:
+        return boxes[0], valid[0]
+    valid = ops.concatenate(valid, axis=1)
+    scores = ops.where(valid, ops.concatenate(scores, axis=1), float("-inf"))
+    _, best = ops.top_k(scores, post_nms)
+    return gather_rows(ops.concatenate(boxes, axis=1), best), gather_rows(valid, best)
 
 
 def anchor_labels(anchors, gt_boxes, gt_valid):
