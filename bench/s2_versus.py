@@ -125,9 +125,11 @@ def _batch_statistics_gap(by_model: dict) -> str:
 def _decoder(kind: str) -> str:
     if kind not in versus_runs.CANDIDATES:
         return "the tutorial's U-Net"
+    from segkeras.models.unet import DEFAULT_DECODER
+
     options = versus_runs.CANDIDATES[kind]
     if not options:
-        return "`unet()`'s default"
+        return f"{DEFAULT_DECODER}, projected skips (`unet()`'s default)"
     return (str(options["decoder_filters"])
             + (", skips as they are" if options.get("skip_projection") is False
                else ", projected skips"))
@@ -150,6 +152,8 @@ def _candidates() -> str:
 
     def miou(records: list[dict], kind: str) -> str:
         mious = [r["miou"] for r in records if r["model"] == kind]
+        if len(mious) == 1:
+            return f"{mious[0]:.3f} (1)"
         return f"{_mean_sd(mious)} ({len(mious)})" if mious else "not measured"
 
     def ms(kind: str, size: int, batch: int) -> str:

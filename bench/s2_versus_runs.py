@@ -2,7 +2,8 @@
 
     python bench/s2_versus_runs.py quality --seeds 0 1 2 --out results/versus_quality.json
     python bench/s2_versus_runs.py speed --size 128 --batch 16 --models segkeras reference_bn099
-    python bench/s2_versus_runs.py cpu --size 128 256 --batch 16 8 --out results/versus_cpu.json
+    python bench/s2_versus_runs.py cpu --size 128 256 --batch 16 8 \\
+        --out results/versus_candidates_cpu.json
 
 ``quality``: held-out mean IoU after a fixed number of steps, one fresh process per (model, seed),
 with per-class IoU, the share of pixels predicted as each class, and the mIoU of the same weights
