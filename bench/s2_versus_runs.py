@@ -46,6 +46,7 @@ CANDIDATES = {
     "segkeras_light": {"decoder_filters": LIGHT_DECODER, "skip_projection": False},
     "segkeras_light_proj": {"decoder_filters": LIGHT_DECODER},
     "segkeras_slim": {"decoder_filters": (64, 32, 16, 16, 8), "skip_projection": False},
+    "segkeras_mid_proj": {"decoder_filters": (128, 64, 32, 16, 8)},
 }
 """The U-Net decoders compared (issue 27): ``unet()`` arguments besides the fixed ones."""
 MODELS = (*CANDIDATES, "reference_bn099", "reference_bn0999", "reference_tutorial")
@@ -268,7 +269,8 @@ def main() -> None:
     else:
         plan = [{"kind": m, "size": sizes[0], "batch": batches[0]}
                 for _ in range(args.rounds) for m in args.models]
-    plan = [{k: v for k, v in {**kwargs, "steps": args.steps}.items() if v} for kwargs in plan]
+    plan = [{k: v for k, v in {**kwargs, "steps": args.steps}.items() if v is not None}
+            for kwargs in plan]
     for kwargs in plan:
         record = _in_subprocess(args.task, **kwargs)
         print(json.dumps(record), flush=True)
