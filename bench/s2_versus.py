@@ -17,7 +17,7 @@ import s2_versus_runs as versus_runs
 from common import BENCH_DIR, PATHS, smoke, table
 
 TITLE = "2. segkeras U-Net vs the TensorFlow tutorial's U-Net"
-SPEED_MODELS = ("segkeras", "reference_bn099", "segkeras_light", "segkeras_paper")
+SPEED_MODELS = ("segkeras", "reference_bn099", "segkeras_light")
 SPEED_SIZE, SPEED_BATCH = 128, 16  # issue 27's like-for-like setting
 CANDIDATE_SETTINGS = ((128, 16), (128, 8), (256, 16), (256, 8))
 """The (size, batch) of the decoder candidates' CPU table (``s2_versus_runs.py cpu``)."""
