@@ -17,6 +17,10 @@ import s2_versus_runs as versus_runs
 from common import BENCH_DIR, PATHS, smoke, table
 
 TITLE = "2. segkeras U-Net vs the TensorFlow tutorial's U-Net"
+SPEED_MODELS = ("segkeras", "reference_bn099", "segkeras_light")
+SPEED_SIZE, SPEED_BATCH = 128, 16  # issue 27's like-for-like setting
+CANDIDATE_SETTINGS = ((128, 16), (128, 8), (256, 16), (256, 8))
+"""The (size, batch) of the decoder candidates' CPU table (``s2_versus_runs.py cpu``)."""
 CODE = ("segkeras/models/unet.py", "segkeras/backbones.py", "segkeras/losses.py",
         "segkeras/data/pipeline.py")
 
@@ -26,10 +30,10 @@ def _mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {sd:.3f}"
 
 
-def _versus_quality(recipe: dict) -> tuple[list[dict], list[str], list[str]]:
+def _versus_quality(recipe: dict, current: tuple = ()) -> tuple[list[dict], list[str], list[str]]:
     """The quality records of every ``results/versus_quality*.json`` run with ``recipe`` and the
-    commands that wrote them; runs with another recipe (an older one) are not mixed in but
-    summarised, one sentence per file."""
+    commands that wrote them; runs with another recipe (an older one, not one of ``current``) are
+    not mixed in but summarised, one sentence per file."""
     import glob
 
     records, commands, others = [], [], []
@@ -39,6 +43,8 @@ def _versus_quality(recipe: dict) -> tuple[list[dict], list[str], list[str]]:
         if stored["recipe"] == recipe:
             records += stored["records"]
             commands.append(stored["command"])
+            continue
+        if stored["recipe"] in current:
             continue
         older = {"loss": "cross-entropy", **stored["recipe"]}  # before "loss" was recorded
         changed = ", ".join(f"{key} {older.get(key)}" for key in recipe
@@ -60,8 +66,10 @@ def measure(full: bool) -> dict:
     speed_file = os.path.join(PATHS["results"], "versus_speed.json")
     if os.path.exists(speed_file):
         os.remove(speed_file)
-    tiny = ["--models", "segkeras", "--steps", "1", "--rounds", "1"] if smoke() else []
-    subprocess.run([sys.executable, "s2_versus_runs.py", "speed", "--out", speed_file, *tiny],
+    models = ["--models", *SPEED_MODELS] if not smoke() else ["--models", "segkeras"]
+    tiny = ["--steps", "1", "--rounds", "1"] if smoke() else []
+    subprocess.run([sys.executable, "s2_versus_runs.py", "speed", "--size", str(SPEED_SIZE),
+                    "--batch", str(SPEED_BATCH), *models, "--out", speed_file, *tiny],
                    check=True, cwd=BENCH_DIR)
     with open(speed_file, encoding="utf-8") as file:
         return json.load(file)
@@ -114,9 +122,71 @@ def _batch_statistics_gap(by_model: dict) -> str:
             f"{statistics.mean(scored[0]) - statistics.mean(scored[1]):+.3f}")
 
 
+def _decoder(kind: str) -> str:
+    if kind not in versus_runs.CANDIDATES:
+        return "the tutorial's U-Net"
+    from segkeras.models.unet import DEFAULT_DECODER
+
+    options = versus_runs.CANDIDATES[kind]
+    if not options:
+        return f"{DEFAULT_DECODER}, projected skips (`unet()`'s default)"
+    return (str(options["decoder_filters"])
+            + (", skips as they are" if options.get("skip_projection") is False
+               else ", projected skips"))
+
+
+def _candidates() -> str:
+    """Issue 27's table: each U-Net decoder's CPU ms per training image at every size and batch
+    (``results/versus_candidates_cpu.json``), its ratio to the tutorial's U-Net, and its held-out
+    mIoU at the demo's recipe and at 128²."""
+    path = os.path.join(PATHS["results"], "versus_candidates_cpu.json")
+    if not os.path.exists(path):
+        return ""
+    with open(path, encoding="utf-8") as file:
+        stored = json.load(file)
+    cpu = {}
+    for record in stored["records"]:
+        cpu.setdefault((record["model"], record["size"], record["batch"]), []).append(record)
+    demo, _, _ = _versus_quality(versus_runs.RECIPE, (versus_runs.RECIPE_128,))
+    large, commands, _ = _versus_quality(versus_runs.RECIPE_128, (versus_runs.RECIPE,))
+
+    def miou(records: list[dict], kind: str) -> str:
+        mious = [r["miou"] for r in records if r["model"] == kind]
+        if len(mious) == 1:
+            return f"{mious[0]:.3f} (1)"
+        return f"{_mean_sd(mious)} ({len(mious)})" if mious else "not measured"
+
+    def ms(kind: str, size: int, batch: int) -> str:
+        runs, reference = cpu.get((kind, size, batch)), cpu.get(("reference_bn099", size, batch))
+        if not runs:
+            return ""
+        value = statistics.median(r["cpu_ms_per_img"] for r in runs)
+        ratio = (f" ({statistics.median(r['cpu_ms_per_img'] for r in reference) / value:.2f}x)"
+                 if reference else "")
+        return f"{value:.0f}{ratio}"
+
+    kinds = [kind for kind in versus_runs.MODELS if any(key[0] == kind for key in cpu)]
+    params = {key[0]: runs[0]["params"] for key, runs in cpu.items()}
+    rows = [[kind, _decoder(kind), f"{params[kind] / 1e6:.2f}M",
+             *(ms(kind, size, batch) for size, batch in CANDIDATE_SETTINGS),
+             miou(demo, kind), miou(large, kind)] for kind in kinds]
+    recipe_128 = versus_runs.RECIPE_128
+    return ("\n\nThe U-Net decoders compared for `unet()`'s default (issue 27): CPU milliseconds "
+            "per training image (the median of single steps timed with the process's CPU clock, "
+            "random 4-class images, cross-entropy + Dice, everything trainable, BatchNorm "
+            f"trained; `{stored['command']}`; CPU time survives a busy machine, img/s does not) "
+            "and, in brackets, the tutorial's U-Net's time over the candidate's; held-out mIoU "
+            "(mean ± sd (seeds)) at the demo's recipe (the table above) and with the shapes "
+            f"drawn at {recipe_128['size']}², {recipe_128['steps']} steps, the rest of the recipe "
+            "the same (" + ("; ".join(f"`{c}`" for c in commands) or "not measured") + ").\n\n"
+            + table(["model", "decoder", "params",
+                     *(f"CPU ms/img {size}²×{batch}" for size, batch in CANDIDATE_SETTINGS),
+                     "mIoU, demo recipe", f"mIoU, {recipe_128['size']}²"], rows))
+
+
 def render(speed: dict) -> str:
     recipe = versus_runs.RECIPE
-    records, commands, others = _versus_quality(recipe)
+    records, commands, others = _versus_quality(recipe, (versus_runs.RECIPE_128,))
     by_model, timings = {}, {}
     for record in speed["records"]:
         timings.setdefault(record["model"], []).append(record)
@@ -125,6 +195,7 @@ def render(speed: dict) -> str:
                    "img_per_s_range": (min(r["img_per_s"] for r in runs),
                                        max(r["img_per_s"] for r in runs)),
                    "cpu_ms_per_img": statistics.median(r["cpu_ms_per_img"] for r in runs),
+                   **{key: runs[0][key] for key in ("size", "batch") if key in runs[0]},
                    "runs": len(runs)} for kind, runs in timings.items()}
     for record in records:
         by_model.setdefault(record["model"], []).append(record)
@@ -141,7 +212,8 @@ def render(speed: dict) -> str:
         batch_stats = [r["miou_batch_statistics"] for r in runs if "miou_batch_statistics" in r]
         rows.append([
             kind, f"{timed['params'] / 1e6:.2f}M" if timed else "",
-            f"{versus_runs.TUTORIAL_SIZE if kind == 'reference_tutorial' else recipe['size']}²",
+            f"{versus_runs.TUTORIAL_SIZE if kind == 'reference_tutorial' else recipe['size']}²"
+            + (f" ({timed['size']}²×{timed['batch']})" if "batch" in timed else ""),
             (f"{timed['img_per_s']:.1f} ({timed['img_per_s_range'][0]:.0f}–"
              f"{timed['img_per_s_range'][1]:.0f})") if timed else "not measured",
             f"{timed['cpu_ms_per_img']:.1f}" if timed else "",
@@ -158,15 +230,19 @@ def render(speed: dict) -> str:
             f"Adam {recipe['learning_rate']} with {recipe['schedule']} decay to 0, "
             f"{recipe['loss']} (the demo's recipe, for every model), random initialisation; a "
             "seed sets the initial weights and the shuffle. Models (`bench/s2_versus_runs.py`): "
-            "`segkeras`, the light decoder, BatchNorm trained with momentum 0.99; "
+            "`segkeras`, `unet()` as it is (its default decoder), `segkeras_light`, the light "
+            "decoder of the demo and the labs (64, 48, 32, 16, 16), `segkeras_paper` the "
+            "paper-like widths (256, 128, 64, 32, 16) (both without skip projection), all three "
+            "MobileNetV2 trained from scratch, BatchNorm momentum 0.99; "
             "`reference_bn099`, the tutorial's U-Net with the same BatchNorm "
             "treatment (like for like); `reference_bn0999`, with keras.applications' momentum "
             "0.999; `reference_tutorial`, as the tutorial runs it: frozen encoder at 128², random "
             "because offline (the tutorial's is ImageNet-pretrained). mIoU: "
             + ("; ".join(f"`{c}`" for c in commands) or "**not measured yet**")
             + ", one process per run (a score after a fixed number of steps does not depend on "
-            "the load); img/s and CPU ms/img: this section's command, 100 timed steps at batch "
-            f"{speed.get('recipe', recipe)['batch']}, the median (min–max) of "
+            "the load); img/s and CPU ms/img: this section's command, 100 timed steps at "
+            f"{SPEED_SIZE}², batch {SPEED_BATCH} (in brackets: where the records say so), the "
+            "median (min–max) of "
             f"{max((t['runs'] for t in fast.values()), default=0)} runs per model, the models "
             "taking turns (one process per run), from the demo's pipeline (tf.data's autotuner "
             "off: note 3).\n\n"
@@ -188,21 +264,21 @@ def render(speed: dict) -> str:
     notes += _versus_explanation(by_model, classes)
     history = ("\n\nSuperseded recipes (older runs in `bench/results/`, not comparable with the "
                "table):\n\n" + "\n".join(f"- {line}" for line in others)) if others else ""
-    return text + "".join(f"\n\n- {note}" if i == 0 else f"\n- {note}"
-                          for i, note in enumerate(notes)) + history
+    return (text + "".join(f"\n\n- {note}" if i == 0 else f"\n- {note}"
+                           for i, note in enumerate(notes)) + _candidates() + history)
 
 
 def headline(speed: dict) -> tuple[str, str]:
     """segkeras' mIoU and img/s against the like-for-like reference."""
-    records, _, _ = _versus_quality(versus_runs.RECIPE)
-    mious = {kind: [r["miou"] for r in records if r["model"] == kind]
-             for kind in ("segkeras", "reference_bn099")}
-    speeds = {kind: statistics.median(r["img_per_s"] for r in speed["records"]
-                                      if r["model"] == kind)
-              for kind in ("segkeras", "reference_bn099")}
-    return (f"segkeras U-Net: held-out mIoU {_mean_sd(mious['segkeras'])}, "
-            f"{speeds['segkeras']:.1f} train img/s",
-            f"the tutorial's U-Net, same BatchNorm: {_mean_sd(mious['reference_bn099'])}, "
-            f"{speeds['reference_bn099']:.1f} img/s")
+    records, _, _ = _versus_quality(versus_runs.RECIPE, (versus_runs.RECIPE_128,))
+    kinds = ("segkeras", "reference_bn099")
+    mious = {kind: [r["miou"] for r in records if r["model"] == kind] for kind in kinds}
+    speeds = {kind: [r["img_per_s"] for r in speed["records"] if r["model"] == kind]
+              for kind in kinds}
+    said = {kind: (_mean_sd(mious[kind]) if mious[kind] else "not measured") + ", "
+            + (f"{statistics.median(speeds[kind]):.1f} train img/s" if speeds[kind]
+               else "img/s not measured") for kind in kinds}
+    return (f"segkeras U-Net: held-out mIoU {said['segkeras']}",
+            f"the tutorial's U-Net, same BatchNorm: {said['reference_bn099']}")
 
 

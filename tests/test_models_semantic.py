@@ -13,7 +13,7 @@ from segkeras.layers import BilinearUpsampling
 from segkeras.models import common
 from segkeras.models.deconv import deconvnet
 from segkeras.models.fcn import fcn
-from segkeras.models.unet import unet
+from segkeras.models.unet import DEFAULT_DECODER, PAPER_DECODER, unet
 
 SIZE = 64
 NUM_CLASSES = 3
@@ -167,6 +167,32 @@ def test_skips_and_upsampling_choices_change_the_decoder():
 
     assert len(transposed(unet(NUM_CLASSES, encoder))) == 5
     assert not transposed(unet(NUM_CLASSES, encoder, upsampling="bilinear"))
+
+
+@pytest.mark.fast
+def test_unet_default_decoder_and_the_paper_like_one():
+    encoder = _encoder("mobilenetv2")
+    skips = {level: encoder.output[level].shape[-1] for level in ("P4", "P3", "P2", "P1")}
+
+    def widths(model):
+        return tuple(model.get_layer(f"up{stride}_upconv").filters for stride in (16, 8, 4, 2, 1))
+
+    def concatenated(model):
+        return [tuple(tensor.shape[-1] for tensor in model.get_layer(f"up{stride}_concat").input)
+                for stride in (16, 8, 4, 2)]
+
+    default = unet(NUM_CLASSES, encoder)
+    assert widths(default) == DEFAULT_DECODER == (64, 32, 16, 16, 8)
+    # each skip narrowed to the block's width by a linear 1x1 convolution, then concatenated
+    assert [default.get_layer(f"up{s}_project").filters for s in (16, 8, 4, 2)] == [64, 32, 16, 16]
+    assert concatenated(default) == [(64, 64), (32, 32), (16, 16), (16, 16)]
+    paper = unet(NUM_CLASSES, encoder, decoder_filters=PAPER_DECODER,
+                 skip_projection=False)
+    assert widths(paper) == (256, 128, 64, 32, 16)
+    assert not [layer for layer in paper.layers if layer.name.endswith("_project")]
+    assert concatenated(paper) == [(256, skips["P4"]), (128, skips["P3"]), (64, skips["P2"]),
+                                   (32, skips["P1"])]
+    assert default.count_params() < paper.count_params()
 
 
 @pytest.mark.fast

@@ -242,7 +242,7 @@ def _small_unet(encoder_trainable: bool) -> keras.Model:
 
     encoder = shapesnet_encoder((32, 32, 3), widths=(4, 4, 8, 8, 8), name="checknet")
     encoder.trainable = encoder_trainable
-    return unet(3, encoder, decoder_filters=(8, 8, 8, 8, 8))
+    return unet(3, encoder, decoder_filters=(8, 8, 8, 8, 8), skip_projection=False)
 
 
 def _images(seed: int = 0) -> np.ndarray:
