@@ -223,16 +223,25 @@ class ForkedWorker:
 
     def poll(self) -> int | None:
         if self.returncode is None:
-            self.returncode = self.server.request({"op": "poll", "pid": self.pid})["code"]
+            self.returncode = self._ask({"op": "poll", "pid": self.pid})
         return self.returncode
 
     def wait(self, grace: float = 5.0) -> int:
         """The exit code, waiting up to ``grace`` seconds before killing the worker."""
         if self.returncode is None:
-            self.returncode = self.server.request(
-                {"op": "wait", "pid": self.pid, "grace": grace})["code"]
+            self.returncode = self._ask({"op": "wait", "pid": self.pid, "grace": grace})
         return self.returncode
 
+    def _ask(self, message: dict) -> int | None:
+        """The server's answer about this worker; if the server is gone (an answer may kill its
+        parent), the worker is killed and reads as killed."""
+        try:
+            return self.server.request(message)["code"]
+        except (OSError, RuntimeError):
+            for kill in (os.killpg, os.kill):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    kill(self.pid, signal.SIGKILL)
+            return -signal.SIGKILL
 
 if __name__ == "__main__":
     sys.exit(main())
