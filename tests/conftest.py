@@ -44,3 +44,40 @@ def small_mask_rcnn():
                      anchor_sizes=(16, 32), fpn_channels=16, box_head_units=32,
                      mask_head_channels=16, rpn_pre_nms=100, rpn_post_nms_train=40,
                      rpn_post_nms_test=20, rois_per_image=16, max_detections=10)
+
+
+# --- pytest-xdist (`make test`: -n 2 --dist loadfile): what runs together, longest first ---------
+# A notebook's cells share one kernel and a module's tests its module fixtures, so work goes to a
+# worker file by file, except these long self-contained tests, handed out one by one; and the
+# longest work is handed out first, so that no worker is left alone with a long tail.
+ONE_BY_ONE = ("test_run_all_on_an_untouched_lab_reaches_the_end",
+              "test_the_solution_gets_full_marks_out_of_process",
+              "test_each_wrong_answer_loses_exactly_its_points_out_of_process",
+              "test_lab04_solution_full", "test_lab05_solution_full")
+LONGEST_FIRST = ("tests/test_nbgrader_roundtrip.py", "tests/test_grading_lab06.py",
+                 "tests/test_notebooks.py::test_run_all", "solutions/", "tests/test_grading_",
+                 "tests/test_cli", "tests/test_lab_resume.py", "tests/test_mask_rcnn_model.py",
+                 "tests/test_train.py", "tests/test_runs.py")
+
+
+def _rank(nodeid: str) -> int:
+    return next((rank for rank, prefix in enumerate(LONGEST_FIRST) if nodeid.startswith(prefix)),
+                len(LONGEST_FIRST))
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: _rank(item.nodeid))  # stable: a notebook's cells keep their order
+
+
+def pytest_xdist_make_scheduler(config, log):
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileByFile(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path, _, test = nodeid.partition("::")
+            return nodeid if test.startswith(ONE_BY_ONE) else path
+
+    config.option.loadscopereorder = False  # keep the order above
+    return FileByFile(config, log)

@@ -4,6 +4,7 @@ prints, raises, exits, crashes, loops or eats memory costs its answer the points
 grader."""
 
 import json
+import os
 
 import keras
 import numpy as np
@@ -142,6 +143,30 @@ def test_a_worker_serves_its_answer_and_turns_failures_into_the_answers(monkeypa
     finally:
         for worker in workers.values():
             worker.close()
+
+
+def test_workers_fork_from_one_server_and_an_answer_killing_it_stops_only_itself():
+    """Each answer's worker is a fresh fork of one server (its own process group, not the
+    grader's child); an answer that kills the server ends only its own grading, and the next
+    answer gets a new server."""
+    first = start("import os\ndef box_iou(a, b):\n"
+                  "    return np.array([os.getpid(), os.getpgid(0)])")
+    boxes = np.zeros((1, 4), "float32")
+    try:
+        pid, group = RemoteAnswer(first, "box_iou", np.random.default_rng(0))(boxes, boxes)
+        assert pid == group == first.process.pid and pid != os.getpid()
+        server = remote.fork_server()
+        killer = start("import os, signal\ndef box_iou(a, b):\n"
+                       "    os.kill(os.getppid(), signal.SIGKILL)\n    return np.zeros(2)")
+        RemoteAnswer(killer, "box_iou", np.random.default_rng(0))(boxes, boxes)
+        killer.close()  # asks the dead server: the worker is killed, nothing hangs
+        server.process.wait(timeout=10)
+        second = start("def box_iou(a, b):\n    return np.ones(2)")
+        assert remote.fork_server() is not server
+        assert RemoteAnswer(second, "box_iou", np.random.default_rng(0))(boxes, boxes).sum() == 2
+        second.close()
+    finally:
+        first.close()
 
 
 def test_check_cell_outputs_give_nbgrader_the_graders_points():

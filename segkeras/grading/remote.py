@@ -4,14 +4,13 @@ exercise's time limit and a memory cap, and turn replies into values or exceptio
 
 from __future__ import annotations
 
+import atexit
 import builtins
 import json
 import os
 import select
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,9 +21,10 @@ import segkeras
 from segkeras.checks.core import CheckFailed, OutOfTime
 from segkeras.grading.answer import check_probe
 from segkeras.grading.wire import Encoder, WireError, loads
+from segkeras.grading.zygote import ForkedWorker, ForkServer
 
 MEMORY_LIMIT = 6 * 2**30  # bytes of resident memory a worker may use
-STARTUP_TIMEOUT = 240  # seconds to import segkeras and run the lab setup (not the answer's time)
+SETUP_TIMEOUT = 240  # seconds to run the lab setup (not counted in the answer's time)
 _POLL = 0.2
 
 
@@ -63,6 +63,27 @@ def _resident_bytes(pid: int) -> int:
     return 0
 
 
+_SERVERS: dict[tuple, ForkServer] = {}
+
+
+def fork_server() -> ForkServer:
+    """The fork server for the current worker environment, started on first use (the imports
+    take seconds once) and ended when the grader exits."""
+    environment = worker_environment()
+    key = tuple(sorted(environment.items()))
+    server = _SERVERS.get(key)
+    if server is None or not server.alive():
+        folder = Path(tempfile.mkdtemp(prefix="segkeras-grade-server-"))
+        server = _SERVERS[key] = ForkServer(environment, folder / "stderr.txt")
+        atexit.register(_stop_server, server, folder)
+    return server
+
+
+def _stop_server(server: ForkServer, folder: Path) -> None:
+    server.close()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 class Worker:
     """One worker process holding the lab setup and one exercise's answer."""
 
@@ -71,18 +92,12 @@ class Worker:
         self.exercise, self.timeout, self.budget = exercise, timeout, float(timeout)
         self.folder = Path(tempfile.mkdtemp(prefix=f"segkeras-grade-{exercise}-"))
         (self.folder / "work").mkdir()
-        read_end, write_end = os.pipe()
         job = {"lab": lab, "exercise": exercise, "functions": functions, "setup": setup,
-               "answer": answer, "exercises": exercises, "reply_fd": write_end}
+               "answer": answer, "exercises": exercises}
         (self.folder / "job.json").write_text(json.dumps(job), encoding="utf-8")
         self.stderr = open(self.folder / "stderr.txt", "wb")  # noqa: SIM115 (closed in close())
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "segkeras.grading.worker", str(self.folder)],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self.stderr,
-            cwd=self.folder / "work", env=worker_environment(), pass_fds=(write_end,),
-            start_new_session=True)
-        os.close(write_end)
-        self.replies, self.buffer, self.sent = read_end, b"", 0
+        self.process = ForkedWorker(fork_server(), self.folder, self.stderr)
+        self.replies, self.buffer, self.sent = self.process.replies, b"", 0
         self.failure: BaseException | None = None
         self.state = "starting"
 
@@ -143,7 +158,7 @@ class Worker:
         if self.failure is not None:
             raise self.failure
         if self.state == "starting":
-            reply = self._reply(False, STARTUP_TIMEOUT)
+            reply = self._reply(False, SETUP_TIMEOUT)
             if not reply.get("ok"):
                 self.state = "loaded"
                 raise self._fail(CheckFailed(str(reply.get("message"))))
@@ -181,21 +196,23 @@ class Worker:
 
     def kill(self) -> None:
         if self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                self.process.kill()
+            for kill, target in ((os.killpg, self.process.pid), (os.kill, self.process.pid)):
+                try:  # its process group; the worker alone if it has none yet
+                    kill(target, signal.SIGKILL)
+                    break
+                except (ProcessLookupError, PermissionError):
+                    continue
             self.process.wait()
 
     def close(self) -> None:
-        """Stop the worker and remove its folder."""
+        """Stop the worker (asked first, killed after 5 s) and remove its folder."""
         if self.process.poll() is None and self.failure is None and self.state == "ready":
             try:
                 self.process.stdin.write(b'{"op": "stop"}\n')
                 self.process.stdin.flush()
-                self.process.wait(timeout=5)
-            except (OSError, subprocess.TimeoutExpired):
+            except OSError:
                 pass
+            self.process.wait(grace=5)
         self.kill()
         for stream in (self.process.stdin, self.stderr):
             try:

@@ -1,7 +1,8 @@
-"""The worker: ``python -m segkeras.grading.worker JOB_DIR`` runs ONE answer of one exercise.
+"""The worker: runs ONE answer of one exercise, in a process forked for it by the grader's fork
+server (:mod:`segkeras.grading.zygote`).
 
 It reads ``JOB_DIR/job.json`` (lab, exercise, function names, the lab's setup source, the answer's
-source, the reply file descriptor), swaps out the exercise's forbidden functions and every lab's
+source), swaps out the exercise's forbidden functions and every lab's
 private references for good, refuses answer sources that reach for the grader's internals, runs
 the lab setup then the answer in one namespace, and serves ``call``/``probe`` requests (JSON lines
 on stdin) with replies on the reply descriptor (:mod:`segkeras.grading.wire`). What the student's
@@ -194,10 +195,10 @@ class Session:
         return lambda: probe_fn(function, *args, **kwargs)
 
 
-def main(argv: list[str] | None = None) -> int:
-    folder = Path((argv if argv is not None else sys.argv[1:])[0])
+def run(folder: Path, reply_fd: int) -> int:
+    """Serve the answer of the job in ``folder``: requests on stdin, replies on ``reply_fd``."""
     job = json.loads((folder / "job.json").read_text(encoding="utf-8"))
-    reply = os.fdopen(job["reply_fd"], "w", encoding="utf-8")
+    reply = os.fdopen(reply_fd, "w", encoding="utf-8")
     requests = sys.stdin
     os.dup2(2, 1)  # the student's prints go to stderr
     session = Session(job, folder, reply)
@@ -207,6 +208,3 @@ def main(argv: list[str] | None = None) -> int:
         session.serve(requests)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
