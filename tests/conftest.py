@@ -33,6 +33,15 @@ def _precision():
     yield
 
 
+@pytest.fixture
+def mixed_float16():
+    """The test runs under the mixed_float16 policy (the GPU path), whatever CI asked for."""
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    yield
+    keras.config.set_dtype_policy(policy)
+
+
 @pytest.fixture(scope="module")
 def small_mask_rcnn():
     """An untrained Mask R-CNN small enough for fast tests: MobileNetV2 from scratch, 64x64

@@ -484,14 +484,6 @@ def test_both_parts_unanswered_is_not_answered():
 
 # --- mixed precision, the fallbacks ------------------------------------------------------------
 
-@pytest.fixture
-def mixed_float16():
-    policy = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("mixed_float16")
-    yield
-    keras.config.set_dtype_policy(policy)
-
-
 def test_the_checks_pass_right_answers_under_mixed_float16(mixed_float16):
     assert checks.roi_align_box(make_roi_align(), bilinear_sample)
     assert checks.mask_target(mask_target)

@@ -287,14 +287,6 @@ def test_pyramid_detection_masks_match_the_full_call(pyramid_model):
     assert masks[0].shape == (1, 64, 64) and not masks[0][0, 45:].any()
 
 
-@pytest.fixture
-def mixed_float16():
-    policy = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("mixed_float16")
-    yield
-    keras.config.set_dtype_policy(policy)
-
-
 def test_mixed_precision_gives_float32_mask_logits(mixed_float16):
     """(CI's SEGKERAS_PRECISION=mixed_float16 pass runs the train step above in mixed precision.)"""
     model = tiny_model()
