@@ -18,6 +18,7 @@ image or annotation id and the field, never a crash, a traceback or a silently d
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import math
@@ -27,7 +28,13 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from segkeras.data.core import IGNORE_LABEL, Instances, SegmentationData, boxes_from_masks
+from segkeras.data.core import (
+    IGNORE_LABEL,
+    Instances,
+    SegmentationData,
+    boxes_from_masks,
+    split_counts,
+)
 from segkeras.data.images import MAX_IMAGE_PIXELS, read_rgb, write_png
 from segkeras.errors import SegkerasError
 from segkeras.runs import atomic_write_text
@@ -74,6 +81,17 @@ class CocoIndex:
     def __len__(self) -> int:
         return len(self.image_ids)
 
+    def split(self, validation_fraction: float = 0.2) -> tuple[CocoIndex, CocoIndex]:
+        """(train, validation) as :meth:`SegmentationData.split` makes them (the last
+        ``validation_fraction`` of the images held out), sharing this index's annotations."""
+        n_train, _ = split_counts(len(self), validation_fraction)
+        return self._subset(self.image_ids[:n_train]), self._subset(self.image_ids[n_train:])
+
+    def _subset(self, image_ids: list[int]) -> CocoIndex:
+        part = copy.copy(self)
+        part.image_ids = list(image_ids)
+        return part
+
     @property
     def num_classes(self) -> int:
         """Number of classes including background."""
@@ -87,6 +105,15 @@ class CocoIndex:
     def object_counts(self) -> list[int]:
         """Per image, its annotations that are objects (not crowds), without decoding any."""
         return [sum(not a.get("iscrowd", 0) for a in self.annotations(i)) for i in range(len(self))]
+
+    def check_image_files(self) -> None:
+        """FileNotFoundError naming the first image the annotations list that is not a file
+        (checked without reading any: a stream would otherwise fail mid-way)."""
+        for image_id in self.image_ids:
+            path = os.path.join(self.image_dir, self.coco.imgs[image_id]["file_name"])
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"no such image: {path} (listed in "
+                                        f"{self.annotation_file})")
 
     def image(self, index: int) -> np.ndarray:
         """Image number ``index`` as HxWx3 uint8 (SegkerasError if its size is not the JSON's)."""
