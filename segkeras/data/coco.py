@@ -106,6 +106,11 @@ class CocoIndex:
         """Per image, its annotations that are objects (not crowds), without decoding any."""
         return [sum(not a.get("iscrowd", 0) for a in self.annotations(i)) for i in range(len(self))]
 
+    def crowd_counts(self) -> list[int]:
+        """Per image, its crowd annotations (``iscrowd=1``), without decoding any."""
+        return [sum(bool(a.get("iscrowd", 0)) for a in self.annotations(i))
+                for i in range(len(self))]
+
     def check_image_files(self) -> None:
         """FileNotFoundError naming the first image the annotations list that is not a file
         (checked without reading any: a stream would otherwise fail mid-way)."""
