@@ -353,12 +353,19 @@ def test_evaluate_streams_a_coco_folder_and_scores_as_detection_ap(coco_run, mon
         assert result[kind] == pytest.approx(expected[kind], abs=1e-6, nan_ok=True)
 
 
-def test_a_coco_folder_missing_an_image_is_refused_before_training(no_training, tmp_path,
-                                                                    capsys):
+def test_a_coco_folder_with_a_missing_or_wrong_image_is_refused_before_training(
+        no_training, tmp_path, capsys):
+    """The stream would meet them mid-way: each listed image's header is read first."""
     from segkeras.data import coco
 
-    coco.export(shapes.generate(4, SIZE, seed=0), tmp_path / "coco", "four shapes")
-    (tmp_path / "coco" / "images" / "000002.png").unlink()
-    assert main([*TRAIN, "--data", str(tmp_path / "coco"), "--out", str(tmp_path / "run")]) == 2
+    folder = tmp_path / "coco"
+    coco.export(shapes.generate(4, SIZE, seed=0), folder, "four shapes")
+    write_png(folder / "images" / "000001.png", np.zeros((SIZE, SIZE + 8, 3), np.uint8))
+    assert main([*TRAIN, "--data", str(folder), "--out", str(tmp_path / "run")]) == 2
+    line = error_line(capsys)
+    assert "000001.png is 64x72 (HxW)" in line and "says 64x64" in line
+    write_png(folder / "images" / "000001.png", np.zeros((SIZE, SIZE, 3), np.uint8))
+    (folder / "images" / "000002.png").unlink()
+    assert main([*TRAIN, "--data", str(folder), "--out", str(tmp_path / "run")]) == 2
     line = error_line(capsys)
     assert "no such image" in line and "000002.png" in line

@@ -35,7 +35,7 @@ from segkeras.data.core import (
     boxes_from_masks,
     split_counts,
 )
-from segkeras.data.images import MAX_IMAGE_PIXELS, read_rgb, write_png
+from segkeras.data.images import MAX_IMAGE_PIXELS, image_size, read_rgb, write_png
 from segkeras.errors import SegkerasError
 from segkeras.runs import atomic_write_text
 
@@ -112,23 +112,29 @@ class CocoIndex:
                 for i in range(len(self))]
 
     def check_image_files(self) -> None:
-        """FileNotFoundError naming the first image the annotations list that is not a file
-        (checked without reading any: a stream would otherwise fail mid-way)."""
+        """Every image the annotations list is a file whose header gives the JSON's size
+        (FileNotFoundError or SegkerasError for the first that is not), read without decoding
+        any: a stream would otherwise stop at it mid-way."""
         for image_id in self.image_ids:
-            path = os.path.join(self.image_dir, self.coco.imgs[image_id]["file_name"])
+            info = self.coco.imgs[image_id]
+            path = os.path.join(self.image_dir, info["file_name"])
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"no such image: {path} (listed in "
                                         f"{self.annotation_file})")
+            self._check_size(path, image_size(path), info)
+
+    def _check_size(self, path: str, size: tuple[int, int], info: dict) -> None:
+        if size != (info["height"], info["width"]):
+            raise SegkerasError(
+                f"{path} is {size[0]}x{size[1]} (HxW) but {self.annotation_file} says "
+                f"{info['height']}x{info['width']}; the image and the annotations disagree")
 
     def image(self, index: int) -> np.ndarray:
         """Image number ``index`` as HxWx3 uint8 (SegkerasError if its size is not the JSON's)."""
         info = self.coco.imgs[self.image_ids[index]]
         path = os.path.join(self.image_dir, info["file_name"])
         image = read_rgb(path)
-        if image.shape[:2] != (info["height"], info["width"]):
-            raise SegkerasError(
-                f"{path} is {image.shape[0]}x{image.shape[1]} (HxW) but {self.annotation_file} "
-                f"says {info['height']}x{info['width']}; the image and the annotations disagree")
+        self._check_size(path, image.shape[:2], info)
         return image
 
     def objects(self, index: int) -> tuple[Instances, np.ndarray]:
