@@ -149,6 +149,8 @@ def non_max_suppression(boxes, scores, iou_threshold: float, max_output: int, va
     batch, n = ops.shape(scores)[0], ops.shape(scores)[1]
     if n == 0:
         return ops.zeros((batch, max_output), "int32"), ops.zeros((batch, max_output), "bool")
+    # stable on every backend (TensorFlow sorts with top_k, lower index first on ties; JAX and
+    # torch sort stably), so equal scores stay in index order
     order = ops.cast(ops.argsort(-ops.cast(scores, "float32"), axis=-1), "int32")
     boxes = gather_rows(ops.cast(boxes, "float32"), order)
     valid = ops.ones((batch, n), "bool") if valid is None else ops.cast(valid, "bool")
