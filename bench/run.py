@@ -38,13 +38,14 @@ import s6_flops  # noqa: E402
 import s7_demo  # noqa: E402
 import s8_mask_rcnn  # noqa: E402
 import s9_grading  # noqa: E402
+import s10_nms  # noqa: E402
 
 SECTIONS = {"throughput": s1_throughput, "versus": s2_versus, "pipeline": s3_pipeline,
             "scaling": s4_scaling, "roi_align": s5_roi_align, "flops": s6_flops,
-            "demo": s7_demo, "grading": s9_grading}
+            "demo": s7_demo, "grading": s9_grading, "nms": s10_nms}
 """The sections this script measures, by the name ``--sections`` takes, in the report's order."""
 MEASURE_ORDER = ("demo", "throughput", "versus", "scaling", "roi_align", "pipeline", "flops",
-                 "grading")
+                 "grading", "nms")
 """Pipeline and FLOPs read section 1's stored result, so they come after it."""
 NOTES_MARKER = "<!-- hand-written notes below are kept by bench/run.py -->"
 

@@ -8,16 +8,18 @@ reference box (an anchor or a proposal) as ``dx = wx (x - xa) / wa``, ``dy = wy 
 wild prediction cannot overflow ``exp``.
 
 Non-maximum suppression (greedy, as in Faster R-CNN) has no ``keras.ops`` primitive. Here it is
-vectorised with a fixed-size, padded output so that it compiles on every backend: with ``i``
-before ``j`` when ``score_i > score_j`` (ties: the lower index first), box ``j`` is kept iff it is
-valid and no kept box before it overlaps it by more than the threshold. That recursion has one
-solution, the greedy one; it is reached by iterating ``keep <- valid & ~any(keep_i & edge_ij)``
-from ``keep = valid`` until nothing changes (after ``t`` steps the first ``t`` boxes in score
-order are final, so at most ``n`` steps; in practice a handful).
+exact and vectorised, with a fixed-size, padded output so that it compiles on every backend: in
+score order (ties: the lower index first), box ``j`` is kept iff it is valid and no kept box
+before it overlaps it by more than the threshold. That recursion has one solution, the greedy
+one. It is solved tile by tile (:data:`NMS_TILE` boxes, as in TensorFlow's padded NMS): inside a
+tile by iterating ``keep <- alive & ~any(keep_i & edge_ij)`` to its fixed point (after ``t``
+steps the tile's first ``t`` boxes are final; in practice a handful of steps), then the tile's
+kept boxes suppress what they overlap in the later tiles.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 from keras import ops
@@ -38,10 +40,11 @@ def box_iou(boxes_a, boxes_b):
     """Pairwise IoU: (..., N, 4) and (..., M, 4) -> (..., N, M); 0 where the union is empty."""
     boxes_a = ops.cast(boxes_a, "float32")
     boxes_b = ops.cast(boxes_b, "float32")
-    top_left = ops.maximum(boxes_a[..., :, None, :2], boxes_b[..., None, :, :2])
-    bottom_right = ops.minimum(boxes_a[..., :, None, 2:], boxes_b[..., None, :, 2:])
-    overlap = ops.maximum(bottom_right - top_left, 0.0)
-    intersection = overlap[..., 0] * overlap[..., 1]
+    a = [boxes_a[..., :, None, k] for k in range(4)]  # x1, y1, x2, y2 as (..., N, 1)
+    b = [boxes_b[..., None, :, k] for k in range(4)]  # and as (..., 1, M)
+    width = ops.maximum(ops.minimum(a[2], b[2]) - ops.maximum(a[0], b[0]), 0.0)
+    height = ops.maximum(ops.minimum(a[3], b[3]) - ops.maximum(a[1], b[1]), 0.0)
+    intersection = width * height
     union = box_area(boxes_a)[..., :, None] + box_area(boxes_b)[..., None, :] - intersection
     return ops.where(union > 0, intersection / ops.maximum(union, _TINY), 0.0)
 
@@ -82,18 +85,55 @@ def clip_to_image(boxes, height: int, width: int):
     return ops.minimum(ops.maximum(ops.cast(boxes, "float32"), 0.0), limit)
 
 
-def _precedence(scores):
-    """(B, n, n) bool, ``[b, i, j]``: box ``i`` comes before box ``j`` in score order (higher
-    score first, ties broken by the lower index)."""
-    n = ops.shape(scores)[-1]
-    index = ops.arange(n)
-    higher = scores[:, :, None] > scores[:, None, :]
-    tie = (scores[:, :, None] == scores[:, None, :]) & (index[:, None] < index[None, :])
-    return higher | tie
+NMS_TILE = 256
+"""Boxes per tile of :func:`non_max_suppression` (a tile's IoU matrix is ``NMS_TILE`` squared)."""
+
+
+def _resolve_tile(boxes, alive, iou_threshold: float):
+    """Greedy NMS inside one tile of boxes in score order: (B, T, 4), (B, T) -> (B, T) kept.
+
+    Box ``j`` is kept iff alive and no kept box ``i < j`` overlaps it by more than the threshold;
+    iterating ``keep <- alive & ~any(keep_i & edge_ij)`` from ``keep = alive`` reaches that
+    (unique) solution, the first ``t`` boxes being final after ``t`` steps.
+    """
+    size = ops.shape(alive)[1]
+    index = ops.arange(size)
+    earlier = index[:, None] < index[None, :]
+    edges = ops.cast((box_iou(boxes, boxes) > iou_threshold) & earlier, "float32")
+
+    def step(keep, changed):
+        suppressed = ops.einsum("bi,bij->bj", ops.cast(keep, "float32"), edges) > 0
+        new_keep = alive & ~suppressed
+        return new_keep, ops.any(ops.not_equal(new_keep, keep))
+
+    keep, _ = ops.while_loop(lambda keep, changed: changed, step,
+                             (alive, ops.convert_to_tensor(True)), maximum_iterations=size)
+    return keep
+
+
+def _tile(boxes, alive, size: int, iou_threshold: float):
+    """``(keep, later_alive)``: the first ``size`` of the (B, m, 4) boxes left (in score order,
+    ``alive`` (B, m)) resolved by :func:`_resolve_tile`, and the later ones still alive after the
+    tile's kept boxes have suppressed what they overlap."""
+    keep = _resolve_tile(boxes[:, :size], alive[:, :size], iou_threshold)
+    if ops.shape(boxes)[1] <= size:
+        return keep, alive[:, size:]
+    overlaps = box_iou(boxes[:, :size], boxes[:, size:]) > iou_threshold
+    return keep, alive[:, size:] & ~ops.any(overlaps & keep[:, :, None], axis=1)
+
+
+def _nothing_kept(alive, size: int):
+    """:func:`_tile`'s result when no box is kept any more."""
+    return ops.zeros_like(alive[:, :size]), ops.zeros_like(alive[:, size:])
 
 
 def non_max_suppression(boxes, scores, iou_threshold: float, max_output: int, valid=None):
-    """Greedy NMS per image, vectorised, with a fixed-size output.
+    """Greedy NMS per image, exact, with a fixed-size output (tiled: O(n * tile) memory).
+
+    The boxes are sorted once by descending score (a stable sort: equal scores in index order),
+    then taken in tiles of :data:`NMS_TILE`: each tile is resolved on its own
+    (:func:`_resolve_tile`, a few steps on a tile-sized IoU matrix), then its kept boxes suppress
+    the later tiles' boxes that they overlap. The result is the textbook greedy loop's.
 
     Args:
         boxes: (B, n, 4) boxes.
@@ -109,27 +149,28 @@ def non_max_suppression(boxes, scores, iou_threshold: float, max_output: int, va
     batch, n = ops.shape(scores)[0], ops.shape(scores)[1]
     if n == 0:
         return ops.zeros((batch, max_output), "int32"), ops.zeros((batch, max_output), "bool")
-    scores = ops.cast(scores, "float32")
+    # stable on every backend (TensorFlow sorts with top_k, lower index first on ties; JAX and
+    # torch sort stably), so equal scores stay in index order
+    order = ops.cast(ops.argsort(-ops.cast(scores, "float32"), axis=-1), "int32")
+    boxes = gather_rows(ops.cast(boxes, "float32"), order)
     valid = ops.ones((batch, n), "bool") if valid is None else ops.cast(valid, "bool")
-    before = _precedence(scores)
-    overlaps = box_iou(boxes, boxes) > iou_threshold
-    edges = ops.cast(before & overlaps & valid[:, :, None], "float32")
-
-    def step(keep, changed):
-        suppressed = ops.einsum("bi,bij->bj", ops.cast(keep, "float32"), edges) > 0
-        new_keep = valid & ~suppressed
-        return new_keep, ops.any(ops.not_equal(new_keep, keep))
-
-    keep, _ = ops.while_loop(
-        lambda keep, changed: changed, step, (valid, ops.convert_to_tensor(True)),
-        maximum_iterations=n,
-    )
-    rank = ops.sum(ops.cast(before, "int32"), axis=1)  # how many boxes come before each
-    priority = ops.where(keep, ops.cast(n - rank, "float32"), -1.0)
+    alive = gather_rows(valid, order)
+    kept_tiles, count = [], ops.zeros((batch,), "int32")
+    for start in range(0, n, NMS_TILE):
+        resolve = functools.partial(_tile, boxes[:, start:], alive, NMS_TILE, iou_threshold)
+        if start == 0:
+            keep, alive = resolve()
+        else:  # once every image has its max_output boxes, the later ones cannot be kept
+            keep, alive = ops.cond(ops.all(count >= max_output),
+                                   functools.partial(_nothing_kept, alive, NMS_TILE), resolve)
+        kept_tiles.append(keep)
+        count = count + ops.sum(ops.cast(keep, "int32"), axis=1)
+    keep = ops.concatenate(kept_tiles, axis=1) if len(kept_tiles) > 1 else kept_tiles[0]
     slots = min(max_output, n)
-    top, indices = ops.top_k(priority, slots)
-    indices = ops.cast(indices, "int32")
+    priority = ops.where(keep, ops.cast(n - ops.arange(n), "float32"), -1.0)
+    top, position = ops.top_k(priority, slots)
     kept = top > 0
+    indices = gather_rows(order, position)
     if slots < max_output:
         indices = ops.pad(indices, [[0, 0], [0, max_output - slots]])
         kept = ops.pad(kept, [[0, 0], [0, max_output - slots]])

@@ -19,7 +19,7 @@ def run(*args, env=None):
 
 def section_scripts() -> list[str]:
     """The section scripts bench/run.py drives: bench/sN_KEY.py, one per section number."""
-    return sorted(name for name in os.listdir(BENCH) if re.fullmatch(r"s\d_[a-z_]+\.py", name)
+    return sorted(name for name in os.listdir(BENCH) if re.fullmatch(r"s\d+_[a-z_]+\.py", name)
                   and not re.search(r"_(runs|train|torchvision|record)\.py$", name))
 
 
@@ -28,7 +28,7 @@ def test_help_lists_every_section_and_its_script():
     assert done.returncode == 0, done.stderr
     for script in section_scripts():
         assert f"(bench/{script})" in done.stdout, script
-    assert len(section_scripts()) == 9
+    assert len(section_scripts()) == 10
 
 
 def test_render_writes_a_summary_and_dated_sections_naming_their_scripts(tmp_path):
@@ -36,12 +36,12 @@ def test_render_writes_a_summary_and_dated_sections_naming_their_scripts(tmp_pat
     assert done.returncode == 0, done.stderr
     report = (tmp_path / "BENCHMARKS.md").read_text()
     summary = report.split("## Summary", 1)[1].split("\n## ", 1)[0]
-    rows = [line for line in summary.splitlines() if re.match(r"\| \d \|", line)]
-    assert [row.split("|")[1].strip() for row in rows] == [str(n) for n in range(1, 10)]
+    rows = [line for line in summary.splitlines() if re.match(r"\| \d+ \|", line)]
+    assert [row.split("|")[1].strip() for row in rows] == [str(n) for n in range(1, 11)]
     assert all(re.search(r"\| 20\d\d-\d\d-\d\d", row) for row in rows)
-    sections = re.split(r"\n## (?=\d\. )", report)[1:]
-    assert len(sections) == 9
+    sections = re.split(r"\n## (?=\d+\. )", report)[1:]
+    assert len(sections) == 10
     for section in sections:
         assert re.search(r"Measured 20\d\d-\d\d-\d\d", section), section[:80]
-        assert re.search(r"`bench/s\d_[a-z_]+\.py`", section), section[:80]
+        assert re.search(r"`bench/s\d+_[a-z_]+\.py`", section), section[:80]
     assert "## Notes (hand-written" in report  # the notes are kept

@@ -153,3 +153,178 @@ def test_gather_rows():
                                   values[np.arange(2)[:, None], indices])
     np.testing.assert_array_equal(_np(B.gather_rows(values[..., 0], indices)),
                                   values[..., 0][np.arange(2)[:, None], indices])
+
+
+# --- the tiled NMS against the dense formulation it replaced and a numpy greedy loop ----------
+
+def dense_nms(boxes, scores, threshold, max_output, valid):
+    """The previous implementation, one image: the fixed point of ``keep <- valid & ~any(keep_i &
+    before_ij & iou_ij > t)`` on the whole (n, n) precedence matrix, in numpy float32."""
+    n = len(scores)
+    index = np.arange(n)
+    before = (scores[:, None] > scores[None, :]) | (
+        (scores[:, None] == scores[None, :]) & (index[:, None] < index[None, :]))
+    edges = before & (iou32(boxes, boxes) > threshold) & valid[:, None]
+    keep = valid.copy()
+    while True:
+        new_keep = valid & ~(keep[:, None] & edges).any(axis=0)
+        if np.array_equal(new_keep, keep):
+            break
+        keep = new_keep
+    rank = before.sum(axis=0)
+    kept = sorted(np.flatnonzero(keep), key=lambda i: rank[i])[:max_output]
+    return [int(i) for i in kept]
+
+
+def iou32(a, b):
+    """IoU in float32 with the library's operation order (so ties at the threshold agree)."""
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    width = np.maximum(np.minimum(a[:, None, 2], b[None, :, 2])
+                       - np.maximum(a[:, None, 0], b[None, :, 0]), np.float32(0))
+    height = np.maximum(np.minimum(a[:, None, 3], b[None, :, 3])
+                        - np.maximum(a[:, None, 1], b[None, :, 1]), np.float32(0))
+    inter = width * height
+
+    def area(x):
+        sides = np.maximum(x[:, 2:] - x[:, :2], np.float32(0))
+        return sides[:, 0] * sides[:, 1]
+
+    union = area(a)[:, None] + area(b)[None, :] - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, inter / np.maximum(union, np.float32(1e-6)), np.float32(0))
+
+
+def greedy_nms(boxes, scores, threshold, max_output, valid):
+    """The textbook loop, vectorised per kept box: stable sort, keep, suppress what it overlaps."""
+    order = np.argsort(-scores, kind="stable")
+    iou = iou32(boxes, boxes)
+    alive, kept = valid.copy(), []
+    for i in order:
+        if alive[i]:
+            kept.append(int(i))
+            alive &= ~(iou[i] > threshold)
+    return kept[:max_output]
+
+
+def clusters(rng, n, objects, ties=True):
+    """``n`` boxes in ``objects`` clusters (integer coordinates, so some IoUs are exact
+    fractions), scores on a coarse grid (many exact ties) or continuous."""
+    centres = rng.integers(0, 200, (objects, 2))[rng.integers(0, objects, n)]
+    sides = rng.integers(4, 40, (n, 2))
+    corner = centres + rng.integers(-6, 7, (n, 2))
+    boxes = np.concatenate([corner, corner + sides], 1).astype("float32")
+    scores = rng.integers(0, 12, n) / 12 if ties else rng.uniform(size=n)
+    return boxes, scores.astype("float32")
+
+
+def _jit_on_jax(fn):
+    """``fn`` under jax.jit on JAX (one compilation instead of one per operation), else as is."""
+    import keras
+
+    if keras.backend.backend() != "jax":
+        return fn
+    import jax
+
+    return jax.jit(fn)
+
+
+def _check_all(boxes, scores, threshold, max_output, valid=None, fn=None):
+    """The library (batched over images, ``fn`` or eager) against both references per image."""
+    valid = np.ones(scores.shape, bool) if valid is None else valid
+    fn = fn or _jit_on_jax(lambda b, s, v: B.non_max_suppression(b, s, threshold, max_output, v))
+    indices, kept = (_np(x) for x in fn(boxes, scores, valid))
+    assert indices.shape == kept.shape == (len(scores), max_output)
+    for b in range(len(scores)):
+        got = [int(i) for i, k in zip(indices[b], kept[b], strict=True) if k]
+        args = (boxes[b], scores[b], threshold, max_output, valid[b])
+        assert got == dense_nms(*args) == greedy_nms(*args)
+        assert kept[b].tolist() == [True] * len(got) + [False] * (max_output - len(got))
+        assert not indices[b, len(got):].any()
+
+
+@pytest.mark.parametrize("n", [1, 256, 257, 700])
+def test_tiled_nms_equals_dense_and_greedy_across_tile_sizes(n):
+    """n below, at, just above and not a multiple of the tile; exact score ties; two images."""
+    assert B.NMS_TILE == 256
+    rng = np.random.default_rng(n)
+    (b0, s0), (b1, s1) = clusters(rng, n, max(n // 20, 1)), clusters(rng, n, max(n // 5, 1))
+    boxes, scores = np.stack([b0, b1]), np.stack([s0, s1])
+    valid = rng.uniform(size=scores.shape) > 0.1
+    for threshold in (0.5, 0.7):
+        _check_all(boxes, scores, threshold, n + 3, valid)
+    _check_all(boxes, scores, 0.3, max(n // 10, 1))  # few slots: later tiles are skipped
+
+
+def test_tiled_nms_early_exit_waits_for_every_image():
+    """Image 0 fills its 20 slots in the first tile; image 1 (one big cluster) does not, so the
+    later tiles still run for it and image 0's result is unchanged by them."""
+    rng = np.random.default_rng(5)
+    spread, _ = clusters(rng, 600, 300, ties=False)
+    dense, _ = clusters(rng, 600, 1, ties=False)
+    scores = rng.uniform(size=(2, 600)).astype("float32")
+    _check_all(np.stack([spread, dense]), scores, 0.5, 20)
+
+
+def test_tiled_nms_threshold_is_strict_and_ties_keep_the_earlier_index():
+    """IoU exactly 0.5 stays at threshold 0.5; equal scores keep the lower index, also when the
+    tied boxes land in different tiles (indices 3 and 300)."""
+    boxes = np.tile(np.array([[500, 500, 510, 510]], "float32"), (400, 1))
+    boxes[:300] += np.arange(300, dtype="float32")[:, None] * 30  # apart from each other
+    boxes[0] = [40, 0, 60, 10]
+    boxes[1] = [40, 0, 50, 10]  # IoU with box 0 exactly 0.5
+    boxes[3] = boxes[300] = [1000, 1000, 1020, 1020]
+    scores = np.linspace(0.2, 0.1, 400).astype("float32")
+    scores[0], scores[1], scores[3], scores[300] = 0.9, 0.8, 0.5, 0.5
+    kept = dense_nms(boxes, scores, 0.5, 400, np.ones(400, bool))
+    assert 1 in kept and 3 in kept and 300 not in kept
+    _check_all(boxes[None], scores[None], 0.5, 400)
+    assert 1 not in greedy_nms(boxes, scores, 0.4999, 400, np.ones(400, bool))
+    _check_all(boxes[None], scores[None], 0.4999, 400)
+
+
+def test_tiled_nms_identical_boxes_empty_and_invalid():
+    boxes = np.tile(np.array([[[3, 4, 30, 40]]], "float32"), (3, 600, 1))
+    scores = np.full((3, 600), 0.5, "float32")
+    valid = np.ones((3, 600), bool)
+    valid[1, :290] = False  # the first kept box is in the second tile
+    valid[2] = False
+    nms = _jit_on_jax(lambda b, s, v: B.non_max_suppression(b, s, 0.5, 5, v))
+    indices, kept = (_np(x) for x in nms(boxes, scores, valid))
+    assert indices.tolist() == [[0, 0, 0, 0, 0], [290, 0, 0, 0, 0], [0] * 5]
+    assert kept.tolist() == [[True] + [False] * 4, [True] + [False] * 4, [False] * 5]
+    indices, kept = B.non_max_suppression(np.zeros((1, 0, 4)), np.zeros((1, 0)), 0.5, 4)
+    assert _np(indices).tolist() == [[0] * 4] and not _np(kept).any()
+
+
+def test_tiled_nms_compiled_as_the_model_runs_it():
+    """Traced (tf.function / jax.jit; torch eager) it gives the references' answer, batched
+    per class too."""
+    import keras
+
+    rng = np.random.default_rng(11)
+    boxes, scores = (np.stack(pair) for pair in zip(clusters(rng, 520, 30), clusters(rng, 520, 9),
+                                                    strict=True))
+    classes = rng.integers(1, 4, scores.shape)
+
+    def run(b, s, v):
+        return B.non_max_suppression(b, s, 0.6, 100, v)
+
+    def per_class(b, s, c):
+        return B.batched_non_max_suppression(b, s, c, 0.6, 100)
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        run, per_class = tf.function(run), tf.function(per_class)
+    run, per_class = _jit_on_jax(run), _jit_on_jax(per_class)
+    _check_all(boxes, scores, 0.6, 100, fn=run)
+    indices, kept = (_np(x) for x in per_class(boxes, scores, classes))
+    for b in range(2):
+        expected = []
+        for c in (1, 2, 3):
+            members = np.flatnonzero(classes[b] == c)
+            expected += [int(members[i]) for i in greedy_nms(
+                boxes[b][members], scores[b][members], 0.6, 520, np.ones(len(members), bool))]
+        expected.sort(key=lambda i: (-scores[b, i], i))
+        assert [int(i) for i, k in zip(indices[b], kept[b], strict=True) if k] == expected[:100]

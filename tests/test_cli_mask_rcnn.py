@@ -36,11 +36,32 @@ def error_line(capsys) -> str:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One epoch (1 step) of Mask R-CNN on 6 shapes images; returns the output folder."""
+def coco_run(tmp_path_factory):
+    """One epoch (1 step) of Mask R-CNN on a COCO folder of 6 shapes images: ``(folder, out,
+    reads)``, ``reads`` the image ids CocoIndex decoded, in order (nothing loads it whole)."""
+    from segkeras.data import coco
+
+    folder = tmp_path_factory.mktemp("coco")
+    coco.export(shapes.generate(6, SIZE, seed=0), folder, "six shapes")
     out = tmp_path_factory.mktemp("maskrcnn")
-    assert main([*TRAIN, "--n", "6", "--val-fraction", "0.5", "--out", str(out)]) == 0
-    return out
+    reads, image = [], coco.CocoIndex.image
+
+    def reading(index, position):
+        reads.append(index.image_ids[position])
+        return image(index, position)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(coco, "load", lambda *a, **k: pytest.fail("the folder was loaded whole"))
+        patch.setattr(coco.CocoIndex, "image", reading)
+        assert main([*TRAIN, "--data", str(folder), "--val-fraction", "0.5",
+                     "--out", str(out)]) == 0
+    return folder, out, reads
+
+
+@pytest.fixture(scope="module")
+def trained(coco_run):
+    """The output folder of :func:`coco_run`."""
+    return coco_run[1]
 
 
 @pytest.fixture(scope="module")
@@ -298,3 +319,53 @@ def test_a_bomb_among_good_images_is_skipped_and_the_others_written(detector, tm
     assert {row["image_id"] for row in results} <= {1, 3} and results
     assert (tmp_path / f"{tmp_path.name}_cat_instances.png").exists()
     assert (tmp_path / "cat_instances_instances.png").exists()
+
+
+
+def test_training_on_a_coco_folder_reads_it_through_coco_index(coco_run):
+    """Training decodes only the training images (one epoch, then the BatchNorm recalibration),
+    scoring only the held-out ones: once for detections, once for the ground-truth boxes."""
+    from segkeras.data.coco import CocoIndex
+
+    folder, out, reads = coco_run
+    train, held_out = CocoIndex(folder / "annotations.json", folder / "images").split(0.5)
+    assert set(reads[:-6]) == set(train.image_ids)
+    assert sorted(reads[-6:]) == sorted(held_out.image_ids * 2)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["category_ids"] == [1, 2, 3] and metrics["objects"] == sum(
+        held_out.object_counts())
+
+
+def test_evaluate_streams_a_coco_folder_and_scores_as_detection_ap(coco_run, monkeypatch,
+                                                                   tmp_path):
+    from segkeras.data import coco
+
+    folder, out, _ = coco_run
+    monkeypatch.setattr(coco, "load", lambda *a, **k: pytest.fail("the folder was loaded whole"))
+    assert main(["evaluate", "--model", str(out / "model.keras"), "--data", str(folder),
+                 "--n", "2", "--json", str(tmp_path / "scores.json")]) == 0
+    result = json.loads((tmp_path / "scores.json").read_text())
+    index = coco.CocoIndex(folder / "annotations.json", folder / "images", limit=2)
+    model = keras.saving.load_model(out / "model.keras")
+    expected = detection_ap(index, predict_instances(model, [index.image(i) for i in (0, 1)]))
+    assert result["images"] == 2
+    for kind in ("box", "mask"):
+        assert result[kind] == pytest.approx(expected[kind], abs=1e-6, nan_ok=True)
+
+
+def test_a_coco_folder_with_a_missing_or_wrong_image_is_refused_before_training(
+        no_training, tmp_path, capsys):
+    """The stream would meet them mid-way: each listed image's header is read first."""
+    from segkeras.data import coco
+
+    folder = tmp_path / "coco"
+    coco.export(shapes.generate(4, SIZE, seed=0), folder, "four shapes")
+    write_png(folder / "images" / "000001.png", np.zeros((SIZE, SIZE + 8, 3), np.uint8))
+    assert main([*TRAIN, "--data", str(folder), "--out", str(tmp_path / "run")]) == 2
+    line = error_line(capsys)
+    assert "000001.png is 64x72 (HxW)" in line and "says 64x64" in line
+    write_png(folder / "images" / "000001.png", np.zeros((SIZE, SIZE, 3), np.uint8))
+    (folder / "images" / "000002.png").unlink()
+    assert main([*TRAIN, "--data", str(folder), "--out", str(tmp_path / "run")]) == 2
+    line = error_line(capsys)
+    assert "no such image" in line and "000002.png" in line

@@ -141,6 +141,55 @@ def test_more_objects_than_max_instances_keeps_the_first_with_a_warning():
 
 
 @pytest.mark.fast
+def test_more_ignore_regions_than_16_are_all_kept():
+    """40 objects with max_instances=3: the 37 beyond are all ignore regions (rows sized from the
+    data: 48), none trained as background; the other image's rows are padding."""
+    boxes = [[i % 8 * 8, i // 8 * 12, i % 8 * 8 + 6, i // 8 * 12 + 10] for i in range(40)]
+    with pytest.warns(UserWarning, match="max_instances=3"):
+        inputs, _ = first_batch(dataset_of([boxes, boxes[:2]]), max_instances=3)
+    assert inputs["ignore_boxes"].shape == (2, 48, 4)
+    np.testing.assert_array_equal(inputs["ignore_boxes"][0, :37], np.array(boxes[3:], "float32"))
+    assert not inputs["ignore_boxes"][0, 37:].any() and not inputs["ignore_boxes"][1].any()
+
+
+@pytest.mark.fast
+def test_coco_crowds_beyond_16_are_all_ignore_regions(tmp_path):
+    """A COCO image with 20 crowd regions and 3 objects (max_instances=2): 21 ignore regions,
+    all kept (32 rows); prepare_instances refuses rather than drop any that do not fit."""
+    import json
+
+    from PIL import Image
+
+    from segkeras.data.coco import CocoIndex
+    from segkeras.data.instances import prepare_instances
+
+    (tmp_path / "images").mkdir()
+    Image.fromarray(np.zeros((SIZE, SIZE, 3), np.uint8)).save(tmp_path / "images" / "a.png")
+    crowds = [[i % 5 * 12.0, i // 5 * 16.0, 8.0, 8.0] for i in range(20)]
+    objects = [[2.0, 2.0, 10.0, 10.0], [30.0, 30.0, 12.0, 12.0], [50.0, 4.0, 10.0, 20.0]]
+    annotations = [{"id": k + 1, "image_id": 1, "category_id": 1, "bbox": box,
+                    "iscrowd": int(k < 20), "area": box[2] * box[3],
+                    "segmentation": [[box[0], box[1], box[0] + box[2], box[1], box[0] + box[2],
+                                      box[1] + box[3], box[0], box[1] + box[3]]]}
+                   for k, box in enumerate(crowds + objects)]
+    (tmp_path / "annotations.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.png", "height": SIZE, "width": SIZE}],
+        "categories": [{"id": 1, "name": "thing"}], "annotations": annotations}))
+    index = CocoIndex(tmp_path / "annotations.json", tmp_path / "images")
+    with pytest.warns(UserWarning, match="max_instances=2"):
+        dataset = mask_rcnn_dataset(index, SIZE, batch_size=1, max_instances=2, augment=False)
+    inputs, _ = next(iter(dataset))
+    ignore = inputs["ignore_boxes"].numpy()[0]
+    assert ignore.shape == (32, 4) and (ignore.any(axis=1)).sum() == 21
+    expected = [[x, y, x + w, y + h] for x, y, w, h in crowds]
+    np.testing.assert_allclose(ignore[:1], [[50, 4, 60, 24]], atol=1)  # the overflow object
+    np.testing.assert_allclose(ignore[1:21], expected, atol=1e-4)
+    image, found, crowd_boxes = index.example(0)
+    with pytest.raises(SegkerasError, match="21 ignore regions .* room for 16"):
+        prepare_instances(image, found, (SIZE, SIZE), 2, crowd_boxes)
+
+
+@pytest.mark.fast
 @pytest.mark.parametrize("spoil, message", [
     (lambda data: data.images.__setitem__((1, 3, 3, 0), np.nan), "Image 1 has NaN"),
     (lambda data: data.images.__setitem__((0, 0, 0, 0), 300.0), r"\[0, 255\]"),

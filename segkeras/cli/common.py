@@ -160,11 +160,16 @@ def warnings_in_flag_terms(command: str):
 # ----------------------------------------------------------------------------- loading
 
 
-def load_data(spec: str, n: int, image_size: int, seed: int, split: str):
-    """A SegmentationData for a ``--data`` value. ``split``: "train" or "test" (pets only)."""
-    from segkeras.data import sources
+def load_data(spec: str, n: int, image_size: int, seed: int, split: str, stream: bool = False):
+    """A SegmentationData for a ``--data`` value. ``split``: "train" or "test" (pets only).
+    ``stream``: a COCO-format source comes as a :class:`~segkeras.data.coco.CocoIndex` (read
+    image by image when used) instead of being loaded into memory."""
+    from segkeras.data import coco, sources
 
     try:
+        files = sources.coco_files(spec) if stream else None
+        if files is not None:
+            return coco.CocoIndex(*files, limit=n)
         return sources.load(spec, n, image_size, seed=seed, split=split)
     except SegkerasError as error:
         raise type(error)(f"--data {spec}: {error}") from error

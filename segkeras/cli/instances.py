@@ -15,6 +15,7 @@ import numpy as np
 
 from segkeras import runs
 from segkeras.cli import common
+from segkeras.data.coco import CocoIndex
 from segkeras.data.core import Instances, SegmentationData
 from segkeras.errors import SegkerasError
 from segkeras.models.mask_rcnn import (
@@ -39,20 +40,26 @@ def num_classes(model: MaskRCNN) -> int:
     return int(model.config["num_classes"])
 
 
-def check_data(data: SegmentationData, what: str) -> None:
+def check_data(data: SegmentationData | CocoIndex, what: str) -> None:
     """SegkerasError unless ``data`` has instances and at least one object (AP needs one)."""
-    if data.instances is None:
+    if isinstance(data, CocoIndex):
+        data.check_image_files()
+        counts = data.object_counts()
+    elif data.instances is None:
         raise SegkerasError(f"{what} has no instance masks (only semantic ones); Mask R-CNN "
                             "needs instances: use shapes or a COCO-format dataset")
-    if not any(len(objects) for objects in data.instances):
+    else:
+        counts = [len(objects) for objects in data.instances]
+    if not any(counts):
         raise SegkerasError(f"{what} has no object in any of its {len(data)} images, so there "
                             "is nothing to learn or score; use more images")
 
 
-def training_dataset(model: MaskRCNN, data: SegmentationData, batch_size: int,
+def training_dataset(model: MaskRCNN, data: SegmentationData | CocoIndex, batch_size: int,
                      max_instances: int, seed: int):
     """``data`` at the model's input size, up to ``max_instances`` objects per image, flipped
-    left-right at random (:func:`~segkeras.models.mask_rcnn.mask_rcnn_dataset`)."""
+    left-right at random (:func:`~segkeras.models.mask_rcnn.mask_rcnn_dataset`; a
+    :class:`~segkeras.data.coco.CocoIndex` streams, its images keep their aspect ratio)."""
     return mask_rcnn_dataset(data, model.image_size, batch_size, max_instances, seed=seed)
 
 
@@ -82,14 +89,18 @@ def fit(model: MaskRCNN, dataset, epochs: int, learning_rate: float, callbacks=(
     return history
 
 
-def evaluate(model: MaskRCNN, data: SegmentationData, batch_size: int = 8) -> dict:
+def evaluate(model: MaskRCNN, data: SegmentationData | CocoIndex, batch_size: int = 8) -> dict:
     """COCO AP, AP50 and AP75 of the boxes and masks ``model`` predicts on ``data`` (no boxes
     given), and of its mask head on the ground-truth boxes (the mask quality without the
     detection errors). Returns ``{"box", "mask", "mask_gt_boxes"}`` of ``{"AP", "AP50",
-    "AP75"}``, ``"images"`` and ``"objects"``."""
+    "AP75"}``, ``"images"`` and ``"objects"``. A :class:`~segkeras.data.coco.CocoIndex` is read
+    ``batch_size`` images at a time and scored as COCO does (crowds ignored), its detections
+    streamed to pycocotools as RLE."""
     from segkeras.evaluate import detection_ap, mask_ap
 
     check_data(data, "the evaluation data")
+    if isinstance(data, CocoIndex):
+        return _evaluate_stream(model, data, batch_size)
     detections = predict_instances(model, data.images, batch_size=batch_size)
     scores = detection_ap(data, detections)
     given = predict_masks_in_boxes(model, data.images,
@@ -98,6 +109,38 @@ def evaluate(model: MaskRCNN, data: SegmentationData, batch_size: int = 8) -> di
     scores["mask_gt_boxes"] = mask_ap(data, given)
     scores["images"] = len(data)
     scores["objects"] = sum(len(objects) for objects in data.instances)
+    return scores
+
+
+def _evaluate_stream(model: MaskRCNN, index: CocoIndex, batch_size: int) -> dict:
+    """:func:`evaluate` on a CocoIndex, holding ``batch_size`` decoded images at a time; the
+    ground-truth-box masks are scored as detections of score 1 on those boxes."""
+    from segkeras.evaluate import detection_ap
+
+    def batches():
+        for start in range(0, len(index), batch_size):
+            yield range(start, min(start + batch_size, len(index)))
+
+    def detections():
+        for positions in batches():
+            yield from predict_instances(model, [index.image(i) for i in positions],
+                                         batch_size=batch_size, mask_format="rle")
+
+    def on_truth_boxes():
+        for positions in batches():
+            objects = [index.objects(i)[0] for i in positions]
+            masks = predict_masks_in_boxes(model, [index.image(i) for i in positions],
+                                           [found.boxes for found in objects],
+                                           [found.class_ids for found in objects],
+                                           batch_size=batch_size)
+            for found, found_masks in zip(objects, masks, strict=True):
+                yield {"boxes": found.boxes, "class_ids": found.class_ids,
+                       "scores": np.ones(len(found), np.float32), "masks": found_masks}
+
+    scores = detection_ap(index, detections())
+    scores["mask_gt_boxes"] = detection_ap(index, on_truth_boxes())["mask"]
+    scores["images"] = len(index)
+    scores["objects"] = sum(index.object_counts())
     return scores
 
 
@@ -189,7 +232,8 @@ def run_train(args: argparse.Namespace) -> None:
 
     from segkeras.train import TrainingHistory
 
-    data = common.load_data(args.data, args.n, args.image_size, args.seed, split="train")
+    data = common.load_data(args.data, args.n, args.image_size, args.seed, split="train",
+                            stream=True)
     check_data(data, f"--data {args.data}")
     train_data, val_data = data.split(args.val_fraction)
     check_data(val_data, f"the --val-fraction {args.val_fraction:g} of --data {args.data} held "
@@ -209,7 +253,7 @@ def run_train(args: argparse.Namespace) -> None:
     run_id = runs.new_run_id()  # the model before scoring: a failed scoring loses no training
     runs.save_model(model, os.path.join(args.out, runs.MODEL), run_id)
     result = evaluate(model, val_data, args.batch_size)
-    result.update(classes=data.class_names, category_ids=data.extra.get("category_ids"))
+    result.update(classes=data.class_names, category_ids=category_ids(data))
     print(format_table(result))
     record = TrainingHistory()
     record.extend(history)
@@ -219,7 +263,14 @@ def run_train(args: argparse.Namespace) -> None:
           f"({common.elapsed()}).")
 
 
-def run_evaluate(model: MaskRCNN, data: SegmentationData, args: argparse.Namespace,
+def category_ids(data: SegmentationData | CocoIndex) -> list[int] | None:
+    """The COCO category id of class 1, 2, ... (None for data that did not come from COCO)."""
+    if isinstance(data, CocoIndex):
+        return list(data.category_ids)
+    return data.extra.get("category_ids")
+
+
+def run_evaluate(model: MaskRCNN, data: SegmentationData | CocoIndex, args: argparse.Namespace,
                  size: int) -> tuple[dict, str]:
     """:func:`evaluate` after checking ``data`` has the model's classes: (scores, table)."""
     common.check_num_classes(num_classes(model), data, args.data)

@@ -153,7 +153,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         runs.check_json_target(args.json, [args.model])
     model, task = load_task_model(args.model)
     size = common.model_size(model, args.image_size)
-    data = common.load_data(args.data, args.n, size, args.seed, split="test")
+    data = common.load_data(args.data, args.n, size, args.seed, split="test",
+                            stream=task == "instances")
     result, table = TASKS[task].run_evaluate(model, data, args, size)
     print(table)
     if args.json:

@@ -18,6 +18,7 @@ image or annotation id and the field, never a crash, a traceback or a silently d
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import math
@@ -27,8 +28,14 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from segkeras.data.core import IGNORE_LABEL, Instances, SegmentationData, boxes_from_masks
-from segkeras.data.images import MAX_IMAGE_PIXELS, read_rgb, write_png
+from segkeras.data.core import (
+    IGNORE_LABEL,
+    Instances,
+    SegmentationData,
+    boxes_from_masks,
+    split_counts,
+)
+from segkeras.data.images import MAX_IMAGE_PIXELS, image_size, read_rgb, write_png
 from segkeras.errors import SegkerasError
 from segkeras.runs import atomic_write_text
 
@@ -74,6 +81,17 @@ class CocoIndex:
     def __len__(self) -> int:
         return len(self.image_ids)
 
+    def split(self, validation_fraction: float = 0.2) -> tuple[CocoIndex, CocoIndex]:
+        """(train, validation) as :meth:`SegmentationData.split` makes them (the last
+        ``validation_fraction`` of the images held out), sharing this index's annotations."""
+        n_train, _ = split_counts(len(self), validation_fraction)
+        return self._subset(self.image_ids[:n_train]), self._subset(self.image_ids[n_train:])
+
+    def _subset(self, image_ids: list[int]) -> CocoIndex:
+        part = copy.copy(self)
+        part.image_ids = list(image_ids)
+        return part
+
     @property
     def num_classes(self) -> int:
         """Number of classes including background."""
@@ -88,15 +106,35 @@ class CocoIndex:
         """Per image, its annotations that are objects (not crowds), without decoding any."""
         return [sum(not a.get("iscrowd", 0) for a in self.annotations(i)) for i in range(len(self))]
 
+    def crowd_counts(self) -> list[int]:
+        """Per image, its crowd annotations (``iscrowd=1``), without decoding any."""
+        return [sum(bool(a.get("iscrowd", 0)) for a in self.annotations(i))
+                for i in range(len(self))]
+
+    def check_image_files(self) -> None:
+        """Every image the annotations list is a file whose header gives the JSON's size
+        (FileNotFoundError or SegkerasError for the first that is not), read without decoding
+        any: a stream would otherwise stop at it mid-way."""
+        for image_id in self.image_ids:
+            info = self.coco.imgs[image_id]
+            path = os.path.join(self.image_dir, info["file_name"])
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"no such image: {path} (listed in "
+                                        f"{self.annotation_file})")
+            self._check_size(path, image_size(path), info)
+
+    def _check_size(self, path: str, size: tuple[int, int], info: dict) -> None:
+        if size != (info["height"], info["width"]):
+            raise SegkerasError(
+                f"{path} is {size[0]}x{size[1]} (HxW) but {self.annotation_file} says "
+                f"{info['height']}x{info['width']}; the image and the annotations disagree")
+
     def image(self, index: int) -> np.ndarray:
         """Image number ``index`` as HxWx3 uint8 (SegkerasError if its size is not the JSON's)."""
         info = self.coco.imgs[self.image_ids[index]]
         path = os.path.join(self.image_dir, info["file_name"])
         image = read_rgb(path)
-        if image.shape[:2] != (info["height"], info["width"]):
-            raise SegkerasError(
-                f"{path} is {image.shape[0]}x{image.shape[1]} (HxW) but {self.annotation_file} "
-                f"says {info['height']}x{info['width']}; the image and the annotations disagree")
+        self._check_size(path, image.shape[:2], info)
         return image
 
     def objects(self, index: int) -> tuple[Instances, np.ndarray]:

@@ -258,7 +258,25 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(mask).resize((size[1], size[0]), Image.Resampling.NEAREST))
 
 
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(height, width) of the image file at ``path`` from its header, without decoding it;
+    FileNotFoundError or SegkerasError (not an image, a decompression bomb) naming the path."""
+    with _open_header(path) as image:
+        return image.size[1], image.size[0]
+
+
 def _open(path: str | os.PathLike) -> Image.Image:
+    image = _open_header(path)
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        image.close()
+        raise SegkerasError(f"cannot read {path} as an image ({error})") from error
+    return image
+
+
+def _open_header(path: str | os.PathLike) -> Image.Image:
+    """The image at ``path`` opened (its header read, its size checked), not decoded."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no such file: {path}")
     too_large = (f"more than {MAX_IMAGE_PIXELS:,} pixels (a decompression bomb, or a photo to "
@@ -275,9 +293,4 @@ def _open(path: str | os.PathLike) -> Image.Image:
     if width * height > MAX_IMAGE_PIXELS:
         image.close()
         raise SegkerasError(f"{path} is {width}x{height} pixels: {too_large}")
-    try:
-        image.load()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        image.close()
-        raise SegkerasError(f"cannot read {path} as an image ({error})") from error
     return image

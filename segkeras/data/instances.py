@@ -19,6 +19,9 @@ TensorFlow is used here only (tf.data); it is imported when a dataset is made.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
+
 import numpy as np
 from skimage.transform import resize
 
@@ -33,11 +36,17 @@ MASK_SIZE = 28
 """Side of the mask head's output and targets (Mask R-CNN's 28x28)."""
 
 IGNORE_ROWS = 16
-"""Ignore boxes per image (crowd regions and objects beyond ``max_instances``); further ones are
-left out (they are then trained as background)."""
+"""Ignore boxes per image come in multiples of this (:func:`ignore_rows`)."""
 
 MIN_JITTER_IOU = 0.5
 """A jittered box keeps at least this IoU with its ground-truth box (Mask R-CNN's positives)."""
+
+
+def ignore_rows(needed: Iterable[int]) -> int:
+    """Rows of ``ignore_boxes`` for images needing ``needed`` ignore regions each (crowd regions
+    and objects beyond ``max_instances``): the largest, rounded up to a multiple of
+    :data:`IGNORE_ROWS` (at least that), so that no region is left out."""
+    return IGNORE_ROWS * max(1, math.ceil(max(needed, default=0) / IGNORE_ROWS))
 
 
 def resize_instances(instances: Instances, size: tuple[int, int]) -> Instances:
@@ -116,6 +125,7 @@ def prepare_instances(
     max_instances: int,
     ignore_boxes: np.ndarray | None = None,
     keep_aspect: bool = False,
+    ignore_rows: int = IGNORE_ROWS,
 ) -> dict[str, np.ndarray]:
     """One image and its objects at the model's input ``size`` (H, W), padded to ``max_instances``.
 
@@ -124,10 +134,10 @@ def prepare_instances(
     nearest neighbour, boxes scaled and clipped; boxes left without area are skipped. Objects
     beyond the first ``max_instances`` are not dropped into the background: their boxes join
     ``ignore_boxes`` (e.g. COCO crowd regions, in the image's pixels), which training ignores
-    (neither object nor background; the first :data:`IGNORE_ROWS`). Returns numpy arrays
-    ``images`` (H, W, 3) float32, ``masks`` (max_instances, H, W) bool, ``boxes``
-    (max_instances, 4), ``class_ids`` (max_instances,) and ``ignore_boxes`` (IGNORE_ROWS, 4),
-    padding rows all zeros.
+    (neither object nor background; SegkerasError if they need more than ``ignore_rows`` rows,
+    see :func:`ignore_rows`). Returns numpy arrays ``images`` (H, W, 3) float32, ``masks``
+    (max_instances, H, W) bool, ``boxes`` (max_instances, 4), ``class_ids`` (max_instances,)
+    and ``ignore_boxes`` (ignore_rows, 4), padding rows all zeros.
     """
     height, width = size
     source_height, source_width = np.shape(image)[:2]
@@ -142,7 +152,7 @@ def prepare_instances(
         "masks": np.zeros((max_instances, height, width), bool),
         "boxes": np.zeros((max_instances, 4), np.float32),
         "class_ids": np.zeros(max_instances, np.int32),
-        "ignore_boxes": np.zeros((IGNORE_ROWS, 4), np.float32),
+        "ignore_boxes": np.zeros((ignore_rows, 4), np.float32),
     }
     arrays["masks"][: len(kept), : fitted[0], : fitted[1]] = objects.masks[kept]
     arrays["boxes"][: len(kept)] = clipped[kept]
@@ -152,7 +162,11 @@ def prepare_instances(
         scale = np.array([fitted[1] / source_width, fitted[0] / source_height] * 2, np.float32)
         crowds, crowd_valid = clip_boxes(np.asarray(ignore_boxes, np.float32) * scale, *fitted)
         ignored.append(crowds[crowd_valid])
-    ignored = np.concatenate(ignored)[:IGNORE_ROWS]
+    ignored = np.concatenate(ignored)
+    if len(ignored) > ignore_rows:
+        raise SegkerasError(f"{len(ignored)} ignore regions (crowds and objects beyond "
+                            f"max_instances={max_instances}) but room for {ignore_rows}: size "
+                            "ignore_rows with segkeras.data.instances.ignore_rows(...).")
     arrays["ignore_boxes"][: len(ignored)] = ignored
     return arrays
 
@@ -162,7 +176,7 @@ EXAMPLE_KEYS = ("images", "masks", "boxes", "class_ids", "ignore_boxes")
 
 
 def instance_examples(read, count: int, size: tuple[int, int], max_instances: int,
-                      shuffle: bool, seed: int):
+                      shuffle: bool, seed: int, ignore_rows: int = IGNORE_ROWS):
     """A ``tf.data.Dataset`` of :func:`prepare_instances` dicts, made one image at a time.
 
     ``read(i)`` returns image ``i``'s prepared arrays; only the image indices are held (and
@@ -172,7 +186,7 @@ def instance_examples(read, count: int, size: tuple[int, int], max_instances: in
     tf = _tf()
     dtypes = (tf.float32, tf.bool, tf.float32, tf.int32, tf.float32)
     shapes = ((*size, 3), (max_instances, *size), (max_instances, 4), (max_instances,),
-              (IGNORE_ROWS, 4))
+              (ignore_rows, 4))
 
     def load(index):
         arrays = read(int(index))
@@ -190,7 +204,7 @@ def instance_examples(read, count: int, size: tuple[int, int], max_instances: in
 
 
 def in_memory_reader(data: SegmentationData, size: tuple[int, int], max_instances: int,
-                     keep_aspect: bool = False):
+                     keep_aspect: bool = False, ignore_rows: int = IGNORE_ROWS):
     """``read(i)`` for :func:`instance_examples` over an in-memory dataset (checked first by
     :func:`check_instances`)."""
     check_instances(data)
@@ -199,7 +213,7 @@ def in_memory_reader(data: SegmentationData, size: tuple[int, int], max_instance
         objects = data.instances[index]
         objects = Instances(objects.masks, objects.boxes, np.asarray(objects.class_ids, np.int32))
         return prepare_instances(data.images[index], objects, size, max_instances,
-                                 keep_aspect=keep_aspect)
+                                 keep_aspect=keep_aspect, ignore_rows=ignore_rows)
 
     return read
 
@@ -341,8 +355,10 @@ def make_instance_dataset(
         raise SegkerasError(f"batch_size must be a positive int, got {batch_size!r}.")
     check_max_instances(max_instances)
     height, width = size = parse_size(image_size, multiple_of=32)
-    examples = instance_examples(in_memory_reader(data, size, max_instances), len(data), size,
-                                 max_instances, shuffle, seed)
+    rows = ignore_rows(max(0, len(objects.boxes) - max_instances)
+                       for objects in data.instances or ())
+    examples = instance_examples(in_memory_reader(data, size, max_instances, ignore_rows=rows),
+                                 len(data), size, max_instances, shuffle, seed, rows)
 
     def to_example(example, random):
         if augment:

@@ -37,6 +37,21 @@ def parse_coco_spec(source: str) -> tuple[str, str]:
     return rest[:cut + len(".json")], rest[cut + len(".json:"):]
 
 
+def coco_files(source: str) -> tuple[str, str] | None:
+    """(annotations file, image folder) of a COCO-format ``source`` (``coco:...``, ``sample`` or
+    a folder holding ``annotations.json``), None for any other source."""
+    if source.startswith("coco:"):
+        return parse_coco_spec(source)
+    if source == "sample":
+        from segkeras import resources
+
+        source = resources.path("sample")
+    annotations = os.path.join(os.fspath(source), "annotations.json")
+    if os.path.isfile(annotations):
+        return annotations, os.path.join(os.fspath(source), "images")
+    return None
+
+
 def load(
     source: str,
     n: int,
@@ -58,20 +73,12 @@ def load(
         return pets.load(root=source[len("pets:"):] or None,
                          split="trainval" if split == "train" else "test",
                          image_size=image_size, limit=n)
-    if source.startswith("coco:"):
+    files = coco_files(source)
+    if files is not None:
         from segkeras.data import coco
 
-        return coco.load(*parse_coco_spec(source), limit=n)
-    if source == "sample":
-        from segkeras import resources
-
-        source = resources.path("sample")
+        return coco.load(*files, limit=n)
     folder = os.fspath(source)
-    annotations = os.path.join(folder, "annotations.json")
-    if os.path.isfile(annotations):
-        from segkeras.data import coco
-
-        return coco.load(annotations, os.path.join(folder, "images"), limit=n)
     if os.path.isdir(folder):
         raise DataUnavailableError(
             f"{folder} has no annotations.json: a COCO-format folder needs annotations.json "

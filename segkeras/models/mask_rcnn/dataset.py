@@ -5,10 +5,11 @@ Each batch is ``(inputs, masks)``:
 - ``inputs["image"]`` (B, H, W, 3) float32 RGB in [0, 255], at the model's input size;
 - ``inputs["boxes"]`` (B, N, 4) and ``inputs["class_ids"]`` (B, N): ground truth padded to
   ``N = max_instances`` rows (class id 0 = padding);
-- ``inputs["ignore_boxes"]`` (B, 16, 4): regions that are neither object nor background (COCO crowd
+- ``inputs["ignore_boxes"]`` (B, K, 4): regions that are neither object nor background (COCO crowd
   regions, and the objects beyond ``max_instances``); anchors and regions covered by one are not
   trained as background (:func:`segkeras.models.mask_rcnn.sampling.ignored_by`); zero rows =
-  padding;
+  padding. K is sized from the data (the most any image needs, rounded up to a multiple of 16:
+  :func:`segkeras.data.instances.ignore_rows`), so none is left out;
 - ``masks`` (B, N, H, W) bool: each object's mask at the input's resolution. The model RoIAligns
   it over each sampled region to 28x28 in one step (:mod:`.masks`).
 
@@ -28,6 +29,7 @@ from segkeras.data.core import SegmentationData, parse_size
 from segkeras.data.instances import (
     check_max_instances,
     clip_boxes,
+    ignore_rows,
     in_memory_reader,
     instance_examples,
     prepare_instances,
@@ -73,11 +75,13 @@ def mask_rcnn_dataset(data: SegmentationData | CocoIndex, image_size: int | tupl
     size = parse_size(image_size, multiple_of=32)
     if isinstance(data, CocoIndex):
         kept = data.object_counts()
+        rows = ignore_rows(crowds + max(0, count - max_instances)
+                           for crowds, count in zip(data.crowd_counts(), kept, strict=True))
 
         def read(index: int) -> dict[str, np.ndarray]:
             image, objects, crowd_boxes = data.example(index)
             return prepare_instances(image, objects, size, max_instances, crowd_boxes,
-                                     keep_aspect=keep_aspect is not False)
+                                     keep_aspect=keep_aspect is not False, ignore_rows=rows)
     else:
         if data.instances is None:
             raise SegkerasError("This dataset has no instances; Mask R-CNN needs instance masks "
@@ -88,14 +92,16 @@ def mask_rcnn_dataset(data: SegmentationData | CocoIndex, image_size: int | tupl
             warnings.warn(f"{dropped} ground-truth boxes have no area inside their image (zero "
                           "width or height, or outside the image) and are dropped; check the "
                           "annotations.", stacklevel=2)
-        read = in_memory_reader(data, size, max_instances, keep_aspect=bool(keep_aspect))
+        rows = ignore_rows(max(0, count - max_instances) for count in kept)
+        read = in_memory_reader(data, size, max_instances, keep_aspect=bool(keep_aspect),
+                                ignore_rows=rows)
     crowded = sum(count > max_instances for count in kept)
     if crowded:
         warnings.warn(f"{crowded} of {len(data)} images have more than max_instances="
                       f"{max_instances} objects (up to {max(kept)}); only the first "
                       f"{max_instances} are trained on, the others are ignored regions. Pass "
                       f"max_instances={max(kept)} to train on them all.", stacklevel=2)
-    return _batches(instance_examples(read, len(data), size, max_instances, shuffle, seed),
+    return _batches(instance_examples(read, len(data), size, max_instances, shuffle, seed, rows),
                     batch_size, augment, seed)
 
 
