@@ -31,16 +31,24 @@ EVERY_BACKBONE = [
 ]
 
 
-@pytest.mark.parametrize("name", EVERY_BACKBONE)
-def test_every_level_has_its_stride(name):
-    size = 64
-    encoder = backbones.build_encoder(name, (size, size, 3), weights=None)
+SIZE = 64
+
+
+@pytest.fixture(scope="module", params=EVERY_BACKBONE)
+def built(request):
+    """(name, encoder at SIZE x SIZE, random weights): each backbone built once for the tests
+    that read it (building is most of their time)."""
+    yield request.param, backbones.build_encoder(request.param, (SIZE, SIZE, 3), weights=None)
+    keras.backend.clear_session()
+
+
+def test_every_level_has_its_stride(built):
+    name, encoder = built
     assert encoder.name == f"{name}_encoder"
     assert sorted(encoder.output) == list(backbones.LEVELS)
     for level, stride in backbones.STRIDES.items():
         shape = tuple(encoder.output[level].shape)
-        assert shape[1:3] == (size // stride, size // stride), (name, level, shape)
-    keras.backend.clear_session()
+        assert shape[1:3] == (SIZE // stride, SIZE // stride), (name, level, shape)
 
 
 def _stage_outputs(model: keras.Model, size: int) -> tuple[dict, dict]:
@@ -102,11 +110,9 @@ def _producer_name(model, tensor):
                 if any(out is tensor for out in keras.tree.flatten(op.output)))
 
 
-@pytest.mark.parametrize("name", EVERY_BACKBONE)
-def test_every_level_is_the_output_of_its_stage(name):
-    size = 64
-    encoder = backbones.build_encoder(name, (size, size, 3), weights=None)
-    expected, last = _stage_outputs(encoder, size)
+def test_every_level_is_the_output_of_its_stage(built):
+    name, encoder = built
+    expected, last = _stage_outputs(encoder, SIZE)
     for level in backbones.LEVELS[:-1]:
         stride, tap = backbones.STRIDES[level], encoder.output[level]
         if expected[stride] is None:  # the backbone skips this stride: pool the finer stage
@@ -117,7 +123,6 @@ def test_every_level_is_the_output_of_its_stage(name):
         assert tap is expected[stride], (
             f"{name} {level}: taps {_producer_name(encoder, tap)}, but the stage output at "
             f"stride {stride} is {_producer_name(encoder, expected[stride])}")
-    keras.backend.clear_session()
 
 
 @pytest.mark.fast
@@ -133,14 +138,12 @@ def test_stage_outputs_of_vgg16_and_resnet50_are_the_textbook_ones():
         keras.backend.clear_session()
 
 
-@pytest.mark.parametrize("name", backbones.available())
-def test_every_backbone_runs_on_raw_images(name):
-    encoder = backbones.build_encoder(name, (64, 64, 3), weights=None)
-    features = encoder(np.random.uniform(0, 255, (1, 64, 64, 3)).astype("float32"))
+def test_every_backbone_runs_on_raw_images(built):
+    _, encoder = built
+    features = encoder(np.random.uniform(0, 255, (1, SIZE, SIZE, 3)).astype("float32"))
     for level, stride in backbones.STRIDES.items():
-        assert tuple(features[level].shape)[:3] == (1, 64 // stride, 64 // stride)
+        assert tuple(features[level].shape)[:3] == (1, SIZE // stride, SIZE // stride)
         assert np.all(np.isfinite(keras.ops.convert_to_numpy(features[level])))
-    keras.backend.clear_session()
 
 
 @pytest.mark.fast
