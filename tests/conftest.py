@@ -42,6 +42,15 @@ def mixed_float16():
     keras.config.set_dtype_policy(policy)
 
 
+@pytest.fixture
+def eager():
+    """The test's traced functions run eagerly (see tests/tracing.py)."""
+    from tracing import eagerly
+
+    with eagerly():
+        yield
+
+
 @pytest.fixture(scope="module")
 def small_mask_rcnn():
     """An untrained Mask R-CNN small enough for fast tests: MobileNetV2 from scratch, 64x64

@@ -103,7 +103,8 @@ def test_bad_size_and_bad_data(tmp_path, capsys):
     assert main(["train", "--model", "segnet"]) == 2  # argparse: usage and the error
 
 
-def test_train_hourglass_writes_model_history_and_per_stack_scores(tmp_path, capsys, monkeypatch):
+def test_train_hourglass_writes_model_history_and_per_stack_scores(tmp_path, capsys, monkeypatch,
+                                                                  eager):
     module = importlib.import_module("segkeras.models.hourglass")
     small = functools.partial(module.hourglass, depth=1, filters=8)  # the CLI path, but fast
     monkeypatch.setattr(module, "hourglass", small)

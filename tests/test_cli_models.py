@@ -45,11 +45,14 @@ def test_registry_build_passes_the_fixed_options():
 @pytest.fixture(scope="module", params=registry.names("semantic"))
 def trained(request, tmp_path_factory):
     """``train`` one step of each architecture (default backbone, random weights, 64x64 shapes)."""
+    from tracing import eagerly
+
     name = request.param
     out = tmp_path_factory.mktemp(name)
-    code = main(["train", "--model", name, "--weights", "none", "--n", "4",
-                 "--val-fraction", "0.5", "--image-size", str(SIZE), "--batch-size", "2",
-                 "--epochs", "1", "--stacks", "2", "--out", str(out)])
+    with eagerly():  # the point is the saved model, not the traced step (tests/tracing.py)
+        code = main(["train", "--model", name, "--weights", "none", "--n", "4",
+                     "--val-fraction", "0.5", "--image-size", str(SIZE), "--batch-size", "2",
+                     "--epochs", "1", "--stacks", "2", "--out", str(out)])
     assert code == 0
     return name, out
 

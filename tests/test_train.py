@@ -201,7 +201,7 @@ def test_mirrored_strategy_trains_on_two_logical_cpus():
     assert lines["changed"] == "True" and lines["loss_finite"] == "True"
 
 
-def test_end_to_end_keeps_the_batchnorm_decision_of_the_builder():
+def test_end_to_end_keeps_the_batchnorm_decision_of_the_builder(eager):
     from segkeras import backbones
     from segkeras.models.unet import unet
 

@@ -1,0 +1,27 @@
+"""Running a test's traced functions eagerly: for a test of a step or two whose point is not the
+traced graph, tracing the training step costs several times the steps themselves. Graph mode
+stays covered where it is the point (the solutions' nbval, the model fits that check learning,
+the students' functions inside the RPN loss)."""
+
+import contextlib
+import warnings
+
+import keras
+
+
+@contextlib.contextmanager
+def eagerly():
+    """Keras' training, evaluation and prediction steps run eagerly inside (TensorFlow; other
+    backends unchanged)."""
+    if keras.backend.backend() != "tensorflow":
+        yield
+        return
+    import tensorflow as tf
+
+    tf.config.run_functions_eagerly(True)
+    try:
+        with warnings.catch_warnings():  # tf.data's functions stay traced, as they should
+            warnings.filterwarnings("ignore", message="Even though the `tf.config.experimental")
+            yield
+    finally:
+        tf.config.run_functions_eagerly(False)
