@@ -50,7 +50,10 @@ def coco_run(tmp_path_factory):
         reads.append(index.image_ids[position])
         return image(index, position)
 
-    with pytest.MonkeyPatch.context() as patch:
+    from tracing import eagerly
+
+    # eagerly: the point is what the run reads and writes, not the traced step (tests/tracing.py)
+    with pytest.MonkeyPatch.context() as patch, eagerly():
         patch.setattr(coco, "load", lambda *a, **k: pytest.fail("the folder was loaded whole"))
         patch.setattr(coco.CocoIndex, "image", reading)
         assert main([*TRAIN, "--data", str(folder), "--val-fraction", "0.5",
