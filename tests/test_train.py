@@ -223,3 +223,36 @@ def test_end_to_end_keeps_the_batchnorm_decision_of_the_builder(eager):
                   input_shape=(32, 32, 3))
     train.fit_two_stage(frozen, data, head_epochs=0, finetune_epochs=1, verbose=0)
     assert not any(layer.trainable for layer in batchnorm(frozen)), "as for a pretrained encoder"
+
+
+def test_cosine_decay_matches_keras_and_start_over_retrains_the_compiled_model():
+    """train.CosineDecay gives keras' values; after start_over the compiled model trains exactly
+    like a fresh one compiled for the new length (weights, zeroed optimizer, the new cosine)."""
+    reference = keras.optimizers.schedules.CosineDecay(5e-3, 7, alpha=0.1)
+    schedule = train.CosineDecay(5e-3, 7, alpha=0.1)
+    for step in (0, 3, 7, 9):
+        assert float(schedule(step)) == pytest.approx(float(reference(step)), rel=1e-6)
+    assert train.CosineDecay.from_config(schedule.get_config()).get_config() == \
+        schedule.get_config()
+
+    keras.utils.set_random_seed(0)
+    model = tiny_model(encoder=False)
+    start = model.get_weights()
+    fresh = keras.models.clone_model(model)
+    fresh.set_weights(start)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255)
+    model.compile(keras.optimizers.Adam(train.CosineDecay(1e-2, 50)), loss=loss)
+    model.fit(dataset(), epochs=2, verbose=0)  # trained, with a 50-step schedule
+    train.start_over(model, start, decay_steps=3)
+    assert int(model.optimizer.iterations) == 0
+    model.fit(dataset(), epochs=2, verbose=0)  # 4 steps: the cosine is over after 3
+
+    fresh.compile(keras.optimizers.Adam(train.CosineDecay(1e-2, 3)), loss=loss)
+    fresh.fit(dataset(), epochs=2, verbose=0)
+    for ours, theirs in zip(model.get_weights(), fresh.get_weights(), strict=True):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+
+    other = tiny_model(encoder=False)
+    other.compile(keras.optimizers.Adam(1e-3), loss=loss)
+    with pytest.raises(SegkerasError, match="CosineDecay"):
+        train.start_over(other, other.get_weights(), 3)

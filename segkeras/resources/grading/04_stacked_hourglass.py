@@ -37,3 +37,28 @@ def residual(x, filters: int, name: str):
     return layers.Add(name=f'{name}_add')([shortcut, x])
 
 width = 0.8 / NUM_STACKS
+
+ABLATION_STEPS = 1 if QUICK else 250
+ABLATION_SEEDS = (1,) if QUICK else (1, 2)
+
+
+def conv_multiply_adds(network: keras.Model) -> int:
+    """The multiply-adds of the convolutions of `network` for one image."""
+    return sum((int(np.prod(layer.output.shape[1:])) * int(np.prod(layer.kernel.shape[:-1])) for layer in network.layers if isinstance(layer, layers.Conv2D)))
+
+
+
+
+def supervising(supervised: list[str]):
+    """(image, mask) -> (image, {stack: target}): the mask for the stacks in `supervised`, all
+    255 (ignored: no loss, no gradient) for the others."""
+
+    def targets(image, mask):
+        ignored = keras.ops.full_like(mask, 255)
+        return (image, {name: mask if name in supervised else ignored for name in stacks})
+    return targets
+
+ablation = {}
+
+import textwrap
+labels, position = ([], 0)

@@ -99,3 +99,59 @@ def draw_roi_align(box=(1.6, 1.3, 6.1, 4.9), bins=2, sampling_ratio=2, height=6,
     return figure
 
 from skimage.transform import resize
+
+import tensorflow as tf
+from segkeras.data.instances import MASK_SIZE
+from segkeras.layers import RoIAlign, RoIPool
+from segkeras.models.mask_head import ROI_SIZE, FlattenBoxes, mask_branch
+ABLATION_STEPS = 1 if QUICK else 400
+ABLATION_CHANNELS = 32
+ABLATION_RUNS = (1,) if QUICK else (1, 2)
+VARIANTS = ('RoIAlign, sigmoid', 'RoIPool, sigmoid', 'RoIAlign, softmax')
+
+
+def proposals(part, jitter):
+    """`part`'s ({"image", "boxes", "class_ids"}, targets) batches, resized to IMAGE_SIZE and in
+    order (no flips); `jitter` as in the training above."""
+    return make_instance_dataset(part, IMAGE_SIZE, BATCH_SIZE, MAX_INSTANCES, jitter=jitter, shuffle=False)
+
+
+
+
+def head_batches(features, part, jitter):
+    """({"features", "boxes"}, target) batches: `features` beside `part`'s boxes; the target
+    of each box row holds its 28x28 mask target (-1: padding) and its class id."""
+
+    def example(features, batch):
+        inputs, targets = batch
+        ids = keras.ops.cast(inputs['class_ids'], targets.dtype)[:, :, None, None]
+        rows = keras.ops.stack([targets, keras.ops.broadcast_to(ids, keras.ops.shape(targets))], -1)
+        return ({'features': features, 'boxes': inputs['boxes']}, keras.ops.reshape(rows, (-1, MASK_SIZE, MASK_SIZE, 2)))
+    features = tf.data.Dataset.from_tensor_slices(features).batch(BATCH_SIZE)
+    return tf.data.Dataset.zip((features, proposals(part, jitter))).map(example)
+
+
+
+
+def sigmoid_loss(rows, logits):
+    """Your mask_loss on the box's own class channel (a per-pixel sigmoid)."""
+    logits = keras.ops.cast(logits, 'float32')
+    ids = keras.ops.cast(rows[:, 0, 0, 1], 'int32')
+    chosen = keras.ops.sum(logits * keras.ops.one_hot(ids, logits.shape[-1])[:, None, None], -1)
+    return sigmoid_mask_loss(rows[None, ..., 0], chosen[None])
+
+
+
+
+def softmax_loss(rows, logits):
+    """Cross-entropy of a softmax over the classes: the box's class inside its object, the
+    background (0) outside; padding rows count nothing."""
+    logits = keras.ops.cast(logits, 'float32')
+    targets, ids = (rows[..., 0], rows[..., 1])
+    labels = keras.ops.cast(keras.ops.where(targets > 0, ids, 0.0), 'int32')
+    counted = keras.ops.cast(targets >= 0, 'float32')
+    per_pixel = keras.ops.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+    return keras.ops.sum(per_pixel * counted) / keras.ops.maximum(keras.ops.sum(counted), 1.0)
+
+heads, losses = ({}, {})
+ablation = {}
