@@ -4,6 +4,7 @@ the encoder stem, the bilinear output upsampling."""
 import keras
 import numpy as np
 import pytest
+from tracing import EAGER_IS_CHEAPER
 
 from segkeras import backbones, train
 from segkeras.errors import SegkerasError
@@ -63,7 +64,7 @@ def _changed_layers(loss_weights):
     """Names of the layers whose trainable weights one SGD step changes."""
     model = hourglass(3, num_stacks=2, **SMALL)
     model.compile(keras.optimizers.SGD(0.5), loss=train.per_output(model, train.default_loss()),
-                  loss_weights=train.per_output(model, loss_weights), run_eagerly=True)
+                  loss_weights=train.per_output(model, loss_weights), run_eagerly=EAGER_IS_CHEAPER)
     before = {w.path: keras.ops.convert_to_numpy(w) for w in model.trainable_weights}
     model.train_on_batch(_images(), train.targets_for_outputs(model, _masks()))
     return {
@@ -281,7 +282,7 @@ def test_train_helpers_train_every_stack_from_one_mask_dataset():
     model = hourglass(3, num_stacks=2, **SMALL)
     model.compile("adam", loss=train.per_output(model, train.default_loss()),
                   metrics=train.per_output(model, [segmentation_metrics(3) for _ in range(2)]),
-                  run_eagerly=True)
+                  run_eagerly=EAGER_IS_CHEAPER)
     history = model.fit(train.targets_for_outputs(model, dataset), epochs=1, verbose=0).history
     for name in ("stack_1", "stack_2"):
         assert np.isfinite(history[f"{name}_loss"][0])

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from keras import ops
+from tracing import EAGER_IS_CHEAPER
 
 from segkeras.data.core import Instances, SegmentationData
 from segkeras.data.instances import (
@@ -148,8 +149,10 @@ def test_fit_step_trains_and_keras_file_round_trips(tmp_path):
                  if isinstance(layer, keras.layers.BatchNormalization)]
     # random weights: no ImageNet statistics to keep frozen; moving statistics that keep up
     assert all(layer.trainable and layer.momentum <= 0.99 for layer in batchnorm[:10])
-    # eagerly: tracing costs more than the epoch's steps (lab 5's nbval trains it traced)
-    model.compile(keras.optimizers.Adam(1e-3), loss=MaskedBinaryCrossentropy(), run_eagerly=True)
+    # eagerly on TensorFlow: tracing costs more than the epoch's steps (lab 5's nbval trains it
+    # traced)
+    model.compile(keras.optimizers.Adam(1e-3), loss=MaskedBinaryCrossentropy(),
+                  run_eagerly=EAGER_IS_CHEAPER)
     dataset = make_instance_dataset(tiny_data(), SIZE, 2, ROWS, jitter=0.1, augment=True)
     before = ops.convert_to_numpy(model.get_layer("mask_conv1").kernel).copy()
     moving_mean = ops.convert_to_numpy(batchnorm[0].moving_mean).copy()

@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 from keras import ops
+from tracing import EAGER_IS_CHEAPER
 
 from segkeras.data import shapes
 from segkeras.data.core import Instances, SegmentationData
@@ -79,7 +80,7 @@ def test_a_training_step_on_empty_images_keeps_every_weight_finite():
                       **SMALL)
     # eagerly: tracing the training step costs five times the two steps (test_mask_rcnn_model's
     # fits trace it)
-    fresh.compile(keras.optimizers.Adam(1e-3), run_eagerly=True)
+    fresh.compile(keras.optimizers.Adam(1e-3), run_eagerly=EAGER_IS_CHEAPER)
     data = dataset_of([[], [[8, 8, 40, 40]]])
     history = fresh.fit(mask_rcnn_dataset(data, SIZE, batch_size=1, max_instances=2,
                                           shuffle=False), epochs=1, shuffle=False,

@@ -6,6 +6,7 @@ import functools
 import keras
 import numpy as np
 import pytest
+from tracing import EAGER_IS_CHEAPER
 
 from segkeras import backbones
 from segkeras.errors import SegkerasError
@@ -23,8 +24,6 @@ BUILDERS = {
     "unet": lambda encoder: unet(NUM_CLASSES, encoder),
 }
 FAST_BACKBONES = ("mobilenetv2", "vgg16")
-# For one step TensorFlow runs faster eagerly than it traces a graph; JAX compiles op by op eagerly.
-EAGER_IS_CHEAPER = keras.backend.backend() != "jax"
 CASES = [
     pytest.param(builder, name, marks=[pytest.mark.fast] if name in FAST_BACKBONES else [])
     for name in backbones.available()

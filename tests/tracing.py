@@ -8,6 +8,11 @@ import warnings
 
 import keras
 
+EAGER_IS_CHEAPER = keras.backend.backend() != "jax"
+"""For a step or two, TensorFlow runs faster eagerly than it traces a graph (PyTorch is eager
+anyway); JAX eagerly compiles every operation on its own, which costs more than compiling the
+whole step once."""
+
 
 @contextlib.contextmanager
 def eagerly():
