@@ -53,14 +53,6 @@ def test_lab_has_no_outputs_and_no_solutions(path):
     assert notebooks.colab_url("labs", path.name) in text
 
 
-EAGER = nbformat.v4.new_code_cell(
-    "import tensorflow as tf\n\ntf.config.run_functions_eagerly(True)")
-"""Put before an untouched lab's cells: its few quick-mode steps run eagerly. Tracing a training
-step costs more than the handful of steps it then runs (lab 4: 63 s of kernel CPU traced, 27 s
-eagerly); graph mode is what `make test`'s nbval of the solutions runs, on the same cells, and an
-untouched lab trains segkeras' own functions (tested traced by their own tests)."""
-
-
 @pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name)
 def test_run_all_on_an_untouched_lab_reaches_the_end(path, monkeypatch, tmp_path):
     """Every cell runs without an error: unanswered exercises print their hint in one line and
@@ -75,7 +67,6 @@ def test_run_all_on_an_untouched_lab_reaches_the_end(path, monkeypatch, tmp_path
     monkeypatch.setenv("SEGKERAS_WEIGHTS", "none")
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
     monkeypatch.setenv("SEGKERAS_CHECKPOINTS", str(tmp_path))  # none left in labs/
-    lab.cells.insert(0, EAGER)
     client = NotebookClient(lab, timeout=600, kernel_name="python3",
                             resources={"metadata": {"path": str(ROOT / "labs")}})
     client.execute()  # raises CellExecutionError on the first failing cell
