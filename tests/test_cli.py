@@ -24,8 +24,11 @@ def error_line(capsys) -> str:
 
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory):
+    from tracing import eagerly
+
     out = tmp_path_factory.mktemp("demo")
-    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    with eagerly():  # two steps: the point is what the demo writes (tests/tracing.py)
+        assert main(["demo", "--quick", "--out", str(out)]) == 0
     return out
 
 
