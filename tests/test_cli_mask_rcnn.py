@@ -71,7 +71,7 @@ def trained(coco_run):
 def detector(tmp_path_factory):
     """An untrained small Mask R-CNN that keeps every detection (score threshold 0), saved."""
     keras.utils.set_random_seed(0)
-    model = mask_rcnn(4, "mobilenetv2", weights=None, input_shape=(SIZE, SIZE, 3),
+    model = mask_rcnn(4, "vgg16", weights=None, input_shape=(SIZE, SIZE, 3),
                       score_threshold=0.0, fpn_channels=16, box_head_units=32,
                       mask_head_channels=16, rpn_pre_nms=100, rpn_post_nms_test=20,
                       max_detections=10)

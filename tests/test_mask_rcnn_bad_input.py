@@ -25,7 +25,7 @@ SMALL = dict(anchor_sizes=(16, 32), fpn_channels=16, box_head_units=32, mask_hea
 @pytest.fixture(scope="module")
 def model():
     keras.utils.set_random_seed(0)
-    return mask_rcnn(4, "mobilenetv2", weights=None, input_shape=(SIZE, SIZE, 3), seed=0,
+    return mask_rcnn(4, "vgg16", weights=None, input_shape=(SIZE, SIZE, 3), seed=0,
                      **SMALL)
 
 

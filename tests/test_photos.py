@@ -196,7 +196,7 @@ def test_upsampled_argmax_is_bilinear_then_argmax():
 def test_mixed_precision_gives_float32_mask_logits():
     keras.config.set_dtype_policy("mixed_float16")  # the conftest fixture restores the policy
     keras.utils.set_random_seed(0)
-    model = mask_rcnn(3, "mobilenetv2", weights=None, input_shape=(64, 64, 3), seed=0,
+    model = mask_rcnn(3, "vgg16", weights=None, input_shape=(64, 64, 3), seed=0,
                       anchor_sizes=(16, 32), fpn_channels=16, box_head_units=32,
                       mask_head_channels=16, rpn_pre_nms=50, rpn_post_nms_train=20,
                       rpn_post_nms_test=10, rois_per_image=8, max_detections=5)
