@@ -47,6 +47,7 @@ CANDIDATES = {
     "segkeras_light_proj": {"decoder_filters": LIGHT_DECODER},
     "segkeras_slim": {"decoder_filters": (64, 32, 16, 16, 8), "skip_projection": False},
     "segkeras_mid_proj": {"decoder_filters": (128, 64, 32, 16, 8)},
+    "segkeras_full16_proj": {"decoder_filters": (64, 32, 16, 16, 16)},
 }
 """The U-Net decoders compared (issue 27): ``unet()`` arguments besides the fixed ones."""
 MODELS = (*CANDIDATES, "reference_bn099", "reference_bn0999", "reference_tutorial")

@@ -35,8 +35,9 @@ def test_two_workers_train_one_model(tmp_path):
         environment = dict(os.environ, TF_CONFIG=_tf_config(addresses, index),
                            KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3",
                            CUDA_VISIBLE_DEVICES="")
+        # a VGG16 U-Net: the model whose training step traces fastest (19 encoder layers)
         command = [sys.executable, "-m", "segkeras", "train", "--distribute", "multiworker",
-                   "--model", "fcn32s", "--backbone", "mobilenetv2", "--weights", "none",
+                   "--model", "unet", "--backbone", "vgg16", "--weights", "none",
                    "--data", "shapes", "--n", "24", "--image-size", "64", "--batch-size", "4",
                    "--epochs", "1", "--out", str(tmp_path / f"out{index}")]
         workers.append(subprocess.Popen(command, env=environment, stdout=subprocess.PIPE,
