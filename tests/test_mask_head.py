@@ -149,8 +149,7 @@ def test_fit_step_trains_and_keras_file_round_trips(tmp_path):
                  if isinstance(layer, keras.layers.BatchNormalization)]
     # random weights: no ImageNet statistics to keep frozen; moving statistics that keep up
     assert all(layer.trainable and layer.momentum <= 0.99 for layer in batchnorm[:10])
-    # eagerly on TensorFlow: tracing costs more than the epoch's steps (lab 5's nbval trains it
-    # traced)
+    # eagerly on TensorFlow: tracing costs more than the epoch's steps (tests/tracing.py)
     model.compile(keras.optimizers.Adam(1e-3), loss=MaskedBinaryCrossentropy(),
                   run_eagerly=EAGER_IS_CHEAPER)
     dataset = make_instance_dataset(tiny_data(), SIZE, 2, ROWS, jitter=0.1, augment=True)
