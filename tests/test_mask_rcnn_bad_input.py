@@ -78,8 +78,8 @@ def test_a_training_step_on_empty_images_keeps_every_weight_finite():
     keras.utils.set_random_seed(1)
     fresh = mask_rcnn(4, "mobilenetv2", weights=None, input_shape=(SIZE, SIZE, 3), seed=1,
                       **SMALL)
-    # eagerly: tracing the training step costs five times the two steps (test_mask_rcnn_model's
-    # fits trace it)
+    # eagerly on TensorFlow: tracing the training step costs five times the two steps
+    # (test_mask_rcnn_model's fits trace it; tests/tracing.py)
     fresh.compile(keras.optimizers.Adam(1e-3), run_eagerly=EAGER_IS_CHEAPER)
     data = dataset_of([[], [[8, 8, 40, 40]]])
     history = fresh.fit(mask_rcnn_dataset(data, SIZE, batch_size=1, max_instances=2,
