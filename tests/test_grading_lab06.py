@@ -26,7 +26,7 @@ def graded(tmp_path_factory):
     out = root / "grades"
     started = time.perf_counter()
     code = cli.main(["grade", "06_boxes_to_masks", str(root / "submitted"), "--out", str(out),
-                     "--seed", "21", "--timeout", "20"])
+                     "--seed", "21", "--timeout", "10"])
     seconds = (time.perf_counter() - started) / len(expected)
     return code, out, expected, seconds
 
@@ -43,7 +43,7 @@ def test_each_submission_scores_what_its_honest_part_earns(graded, capsys):
         assert (row["message"] == "") == (int(row["points"]) == POINTS[row["exercise"]])
     assert got == expected
     messages = {(row["student"], row["exercise"]): row["message"] for row in rows}
-    assert "ran out of time (20 s)" in messages["hostile", "box_iou"]
+    assert "ran out of time (10 s)" in messages["hostile", "box_iou"]
     assert "ModuleNotFoundError" in messages["hostile", "encode_boxes"]
     assert messages["lazy", "match_anchors"] == "your code ended the process (SystemExit: 0)"
     assert "keras.ops" in messages["lazy", "box_iou"]

@@ -67,7 +67,7 @@ def course(tmp_path_factory):
     config.Execute.timeout = 300
     config.Autograde.autograde_preprocessors = autograde_preprocessors()
     config.SegkerasGrades.seed = 21
-    config.SegkerasGrades.timeout = 20
+    config.SegkerasGrades.timeout = 10
     api = NbGraderAPI(config=config)
     result = api.generate_assignment(ASSIGNMENT)
     assert result["success"], result.get("error") or result.get("log")

@@ -67,6 +67,7 @@ def test_run_all_on_an_untouched_lab_reaches_the_end(path, monkeypatch, tmp_path
     monkeypatch.setenv("SEGKERAS_WEIGHTS", "none")
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
     monkeypatch.setenv("SEGKERAS_CHECKPOINTS", str(tmp_path))  # none left in labs/
+    monkeypatch.setenv("SEGKERAS_TEST_FIGURES", "off")  # nbval renders the solutions' (conftest.py)
     client = NotebookClient(lab, timeout=600, kernel_name="python3",
                             resources={"metadata": {"path": str(ROOT / "labs")}})
     client.execute()  # raises CellExecutionError on the first failing cell
