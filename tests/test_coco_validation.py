@@ -5,6 +5,7 @@ address-space limit, so a regression fails the test instead of taking the machin
 
 import copy
 import json
+import re
 import resource
 import struct
 import subprocess
@@ -217,26 +218,37 @@ PROBE = textwrap.dedent("""
     import sys
     from segkeras.data import coco
     from segkeras.errors import SegkerasError
-    try:
-        coco.load(sys.argv[1], sys.argv[2])
-    except SegkerasError as error:
-        print("REFUSED", error)
+    for annotations, images in zip(sys.argv[1::2], sys.argv[2::2]):
+        try:
+            coco.load(annotations, images)
+            print("LOADED", annotations, flush=True)
+        except SegkerasError as error:
+            print("REFUSED", error, flush=True)
 """)
 ADDRESS_SPACE = 3 * 2**30  # importing TensorFlow maps about 1.6 GB; the crash asked for 16 GB
+CRASH_PROBES = ("nan_polygon", "1e9_polygon", "broken_rle_counts")
 
 
 def _limit_address_space():
     resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
 
 
-@pytest.mark.parametrize("name", ["nan_polygon", "1e9_polygon", "broken_rle_counts"])
-def test_crash_probes_are_refused_under_an_address_space_limit(tmp_path, name):
+def test_crash_probes_are_refused_under_an_address_space_limit(tmp_path):
     """These reached pycocotools' C code: 16 GB and an OOM kill, a segfault, uninitialised
-    memory. Now a one-line refusal, in a process that cannot take the machine down."""
-    transform, expected = MALFORMED[name]
-    annotations, images = write(tmp_path, transform(copy.deepcopy(good_content())))
-    done = subprocess.run([sys.executable, "-c", PROBE, str(annotations), str(images)],
+    memory. Now a one-line refusal each, in a process that cannot take the machine down (one
+    process for the three: a crash stops it at the probe that crashed)."""
+    arguments = []
+    for name in CRASH_PROBES:
+        transform, _ = MALFORMED[name]
+        (tmp_path / name).mkdir()
+        arguments += map(str, write(tmp_path / name, transform(copy.deepcopy(good_content()))))
+    done = subprocess.run([sys.executable, "-c", PROBE, *arguments],
                           capture_output=True, text=True, timeout=300,
                           preexec_fn=_limit_address_space)
-    assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-2000:]}"
-    assert done.stdout.startswith("REFUSED"), done.stdout
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0, (f"exit {done.returncode} after {len(lines)} of "
+                                  f"{CRASH_PROBES}: {done.stderr[-2000:]}")
+    assert len(lines) == len(CRASH_PROBES), lines
+    for name, line in zip(CRASH_PROBES, lines, strict=True):
+        assert line.startswith("REFUSED") and f"/{name}/" in line, (name, line)
+        assert re.search(MALFORMED[name][1], line), (name, line)
