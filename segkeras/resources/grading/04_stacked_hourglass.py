@@ -21,7 +21,7 @@ from segkeras.evaluate.semantic import confusion_matrices, evaluate_semantic, fo
 from segkeras.models.hourglass import hourglass
 NUM_STACKS, DEPTH, FILTERS = (2, 3, 64)
 SIZE = 64 if DATA == 'shapes' else 128
-N_TRAIN, N_VAL = (64, 32) if QUICK else (1600, 200)
+N_TRAIN, N_VAL = (16, 16) if QUICK else (1600, 200)
 BATCH = 8
 EPOCHS = 1 if QUICK else 15
 LEARNING_RATE = 0.005
