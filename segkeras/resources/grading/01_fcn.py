@@ -25,7 +25,7 @@ from segkeras.evaluate.semantic import evaluate_semantic
 from segkeras.fcn_stages import train_in_stages
 from segkeras.layers import BilinearUpsampling
 IMAGE_SIZE = 64 if QUICK else 128
-TRAIN_IMAGES = 48 if QUICK else 1000
+TRAIN_IMAGES = 16 if QUICK else 1000
 VAL_IMAGES = 16 if QUICK else 200
 CROP = 64
 CLASSIFIER_EPOCHS = 1 if QUICK else 4

@@ -25,7 +25,7 @@ from segkeras.data.instances import make_instance_dataset
 from segkeras.evaluate.instances import mask_ap
 from segkeras.models.mask_head import instance_segmenter, predict_masks_in_boxes
 IMAGE_SIZE = 64 if QUICK else 128 if DATA == 'shapes' else 256
-TRAIN_IMAGES = 48 if QUICK else 1600
+TRAIN_IMAGES = 16 if QUICK else 1600
 VAL_IMAGES = 16 if QUICK else 200
 EPOCHS = 1 if QUICK else 4
 BATCH_SIZE = 8
