@@ -176,18 +176,25 @@ def test_unet_default_decoder_and_the_paper_like_one():
     def widths(model):
         return tuple(model.get_layer(f"up{stride}_upconv").filters for stride in (16, 8, 4, 2, 1))
 
+    def convolutions(model):
+        return [sum(layer.name.startswith(f"up{stride}_") and layer.name.endswith("_conv")
+                    for layer in model.layers) for stride in (16, 8, 4, 2, 1)]
+
     def concatenated(model):
         return [tuple(tensor.shape[-1] for tensor in model.get_layer(f"up{stride}_concat").input)
                 for stride in (16, 8, 4, 2)]
 
     default = unet(NUM_CLASSES, encoder)
-    assert widths(default) == DEFAULT_DECODER == (64, 32, 16, 16, 8)
+    assert widths(default) == DEFAULT_DECODER == (64, 48, 32, 16, 16)
     # each skip narrowed to the block's width by a linear 1x1 convolution, then concatenated
-    assert [default.get_layer(f"up{s}_project").filters for s in (16, 8, 4, 2)] == [64, 32, 16, 16]
-    assert concatenated(default) == [(64, 64), (32, 32), (16, 16), (16, 16)]
+    assert [default.get_layer(f"up{s}_project").filters for s in (16, 8, 4, 2)] == [64, 48, 32, 16]
+    assert concatenated(default) == [(64, 64), (48, 48), (32, 32), (16, 16)]
+    # two 3x3 convolutions per block, one in the last (full resolution, no skip)
+    assert convolutions(default) == [2, 2, 2, 2, 1]
     paper = unet(NUM_CLASSES, encoder, decoder_filters=PAPER_DECODER,
-                 skip_projection=False)
+                 skip_projection=False, final_convs=2)
     assert widths(paper) == (256, 128, 64, 32, 16)
+    assert convolutions(paper) == [2, 2, 2, 2, 2]
     assert not [layer for layer in paper.layers if layer.name.endswith("_project")]
     assert concatenated(paper) == [(256, skips["P4"]), (128, skips["P3"]), (64, skips["P2"]),
                                    (32, skips["P1"])]
@@ -218,6 +225,7 @@ def test_encoder_trainable_and_mixed_precision():
         (lambda: fcn(3, variant="4s", weights=None), "variant"),
         (lambda: unet(3, upsampling="nearest", weights=None), "upsampling"),
         (lambda: unet(3, decoder_filters=(64, 32), weights=None), "decoder_filters"),
+        (lambda: unet(3, final_convs=3, weights=None), "final_convs"),
         (lambda: deconvnet(3, input_shape=(100, 100, 3), weights=None), "96 or 128"),
         (lambda: unet(3, backbone="mobilenet_v5", weights=None), "Unknown backbone"),
         (lambda: unet(3, backbone=keras.Sequential([keras.Input((8, 8, 3))])), "encoder"),

@@ -60,7 +60,7 @@ def run_demo(out: str, epochs: int | None = None, quick: bool = False) -> dict:
     training = shapes.generate(recipe["train_images"], image_size=size, seed=recipe["seed"])
     held_out = shapes.generate(recipe["test_images"], image_size=size, seed=recipe["seed"] + 1)
     build = {"decoder_filters": recipe["decoder_filters"], "skip_projection": False,
-             "input_shape": (size, size, 3)}
+             "final_convs": 2, "input_shape": (size, size, 3)}
     try:
         model = unet(classes, "mobilenetv2", weights="imagenet", **build)
         recipe["weights"] = "imagenet"

@@ -7,12 +7,12 @@ and crop" arrows of the paper's figure; with padded convolutions nothing needs c
 two 3x3 convolutions, here each followed by BatchNorm and ReLU. By default a 1x1 convolution first
 narrows each skip to the block's width (``skip_projection``): MobileNetV2's skips are its wide
 expanded activations, and the first 3x3 convolution of a block over their concatenation is most of
-the decoder's cost.
+the decoder's cost; and the last block, at full resolution, has one 3x3 convolution instead of two
+(``final_convs``).
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 
 import keras
@@ -31,28 +31,32 @@ from segkeras.models.common import (
 
 layers = keras.layers
 UPSAMPLING = ("transpose", "bilinear")
-DEFAULT_DECODER = (64, 32, 16, 16, 8)
-"""The default widths, chosen by measurement (issue 27, BENCHMARKS section 2)."""
+CONVS = (1, 2)  # 3x3 convolutions per decoder block: the paper's two, or one
+DEFAULT_DECODER = (64, 48, 32, 16, 16)
+"""The default widths, chosen by measurement (issue 27, BENCHMARKS section 2): see :func:`unet`."""
 PAPER_DECODER = (256, 128, 64, 32, 16)
 """Widths halving from the bottleneck up as in the paper (which starts at 1024): pass
-``decoder_filters=PAPER_DECODER, skip_projection=False`` for the paper-like U-Net."""
+``decoder_filters=PAPER_DECODER, skip_projection=False, final_convs=2`` for the paper-like U-Net."""
 
 
-def decoder_block(x, skip, filters: int, name: str, upsampling: str = "transpose"):
+def decoder_block(x, skip, filters: int, name: str, upsampling: str = "transpose",
+                  convs: int = 2):
     """One step up the expanding path: upsample ``x`` by 2, concatenate ``skip`` (None: no skip),
-    then twice conv 3x3 -> BatchNorm -> ReLU; every layer's name starts with ``name``.
+    then ``convs`` times (1 or 2; twice in the paper) conv 3x3 -> BatchNorm -> ReLU; every
+    layer's name starts with ``name``.
 
     ``upsampling``: ``"transpose"``, the paper's learned 2x2 "up-convolution" (stride 2), or
     ``"bilinear"``, fixed interpolation (no weights, no checkerboard artefacts).
     """
     check_choice("upsampling", upsampling, UPSAMPLING)
+    check_choice("convs", convs, CONVS)
     if upsampling == "transpose":
         x = layers.Conv2DTranspose(filters, 2, strides=2, name=f"{name}_upconv")(x)
     else:
         x = layers.UpSampling2D(2, interpolation="bilinear", name=f"{name}_upsample")(x)
     if skip is not None:
         x = layers.Concatenate(name=f"{name}_concat")([x, skip])
-    for part in ("a", "b"):
+    for part in "ab"[:convs]:
         x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_{part}_conv")(x)
         x = layers.BatchNormalization(name=f"{name}_{part}_bn")(x)
         x = layers.ReLU(name=f"{name}_{part}_relu")(x)
@@ -69,6 +73,7 @@ def unet(
     input_shape: tuple = ANY_SIZE,
     block: Callable | None = None,
     skip_projection: bool = True,
+    final_convs: int = 1,
 ) -> keras.Model:
     """A U-Net (Ronneberger et al., MICCAI 2015) named e.g. ``"unet_mobilenetv2"``.
 
@@ -76,13 +81,16 @@ def unet(
     and P1. The fifth block returns to full resolution without a skip: the only stride-1 tensor is
     the raw image, whose information P1 already carries.
 
-    Why the default decoder is narrow, with projected skips (issue 27): trained from scratch on
-    the built-in shapes (MobileNetV2, BatchNorm trained, 128x128, batch 16) a training image costs
-    41 ms of CPU against 71 for the TensorFlow tutorial's U-Net (1.75x), 54 for the light decoder
-    (64, 48, 32, 16, 16) and 86 for the paper-like widths; at the demo's recipe it scores held-out
-    mIoU 0.841 +- 0.003 against the tutorial's 0.834 +- 0.008 (3 seeds each). The light decoder
-    scores higher (0.871 +- 0.004) for 1.3x the cost. ``bench/s2_versus_runs.py``, BENCHMARKS
-    section 2.
+    Why the default decoder is (64, 48, 32, 16, 16) with projected skips and one convolution at
+    full resolution (issue 27, ``bench/s2_versus_runs.py``, BENCHMARKS section 2 and note 2):
+    trained from scratch on the built-in shapes (MobileNetV2, BatchNorm trained) it scores
+    held-out mIoU 0.858 +- 0.017 at the demo's recipe against 0.834 +- 0.008 for the TensorFlow
+    tutorial's U-Net, and 0.771 +- 0.077 at 128x128 against 0.782 +- 0.014 (3 seeds each), for
+    CPU_PLACEHOLDER. Narrower decoders were faster but fell behind at
+    128x128: (64, 32, 16, 16, 8) scored 0.577 there, 8 channels at full resolution being too few.
+    The second 3x3 convolution at full resolution costs most and adds nothing measurable (0.772
+    with it). ``decoder_filters=PAPER_DECODER, skip_projection=False, final_convs=2`` gives the
+    paper-like U-Net.
 
     Args:
         num_classes: classes including the background, >= 2.
@@ -100,6 +108,8 @@ def unet(
         skip_projection: narrow each skip to the block's width with a 1x1 convolution (linear, no
             bias: the block's first convolution and BatchNorm follow) before the concatenation;
             False concatenates the encoder's features as they are, as in the paper.
+        final_convs: the 3x3 convolutions of the last block (full resolution, no skip) when
+            ``block`` is the default: 1, or 2 as in the paper (and in every other block).
 
     Returns:
         A ``keras.Model`` from raw RGB in [0, 255] to logits ``(batch, H, W, num_classes)``.
@@ -107,11 +117,10 @@ def unet(
     num_classes = check_num_classes(num_classes)
     decoder_filters = check_decoder_filters(decoder_filters)
     check_choice("upsampling", upsampling, UPSAMPLING)
+    check_choice("final_convs", final_convs, CONVS)
     encoder = resolve_encoder(backbone, input_shape, weights, encoder_trainable)
     image, features = encode(encoder)
 
-    if block is None:
-        block = functools.partial(decoder_block, upsampling=upsampling)
     x = features["P5"]
     stride = 32
     for filters, level in zip(decoder_filters, DECODER_LEVELS, strict=True):
@@ -119,6 +128,10 @@ def unet(
         skip = features[level] if level else None
         if skip is not None and skip_projection:
             skip = layers.Conv2D(filters, 1, use_bias=False, name=f"up{stride}_project")(skip)
-        x = block(x, skip, filters, f"up{stride}")
+        if block is None:
+            x = decoder_block(x, skip, filters, f"up{stride}", upsampling,
+                              convs=2 if level else final_convs)
+        else:
+            x = block(x, skip, filters, f"up{stride}")
     x = layers.Conv2D(num_classes, 1, name="classifier")(x)
     return keras.Model(image, float32_logits(x), name=model_name("unet", encoder))
