@@ -17,7 +17,7 @@ import s2_versus_runs as versus_runs
 from common import BENCH_DIR, PATHS, smoke, table
 
 TITLE = "2. segkeras U-Net vs the TensorFlow tutorial's U-Net"
-SPEED_MODELS = ("segkeras", "reference_bn099", "segkeras_light")
+SPEED_MODELS = ("segkeras", "reference_bn099")  # issue 27: like for like, alternating
 SPEED_SIZE, SPEED_BATCH = 128, 16  # issue 27's like-for-like setting
 CANDIDATE_SETTINGS = ((128, 16), (128, 8), (256, 16), (256, 8))
 """The (size, batch) of the decoder candidates' CPU table (``s2_versus_runs.py cpu``)."""
@@ -129,24 +129,33 @@ def _decoder(kind: str) -> str:
 
     options = versus_runs.CANDIDATES[kind]
     if not options:
-        return f"{DEFAULT_DECODER}, projected skips (`unet()`'s default)"
+        return (f"{DEFAULT_DECODER}, projected skips, one 3x3 convolution at full resolution "
+                "(`unet()`'s default)")
     return (str(options["decoder_filters"])
             + (", skips as they are" if options.get("skip_projection") is False
-               else ", projected skips"))
+               else ", projected skips")
+            + (", one 3x3 convolution at full resolution" if options.get("final_convs") == 1
+               else "")
+            + (", bilinear upsampling" if options.get("upsampling") == "bilinear" else ""))
 
 
 def _candidates() -> str:
     """Issue 27's table: each U-Net decoder's CPU ms per training image at every size and batch
-    (``results/versus_candidates_cpu.json``), its ratio to the tutorial's U-Net, and its held-out
-    mIoU at the demo's recipe and at 128²."""
-    path = os.path.join(PATHS["results"], "versus_candidates_cpu.json")
-    if not os.path.exists(path):
+    (the ``results/versus_candidates_cpu*.json`` runs, medians over them), its ratio to the
+    tutorial's U-Net, and its held-out mIoU at the demo's recipe and at 128²."""
+    import glob
+
+    paths = sorted(glob.glob(os.path.join(PATHS["results"], "versus_candidates_cpu*.json")))
+    if not paths:
         return ""
-    with open(path, encoding="utf-8") as file:
-        stored = json.load(file)
-    cpu = {}
-    for record in stored["records"]:
-        cpu.setdefault((record["model"], record["size"], record["batch"]), []).append(record)
+    cpu, cpu_commands = {}, []
+    for run, path in enumerate(paths):
+        with open(path, encoding="utf-8") as file:
+            stored = json.load(file)
+        cpu_commands.append(stored["command"])
+        for record in stored["records"]:
+            key = (record["model"], record["size"], record["batch"])
+            cpu.setdefault(key, []).append({**record, "run": run})
     demo, _, _ = _versus_quality(versus_runs.RECIPE, (versus_runs.RECIPE_128,))
     large, commands, _ = _versus_quality(versus_runs.RECIPE_128, (versus_runs.RECIPE,))
 
@@ -157,25 +166,32 @@ def _candidates() -> str:
         return f"{_mean_sd(mious)} ({len(mious)})" if mious else "not measured"
 
     def ms(kind: str, size: int, batch: int) -> str:
-        runs, reference = cpu.get((kind, size, batch)), cpu.get(("reference_bn099", size, batch))
+        """The median CPU time over the runs, and the median of the reference's time over the
+        candidate's within each run (the same process, one after the other)."""
+        runs = cpu.get((kind, size, batch), [])
+        reference = {r["run"]: r["cpu_ms_per_img"]
+                     for r in cpu.get(("reference_bn099", size, batch), [])}
         if not runs:
             return ""
+        ratios = [reference[r["run"]] / r["cpu_ms_per_img"] for r in runs if r["run"] in reference]
         value = statistics.median(r["cpu_ms_per_img"] for r in runs)
-        ratio = (f" ({statistics.median(r['cpu_ms_per_img'] for r in reference) / value:.2f}x)"
-                 if reference else "")
-        return f"{value:.0f}{ratio}"
+        return f"{value:.0f}" + (f" ({statistics.median(ratios):.2f}x)" if ratios else "")
 
-    kinds = [kind for kind in versus_runs.MODELS if any(key[0] == kind for key in cpu)]
-    params = {key[0]: runs[0]["params"] for key, runs in cpu.items()}
-    rows = [[kind, _decoder(kind), f"{params[kind] / 1e6:.2f}M",
+    measured = {key[0] for key in cpu} | {r["model"] for r in demo + large}
+    kinds = [kind for kind in (*versus_runs.CANDIDATES, "reference_bn099") if kind in measured]
+    params = {r["model"]: r["params"] for r in [*demo, *large, *(r for runs in cpu.values()
+                                                                  for r in runs)] if "params" in r}
+    rows = [[kind, _decoder(kind), f"{params[kind] / 1e6:.2f}M" if kind in params else "",
              *(ms(kind, size, batch) for size, batch in CANDIDATE_SETTINGS),
              miou(demo, kind), miou(large, kind)] for kind in kinds]
     recipe_128 = versus_runs.RECIPE_128
     return ("\n\nThe U-Net decoders compared for `unet()`'s default (issue 27): CPU milliseconds "
             "per training image (the median of single steps timed with the process's CPU clock, "
             "random 4-class images, cross-entropy + Dice, everything trainable, BatchNorm "
-            f"trained; `{stored['command']}`; CPU time survives a busy machine, img/s does not) "
-            "and, in brackets, the tutorial's U-Net's time over the candidate's; held-out mIoU "
+            "trained; " + "; ".join(f"`{c}`" for c in cpu_commands)
+            + "; CPU time survives a busy machine, img/s does not) "
+            "and, in brackets, the tutorial's U-Net's time over the candidate's in the same "
+            "process (the median over the runs that measured both); held-out mIoU "
             "(mean ± sd (seeds)) at the demo's recipe (the table above) and with the shapes "
             f"drawn at {recipe_128['size']}², {recipe_128['steps']} steps, the rest of the recipe "
             "the same (" + ("; ".join(f"`{c}`" for c in commands) or "not measured") + ").\n\n"
@@ -230,9 +246,11 @@ def render(speed: dict) -> str:
             f"Adam {recipe['learning_rate']} with {recipe['schedule']} decay to 0, "
             f"{recipe['loss']} (the demo's recipe, for every model), random initialisation; a "
             "seed sets the initial weights and the shuffle. Models (`bench/s2_versus_runs.py`): "
-            "`segkeras`, `unet()` as it is (its default decoder), `segkeras_light`, the light "
-            "decoder of the demo and the labs (64, 48, 32, 16, 16), `segkeras_paper` the "
-            "paper-like widths (256, 128, 64, 32, 16) (both without skip projection), all three "
+            "`segkeras`, `unet()` as it is (its default decoder: the candidates table below), "
+            "`segkeras_light`, the demo's and the labs' decoder (the same widths, skips as they "
+            "are, two convolutions per block), `segkeras_paper` the paper-like widths (256, 128, "
+            "64, 32, 16), skips as they are, `segkeras_slim_proj` the default before issue 27 "
+            "(64, 32, 16, 16, 8), projected skips, two convolutions per block: all "
             "MobileNetV2 trained from scratch, BatchNorm momentum 0.99; "
             "`reference_bn099`, the tutorial's U-Net with the same BatchNorm "
             "treatment (like for like); `reference_bn0999`, with keras.applications' momentum "

@@ -42,12 +42,18 @@ NUM_CLASSES = 4
 LIGHT_DECODER = (64, 48, 32, 16, 16)  # the demo's and the labs' decoder widths
 CANDIDATES = {
     "segkeras": {},  # unet() as a user gets it: its default decoder
-    "segkeras_paper": {"decoder_filters": (256, 128, 64, 32, 16), "skip_projection": False},
-    "segkeras_light": {"decoder_filters": LIGHT_DECODER, "skip_projection": False},
-    "segkeras_light_proj": {"decoder_filters": LIGHT_DECODER},
-    "segkeras_slim": {"decoder_filters": (64, 32, 16, 16, 8), "skip_projection": False},
-    "segkeras_mid_proj": {"decoder_filters": (128, 64, 32, 16, 8)},
-    "segkeras_full16_proj": {"decoder_filters": (64, 32, 16, 16, 16)},
+    "segkeras_paper": {"decoder_filters": (256, 128, 64, 32, 16), "skip_projection": False,
+                       "final_convs": 2},
+    "segkeras_light": {"decoder_filters": LIGHT_DECODER, "skip_projection": False,
+                       "final_convs": 2},
+    "segkeras_light_proj": {"decoder_filters": LIGHT_DECODER, "final_convs": 2},
+    "segkeras_slim": {"decoder_filters": (64, 32, 16, 16, 8), "skip_projection": False,
+                      "final_convs": 2},
+    "segkeras_slim_proj": {"decoder_filters": (64, 32, 16, 16, 8), "final_convs": 2},
+    "segkeras_mid_proj": {"decoder_filters": (128, 64, 32, 16, 8), "final_convs": 2},
+    "segkeras_full16_proj": {"decoder_filters": (64, 32, 16, 16, 16), "final_convs": 2},
+    "segkeras_bilinear": {"decoder_filters": LIGHT_DECODER, "upsampling": "bilinear",
+                          "final_convs": 1},
 }
 """The U-Net decoders compared (issue 27): ``unet()`` arguments besides the fixed ones."""
 MODELS = (*CANDIDATES, "reference_bn099", "reference_bn0999", "reference_tutorial")
@@ -60,8 +66,8 @@ score is the end of a settled run rather than a snapshot of Adam's noise at full
 recipe, batch 16 x 500 steps at 1e-3 with cross-entropy alone, left every model labelling nearly
 every pixel background: segkeras 0.233 +- 0.009, the reference 0.198;
 results/versus_quality_[a-e].json.)"""
-RECIPE_128 = {**RECIPE, "size": 128, "steps": 200}
-"""The 128² quality comparison (``quality --size 128 --steps 200``): shapes drawn at 128², fewer
+RECIPE_128 = {**RECIPE, "size": 128, "steps": 600}
+"""The 128² quality comparison (``quality --size 128 --steps 600``): shapes drawn at 128², fewer
 steps (each costs four times the demo's)."""
 TUTORIAL_SIZE = 128
 
