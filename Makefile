@@ -14,8 +14,8 @@ PARALLEL = -n $(TEST_WORKERS) --dist loadfile
 install:
 	$(PIP_INSTALL) -r requirements.txt
 
-install-instructor: install  # nbgrader: the tests check that labs/ is generated from solutions/
-	$(PIP_INSTALL) -e ".[instructor]"
+install-instructor:  # nbgrader: the tests check that labs/ is generated from solutions/
+	$(PIP_INSTALL) -r requirements.txt -e ".[instructor]"  # one pip run: builds segkeras once
 
 demo: install
 	$(PYTHON) -m segkeras demo
