@@ -85,12 +85,13 @@ def unet(
     full resolution (issue 27, ``bench/s2_versus_runs.py``, BENCHMARKS section 2 and note 2):
     trained from scratch on the built-in shapes (MobileNetV2, BatchNorm trained) it scores
     held-out mIoU 0.858 +- 0.017 at the demo's recipe against 0.834 +- 0.008 for the TensorFlow
-    tutorial's U-Net, and 0.771 +- 0.077 at 128x128 against 0.782 +- 0.014 (3 seeds each), for
-    CPU_PLACEHOLDER. Narrower decoders were faster but fell behind at
-    128x128: (64, 32, 16, 16, 8) scored 0.577 there, 8 channels at full resolution being too few.
-    The second 3x3 convolution at full resolution costs most and adds nothing measurable (0.772
-    with it). ``decoder_filters=PAPER_DECODER, skip_projection=False, final_convs=2`` gives the
-    paper-like U-Net.
+    tutorial's U-Net, and 0.771 +- 0.077 at 128x128 against 0.782 +- 0.014 (3 seeds each),
+    training about 1.4x as fast (128x128, batch 16: 1.38x the images per second, 1.46x less CPU
+    time per image). Narrower decoders were faster but fell behind at 128x128: (64, 32, 16, 16, 8)
+    scored 0.577 there, 8 channels at full resolution being too few. A second 3x3 convolution at
+    full resolution costs about a sixth of the training time (50 against 42 CPU ms per image)
+    and adds nothing measurable (0.772 +- 0.021 with it). ``decoder_filters=PAPER_DECODER,
+    skip_projection=False, final_convs=2`` gives the paper-like U-Net.
 
     Args:
         num_classes: classes including the background, >= 2.
