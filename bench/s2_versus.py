@@ -123,20 +123,23 @@ def _batch_statistics_gap(by_model: dict) -> str:
 
 
 def _decoder(kind: str) -> str:
+    """The candidate's decoder in words, from its ``unet()`` arguments over ``unet()``'s
+    defaults."""
     if kind not in versus_runs.CANDIDATES:
         return "the tutorial's U-Net"
-    from segkeras.models.unet import DEFAULT_DECODER
+    import inspect
 
-    options = versus_runs.CANDIDATES[kind]
-    if not options:
-        return (f"{DEFAULT_DECODER}, projected skips, one 3x3 convolution at full resolution "
-                "(`unet()`'s default)")
+    from segkeras.models.unet import unet
+
+    given = versus_runs.CANDIDATES[kind]
+    options = {name: parameter.default
+               for name, parameter in inspect.signature(unet).parameters.items()} | given
     return (str(options["decoder_filters"])
-            + (", skips as they are" if options.get("skip_projection") is False
-               else ", projected skips")
-            + (", one 3x3 convolution at full resolution" if options.get("final_convs") == 1
+            + (", projected skips" if options["skip_projection"] else ", skips as they are")
+            + (", one 3x3 convolution at full resolution" if options["final_convs"] == 1
                else "")
-            + (", bilinear upsampling" if options.get("upsampling") == "bilinear" else ""))
+            + (", bilinear upsampling" if options["upsampling"] == "bilinear" else "")
+            + ("" if given else " (`unet()`'s default)"))
 
 
 def _candidates() -> str:
