@@ -43,7 +43,7 @@ def test_demo_quick_writes_model_metrics_and_pictures(demo_dir, capsys):
     assert model.output_shape == (None, 64, 64, 4)
 
 
-def test_evaluate_prints_the_table_and_writes_json(demo_dir, tmp_path, capsys):
+def test_evaluate_prints_the_table_and_writes_json(demo_dir, tmp_path, capsys, eager):
     target = tmp_path / "scores.json"
     code = main(["evaluate", "--model", str(demo_dir / "model.keras"), "--data", "shapes",
                  "--n", "4", "--json", str(target)])
@@ -54,7 +54,7 @@ def test_evaluate_prints_the_table_and_writes_json(demo_dir, tmp_path, capsys):
         "background", "circle", "rectangle", "triangle"}
 
 
-def test_predict_writes_overlays_at_the_original_size(demo_dir, tmp_path, capsys):
+def test_predict_writes_overlays_at_the_original_size(demo_dir, tmp_path, capsys, eager):
     image = np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)
     write_png(tmp_path / "photo.png", image)
     out = tmp_path / "predictions"
@@ -124,7 +124,7 @@ def test_train_hourglass_writes_model_history_and_per_stack_scores(tmp_path, cap
     assert (tmp_path / "model.keras").exists() and (tmp_path / "history.png").exists()
 
 
-def test_data_shapes_exports_coco_that_evaluate_reads(demo_dir, tmp_path, capsys):
+def test_data_shapes_exports_coco_that_evaluate_reads(demo_dir, tmp_path, capsys, eager):
     out = tmp_path / "shapes"
     assert main(["data", "shapes", "--n", "3", "--out", str(out), "--image-size", "64"]) == 0
     assert sorted(os.listdir(out / "images")) == ["000000.png", "000001.png", "000002.png"]

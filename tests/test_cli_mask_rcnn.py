@@ -103,7 +103,7 @@ def test_train_writes_the_model_and_its_box_and_mask_ap(trained):
     assert (trained / "history.png").stat().st_size > 0
 
 
-def test_evaluate_prints_and_writes_the_aps_of_the_saved_model(trained, tmp_path, capsys):
+def test_evaluate_prints_and_writes_the_aps_of_the_saved_model(trained, tmp_path, capsys, eager):
     scores = tmp_path / "scores.json"
     capsys.readouterr()
     assert main(["evaluate", "--model", str(trained / "model.keras"), "--n", "3", "--seed", "7",
@@ -125,7 +125,7 @@ def test_evaluate_prints_and_writes_the_aps_of_the_saved_model(trained, tmp_path
     assert f"{result['mask_gt_boxes']['AP']:6.3f}" in table
 
 
-def test_predict_writes_overlays_and_coco_results(detector, tmp_path):
+def test_predict_writes_overlays_and_coco_results(detector, tmp_path, eager):
     photo = shapes.generate(1, 96, seed=11).images[0]
     blank = np.zeros((50, 70, 3), np.uint8)
     write_png(tmp_path / "photo.png", photo)
@@ -340,7 +340,7 @@ def test_training_on_a_coco_folder_reads_it_through_coco_index(coco_run):
 
 
 def test_evaluate_streams_a_coco_folder_and_scores_as_detection_ap(coco_run, monkeypatch,
-                                                                   tmp_path):
+                                                                   tmp_path, eager):
     from segkeras.data import coco
 
     folder, out, _ = coco_run

@@ -57,7 +57,8 @@ def trained(request, tmp_path_factory):
     return name, out
 
 
-def test_predict_and_evaluate_work_on_every_saved_model(trained, tmp_path, capsys):
+def test_predict_and_evaluate_work_on_every_saved_model(trained, tmp_path, capsys, eager):
+    # eager: the point is the commands on each saved model, not the traced graph
     name, out = trained
     model = keras.saving.load_model(out / "model.keras")
     image = np.random.default_rng(0).integers(0, 256, (40, 90, 3), dtype=np.uint8)

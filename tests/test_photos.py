@@ -73,7 +73,7 @@ def _assert_same(found, expected):
 
 
 @pytest.mark.parametrize("quantile", [0, 50])
-def test_kept_detection_masks_equal_the_whole_models_masks(detector, quantile):
+def test_kept_detection_masks_equal_the_whole_models_masks(detector, quantile, eager):
     """The mask branch on the kept detections only gives the masks the whole model (mask branch
     on all 10 slots) gives those detections: same boxes, same pixels; RLE decodes to them.
     ``min_score``: 0, or the median score (about half the detections kept)."""
@@ -113,7 +113,7 @@ def test_aspect_kept_size_against_numpy():
     np.testing.assert_array_equal(padded, expected)
 
 
-def test_two_photo_sizes_in_one_call_come_back_in_their_own_pixels(detector):
+def test_two_photo_sizes_in_one_call_come_back_in_their_own_pixels(detector, eager):
     """A 480x640 and a 640x480 photo in one call: each is resized to 48x64 / 64x48 (scale 0.1),
     padded to the 64x64 input, and its boxes and masks are mapped back to its own pixels."""
     rng = np.random.default_rng(3)
@@ -142,7 +142,7 @@ def test_two_photo_sizes_in_one_call_come_back_in_their_own_pixels(detector):
                 assert cols.min() >= x1 - (x2 - x1) / 28 - 1 and cols.max() <= x2 + (x2 - x1) / 28
 
 
-def test_a_huge_image_is_downscaled_for_the_model_and_mapped_back(detector):
+def test_a_huge_image_is_downscaled_for_the_model_and_mapped_back(detector, eager):
     huge = np.zeros((6000, 6000, 3), np.uint8)
     huge[1000:4000, 2000:5500] = 200
     expected = _today(detector, letterbox(huge, (64, 64), (64, 64))[None],
