@@ -17,12 +17,13 @@ import numpy as np
 from keras import layers
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 import segkeras
 from segkeras import backbones, environment, train, viz
 from segkeras.data import shapes, sources
 from segkeras.data.pipeline import make_dataset
 from segkeras.evaluate.semantic import evaluate_semantic
-from segkeras.fcn_stages import train_in_stages
+from segkeras.fcn_stages import initialize_from, train_in_stages
 from segkeras.layers import BilinearUpsampling
 IMAGE_SIZE = 64 if QUICK else 128
 TRAIN_IMAGES = 16 if QUICK else 1000
@@ -139,14 +140,15 @@ def make_encoder():
 
 
 
-def fit(model):
-    """One stage: where it starts, then EPOCHS of training."""
+def fit(model, data=None, name=None):
+    """One stage: where it starts, then EPOCHS of training on `data` (default: `train_ds`)."""
+    name = name or model.name
     train.compile_model(model, LEARNING_RATE)
     starts_at = model.evaluate(val_ds, verbose=0, return_dict=True)['mean_iou']
     started = time.time()
-    history = train.resumable_fit(model, train_ds, CHECKPOINTS, f'01_{model.name}', EPOCHS, validation_data=val_ds, verbose=0)
+    history = train.resumable_fit(model, train_ds if data is None else data, CHECKPOINTS, f'01_{name}', EPOCHS, validation_data=val_ds, verbose=0)
     history.history['start_mean_iou'] = starts_at
-    print(f"{model.name}: validation mean IoU {starts_at:.3f} before training, {history.history['val_mean_iou'][-1]:.3f} after {time.time() - started:.0f} s")
+    print(f"{name}: validation mean IoU {starts_at:.3f} before training, {history.history['val_mean_iou'][-1]:.3f} after {time.time() - started:.0f} s")
     return history
 
 

@@ -16,6 +16,7 @@ import keras
 import numpy as np
 from keras import layers
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from segkeras import WeightsUnavailableError, backbones, environment, pretrain, train, viz
 from segkeras.data import sources
 from segkeras.data.pipeline import make_dataset
@@ -28,6 +29,7 @@ N_LABELLED = 32 if QUICK else 96
 N_VAL = 32 if QUICK else 200
 BATCH = 8
 HEAD_EPOCHS, FINETUNE_EPOCHS = (1, 1) if QUICK else (10, 10)
+SEEDS = (0,) if QUICK else (0, 1, 2)
 LEARNING_RATE = 0.003
 DECODER_FILTERS = (64, 48, 32, 16, 16)
 IMAGENET = WEIGHTS == 'imagenet'
@@ -58,15 +60,32 @@ def make_encoder(pretrained: bool, backbone: str=BACKBONE) -> keras.Model:
 
 
 
-def fit(model: keras.Model, epochs: int, curve: list, name: str) -> None:
-    """Train `epochs` epochs (a checkpoint per epoch, named `name`); append the validation mean
-    IoU after each one to `curve`."""
+def training_data(seed: int):
+    """The labelled images, shuffled and augmented anew each epoch, in the order of `seed`."""
+    return make_dataset(small_data, SIZE, BATCH, augment=True, shuffle=True, seed=seed)
+
+
+
+
+def fit(model: keras.Model, data, epochs: int, curve: list, name: str) -> None:
+    """Train `epochs` epochs on `data` (a checkpoint per epoch, named `name`); append the
+    validation mean IoU after each one to `curve`."""
     track = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: logs.update(val_mean_iou=evaluate_semantic(model, val_ds)['mean_iou']))
-    history = train.resumable_fit(model, train_ds, CHECKPOINTS, name, epochs, callbacks=[track], verbose=0)
+    history = train.resumable_fit(model, data, CHECKPOINTS, name, epochs, callbacks=[track], verbose=0)
     curve.extend(history.history['val_mean_iou'])
 
 
-curves, models, seconds = ({'a': [], 'b': [], 'c': []}, {}, {})
+
+
+def spread(values: list) -> str:
+    """The mean of one result over the seeds, its range and each seed's value."""
+    return f'{np.mean(values):.3f} (min {min(values):.3f}, max {max(values):.3f}; seeds ' + ' '.join((f'{value:.3f}' for value in values)) + ')'
+
+
+curves, seconds = ({'a': {}, 'b': {}, 'c': {}}, {'a': {}, 'b': {}, 'c': {}})
+models = {}
+
+after_head = {}
 
 NAMES = {'a': '(a) from scratch', 'b': '(b) frozen pretrained', 'c': '(c) fine-tuned'}
 
