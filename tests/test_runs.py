@@ -207,7 +207,10 @@ def test_sigkill_while_saving_leaves_the_previous_model(tmp_path):
     keras.saving.load_model(target)
 
 
-TRAINER = textwrap.dedent("""
+TRAINER_EPOCHS = 10_000
+"""Far more epochs than a test waits for: the trainer is still training when its signal comes,
+however long a loaded machine keeps the test from reading its output."""
+TRAINER = textwrap.dedent(f"""
     import sys
     import keras
     from segkeras import runs, train
@@ -225,7 +228,7 @@ TRAINER = textwrap.dedent("""
     model = keras.Model(image, keras.layers.Conv2D(4, 1)(x))
     try:
         with runs.interruptible():
-            train.fit_two_stage(model, dataset, head_epochs=0, finetune_epochs=50,
+            train.fit_two_stage(model, dataset, head_epochs=0, finetune_epochs={TRAINER_EPOCHS},
                                 checkpoint=sys.argv[1], callbacks=[Announce()], verbose=0)
     except runs.Interrupted as interrupted:
         print(train.interrupted_message(interrupted, sys.argv[1]), file=sys.stderr)
@@ -238,12 +241,15 @@ def test_signal_mid_epoch_keeps_the_checkpoint_and_exits(tmp_path, signum, code)
     checkpoint = tmp_path / "checkpoint.npz"
     trainer = subprocess.Popen([sys.executable, "-c", TRAINER, str(checkpoint)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-    for line in trainer.stdout:
-        if line.strip() == "epoch 2":
-            break
-    time.sleep(0.2)  # inside epoch 3
-    trainer.send_signal(signum)
-    _, stderr = trainer.communicate(timeout=120)
+    try:
+        for line in trainer.stdout:
+            if line.strip() == "epoch 2":
+                break
+        time.sleep(0.2)  # inside epoch 3
+        trainer.send_signal(signum)
+        _, stderr = trainer.communicate(timeout=120)
+    finally:
+        trainer.kill()  # a trainer that ignored its signal must not outlive the test
     assert trainer.returncode == code, stderr[-2000:]
     last = stderr.strip().splitlines()[-1]
     assert "Traceback" not in stderr and "--resume" in last
@@ -251,7 +257,7 @@ def test_signal_mid_epoch_keeps_the_checkpoint_and_exits(tmp_path, signum, code)
 
     state, weights, optimizer = load_checkpoint(checkpoint)
     assert state["epochs_done"] >= 2 and len(weights) == 4 and optimizer
-    assert f"epochs 1-{state['epochs_done']} of 50 are saved" in last
+    assert f"epochs 1-{state['epochs_done']} of {TRAINER_EPOCHS} are saved" in last
 
 
 def test_sigkill_during_training_leaves_a_whole_checkpoint(tmp_path):
