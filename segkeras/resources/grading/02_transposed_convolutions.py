@@ -12,6 +12,7 @@ import logging
 import time
 import keras
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 import segkeras
