@@ -4,7 +4,7 @@ Each image is resized keeping its aspect ratio (shorter side ``min_side``, longe
 ``max_side``, the whole inside the model's fixed input; Faster R-CNN's rule) and padded below and
 right to the model's input. The detector finds boxes, classes and scores; the mask branch then
 runs only on the detections kept (score above the model's threshold and ``min_score``), not on
-the padding slots. Boxes are mapped back to the original image, and each 28x28 mask is pasted
+the padding slots; both are compiled (``predict_on_batch``). Boxes are mapped back to the original image, and each 28x28 mask is pasted
 over its box there, only on the pixels the box reaches
 (:func:`segkeras.models.mask_head.pasted_windows`), and thresholded at 0.5. Masks come back as
 boolean arrays or as COCO RLE. Memory grows with the kept detections, not with 100 slots times
@@ -19,7 +19,6 @@ from collections.abc import Sequence
 
 import keras
 import numpy as np
-from keras import ops
 
 from segkeras.data.images import check_images, check_sides, fit_size, letterbox
 from segkeras.errors import SegkerasError
@@ -46,13 +45,45 @@ class _Detector(keras.Model):
         return self.owner().detect(images)
 
 
+class _MaskBranch(keras.Model):
+    """:meth:`MaskRCNN.detection_mask_logits` as a model of its own, so ``predict_on_batch``
+    compiles it (run eagerly, op by op, it cost more than the detector on small images)."""
+
+    def __init__(self, model: MaskRCNN):
+        super().__init__(name=f"{model.name}_mask_branch")
+        self.parts = [model.mask_align, model.mask_head]
+        self.owner = weakref.ref(model)
+
+    def build(self, input_shape=None):
+        self.built = True
+
+    def call(self, inputs):
+        return self.owner().detection_mask_logits(
+            inputs["features"], inputs["boxes"], inputs["image_indices"], inputs["class_ids"])
+
+
 _DETECTORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_MASK_BRANCHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _detector(model: MaskRCNN) -> _Detector:
     if model not in _DETECTORS or _DETECTORS[model].nms is not model.nms:
         _DETECTORS[model] = _Detector(model)
     return _DETECTORS[model]
+
+
+def _mask_probabilities(model: MaskRCNN, features, boxes: np.ndarray,
+                        image_indices: np.ndarray, class_ids: np.ndarray) -> np.ndarray:
+    """(K, 28, 28) mask probabilities of K kept detections (boxes in input pixels). The
+    compiled branch takes any K (Keras traces it again for a new count at most twice, then once
+    for every count)."""
+    if model not in _MASK_BRANCHES:
+        _MASK_BRANCHES[model] = _MaskBranch(model)
+    logits = _MASK_BRANCHES[model].predict_on_batch({
+        "features": features, "boxes": boxes.astype(np.float32),
+        "image_indices": image_indices.astype(np.int32),
+        "class_ids": class_ids.astype(np.int32)})
+    return 1.0 / (1.0 + np.exp(-np.asarray(logits, np.float32)))
 
 
 def model_sides(model: MaskRCNN, min_side: int | None = None,
@@ -116,10 +147,8 @@ def _predict_batch(model: MaskRCNN, images: list[np.ndarray], sides: tuple[int, 
     image_indices, slots = np.nonzero(keep)
     probabilities = np.zeros((0, *model.mask_head.output_shape[1:3]), np.float32)
     if len(slots):  # the mask branch on the kept detections only
-        logits = model.detection_mask_logits(
-            outputs["features"], outputs["boxes"][keep],
-            image_indices.astype(np.int32), outputs["class_ids"][keep])
-        probabilities = 1.0 / (1.0 + np.exp(-np.asarray(ops.convert_to_numpy(logits))))
+        probabilities = _mask_probabilities(model, outputs["features"], outputs["boxes"][keep],
+                                            image_indices, outputs["class_ids"][keep])
     results = []
     for i, (image, (_, scale)) in enumerate(zip(images, inputs, strict=True)):
         height, width = np.shape(image)[:2]
