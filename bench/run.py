@@ -8,12 +8,12 @@
 
 Each section is one script, ``bench/sN_KEY.py`` (``--help`` lists them); section 2's mIoU comes
 from the stored runs of ``bench/s2_versus_runs.py quality`` and section 8 from
-``bench/s8_mask_rcnn_train.py`` and ``bench/s8_mask_rcnn_torchvision.py`` (long runs, never
-started here). Every section starts with the line saying when, by which command and script it
-was measured, the load average around it, the wall and CPU seconds of its worker processes and
-this machine's matmul calibration (:mod:`segkeras.calibration`); a section measured before the
-code it measures last changed says so first. The file opens with a summary table of each
-section's headline number. Notes below the marker are hand-written and kept.
+``bench/s8_mask_rcnn_sweep.py`` (hours of runs, never started here). Every section starts with the
+line saying when, by which command and script it was measured, the load average around it, the wall
+and CPU seconds of its worker processes and this machine's matmul calibration
+(:mod:`segkeras.calibration`); a section measured before the code it measures last changed says so
+first. The file opens with a summary table of each section's headline number. Notes below the
+marker are hand-written and kept.
 """
 
 from __future__ import annotations
@@ -97,9 +97,9 @@ def _mask_rcnn_section() -> tuple[str, list[str] | None]:
         return text + s8_mask_rcnn.render(results), None
     measured = s8_mask_rcnn.measured(results)
     stale = common.staleness(measured, s8_mask_rcnn.CODE)
-    text += ((f"{stale}\n\n" if stale else "") + f"_Measured {measured[:10]} by the commands "
-             "recorded below (scripts since renamed `bench/s8_mask_rcnn_train.py` and "
-             "`bench/s8_mask_rcnn_torchvision.py`); rendered by "
+    text += ((f"{stale}\n\n" if stale else "") + f"_Measured {measured[:10]} by "
+             f"`{s8_mask_rcnn.MEASURED_BY[0]}` (each run's command is in "
+             "`bench/results/mask_rcnn.json`); rendered by "
              f"`{script(s8_mask_rcnn)}`, never re-measured by `bench/run.py`._\n\n"
              + s8_mask_rcnn.render(results))
     number, compared = s8_mask_rcnn.headline(results)

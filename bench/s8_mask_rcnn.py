@@ -1,114 +1,178 @@
 """Section 8: Mask R-CNN on built-in shapes, segkeras against torchvision at equal CPU budget.
 
-Rendered from ``results/mask_rcnn.json``; ``bench/run.py`` does not re-measure it (two runs of
-20 CPU-minutes). The records come from
-
-    python bench/s8_mask_rcnn_train.py --minutes 20
-    PYTHONPATH=. /work/venvs/mrcnn/bin/python bench/s8_mask_rcnn_torchvision.py --minutes 20
-
-each of which stores its record under its own key (``segkeras``, ``torchvision``) through
-``bench/s8_mask_rcnn_record.py``.
+Rendered from ``results/mask_rcnn.json``; ``bench/run.py`` does not re-measure it (hours of
+CPU). The records come from ``bench/s8_mask_rcnn_sweep.py``, which runs
+``bench/s8_mask_rcnn_train.py`` and ``bench/s8_mask_rcnn_torchvision.py`` over the same
+learning rates and seeds; each run stores its record under ``{system} lr={rate} seed={seed}``.
 """
 
 from __future__ import annotations
 
+import statistics
+
 from common import load_results, table
+from s8_mask_rcnn_record import INFERENCE_SETTINGS as INFERENCE
 
 TITLE = "8. Mask R-CNN on built-in shapes: segkeras vs torchvision"
 CODE = ("segkeras/models/mask_rcnn", "segkeras/boxes.py", "segkeras/layers.py",
         "segkeras/models/mask_head.py")
-MEASURED_BY = ("python bench/s8_mask_rcnn_train.py --minutes 20",
-               "python bench/s8_mask_rcnn_torchvision.py --minutes 20")
-"""Not measured by ``bench/run.py``: these commands write ``results/mask_rcnn.json``."""
-
+MEASURED_BY = ("python bench/s8_mask_rcnn_sweep.py --torch-python VENV/bin/python",)
+"""Not measured by ``bench/run.py``: this command writes ``results/mask_rcnn.json``."""
+SYSTEMS = ("segkeras", "torchvision")
+LOSSES = {  # (segkeras' name, torchvision's name) of the same loss
+    "RPN objectness": ("rpn_objectness_loss", "loss_objectness"),
+    "RPN box": ("rpn_box_loss", "loss_rpn_box_reg"),
+    "classifier": ("class_loss", "loss_classifier"),
+    "box": ("box_loss", "loss_box_reg"),
+    "mask": ("mask_loss", "loss_mask"),
+}
 SETUP = (
-    "Both systems: built-in shapes, 3000 training images (seed 0), 300 held-out (seed 1000), "
-    "128x128, batch 8, random left-right flips, Adam {learning_rate:g} with a cosine to 5 % over "
-    "the budget, gradient norm clipped at 10; a randomly initialised MobileNetV2 (no ImageNet "
-    "weights offline) -> FPN of 128 channels over P3..P5 read at stride 8 only; anchors 16/32/64 x "
-    "ratios 0.5/1/2; RPN 600 -> NMS 0.7 -> 200 (training) / 100 (test) proposals, 256 sampled "
-    "anchors (<= 50 % positive); box head RoIAlign 7x7 -> 2 FC of 256 -> classes + "
-    "class-specific deltas, {rois_per_image} RoIs per image (<= 25 % foreground); mask head "
-    "RoIAlign 14x14 -> 4 conv of 64 -> deconv -> 28x28; <= 100 detections, score > 0.05, "
-    "per-class NMS 0.5. "
-    "segkeras: `mask_rcnn(..., 'mobilenetv2', weights=None)` trained by `model.fit`, its "
-    "BatchNorm with the builder's default momentum 0.9 (from scratch); torchvision: "
-    "`torchvision.models.detection.MaskRCNN` with the same pieces (`MobileNetV2FPN` in the "
-    "script, torch's BatchNorm momentum 0.1 = Keras 0.9). Threads per process: segkeras "
-    "{segkeras_threads}, torchvision {torchvision_threads} (`--threads`: TensorFlow's intra- and "
-    "inter-op threads, `torch.set_num_threads`); on one thread the CPU time is work done, not "
-    "time a second thread spent waiting, so the two can share the machine fairly. "
-    "The budget is the CPU time of the training process (`time.process_time`, all threads), "
-    "so other work on the shared machine does not count; a run may also stop at a wall-clock "
-    "deadline (`--stop-at`), and then the table shows the CPU time it actually trained. AP: "
-    "pycocotools on the 300 held-out images from **predicted** boxes (`predict_instances` + "
-    "`segkeras.evaluate.detection_ap`); \"GT-box mask AP\": the same mask head on the "
-    "ground-truth boxes (`predict_masks_in_boxes`), the mask quality without detection errors. "
-    "Inference: the held-out images at 128x128, batch 8, <= 100 detections, masks pasted at "
-    "full resolution.")
+    "Both systems, like for like: built-in shapes, 3000 training images (the run's seed), the "
+    "same 300 held-out images (seed 1000), 128x128, batch 8, random left-right flips; Adam with a "
+    "cosine to 5 % over the CPU budget of {minutes:g} CPU-minutes, the **global** gradient norm "
+    "clipped at 10 (Keras' `global_clipnorm`, torch's `clip_grad_norm_`); a randomly initialised "
+    "MobileNetV2 (no ImageNet weights offline) **tapped at the same layers** (the expanded "
+    "activations entering blocks 6 and 13, 192 channels at stride 8 and 576 at stride 16, and "
+    "the last 1280-channel map) -> the same single-level FPN (1x1 laterals, nearest top-down, one "
+    "3x3 convolution of 128 channels at stride 8); anchors 16/32/64 x ratios 0.5/1/2; RPN 600 -> "
+    "NMS 0.7 -> 200 (training) / 100 (test) proposals, 256 sampled anchors; box head RoIAlign "
+    "7x7 -> 2 FC of 256 -> classes + class-specific deltas, 32 RoIs per image (<= 25 % "
+    "foreground); mask head RoIAlign 14x14 -> 4 conv of 64 -> deconv -> 28x28; **RoIAlign with "
+    "the half-pixel offset on both sides** (`aligned=True`); <= 100 detections, score > 0.05, "
+    "per-class NMS 0.5. segkeras: `mask_rcnn(..., 'mobilenetv2', weights=None)` trained by "
+    "`model.fit`, BatchNorm momentum 0.9 (from scratch); torchvision: "
+    "`torchvision.models.detection.MaskRCNN` with those pieces (`MobileNetV2FPN` and "
+    "`AlignedRoIAlign` in its script), torch's BatchNorm momentum 0.1 (= Keras 0.9). Each run is "
+    "one process on **one thread**, two runs at a time on the 2 cores; its budget is its own CPU "
+    "time, so on one thread it is work done, not waiting. **The same tuning for both**: every "
+    "learning rate of {rates} with seed {first_seed}, then each system's best rate (highest box "
+    "AP + mask AP) with seeds {other_seeds}. AP: pycocotools on the held-out images from "
+    "**predicted** boxes; \"GT-box mask AP\": the same mask head on the ground-truth boxes. The "
+    "losses, the trained models and each run's command are kept (the losses in "
+    "`bench/results/mask_rcnn.json`, the models in the sweep's `--models` folder).")
 
 
-def _ap(scores: dict | None) -> str:
-    if not scores:
-        return ""
+def _runs(results: dict) -> dict:
+    """(system, rate, seed) -> record."""
+    runs = {}
+    for key, record in results.items():
+        system, rate, seed = key.split(" ")
+        runs[system, float(rate.split("=")[1]), int(seed.split("=")[1])] = record
+    return runs
+
+
+def _best_rates(runs: dict, first_seed: int) -> dict:
+    best = {}
+    for system in SYSTEMS:
+        scored = [(r["box"]["AP"] + r["mask"]["AP"], rate)
+                  for (s, rate, seed), r in runs.items() if s == system and seed == first_seed]
+        if scored:
+            best[system] = max(scored)[1]
+    return best
+
+
+def _mean_sd(values: list[float], digits: int = 3) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def _ap(scores: dict) -> str:
     return f"{scores['AP']:.3f} / {scores['AP50']:.3f} / {scores['AP75']:.3f}"
 
 
-def _row(name: str, r: dict) -> list[str]:
-    return [name, r.get("versions") or r.get("backend", ""), f"{r['params'] / 1e6:.2f}M",
-            f"{r['train_cpu_s'] / 60:.1f} ({r['train_wall_s'] / 60:.0f})",
-            f"{r['steps']} x {r['batch_size']}", f"{r['train_img_per_cpu_s']:.2f}",
-            _ap(r["box"]), _ap(r["mask"]), _ap(r.get("gt_box_mask")),
-            f"{r['inference_img_per_cpu_s']:.2f} ({r['inference_img_per_s_wall']:.2f})"]
+def _loss_at(record: dict, system: int, step: int | None) -> list[str]:
+    history = record.get("losses") or []
+    if not history:
+        return [""] * len(LOSSES)
+    entry = history[-1] if step is None else min(history, key=lambda e: abs(e["step"] - step))
+    return [f"{entry[names[system]]:.3f}" if names[system] in entry else ""
+            for names in LOSSES.values()]
 
 
 def render(results: dict | None = None) -> str:
     """The section's text (without its title)."""
     results = results or load_results("mask_rcnn")
     if not results:
-        return f"Not measured yet: `{MEASURED_BY[0]}` and `{MEASURED_BY[1]}`."
-    header = ["system", "backend", "params", "train CPU min (wall min)", "steps x batch",
-              "train img per CPU-s", "box AP / AP50 / AP75", "mask AP / AP50 / AP75",
-              "GT-box mask AP / AP50 / AP75", "inference img per CPU-s (img/s wall)"]
-    rows, lines = [], []
-    for name in ("segkeras", "torchvision"):
-        if name not in results:
+        return f"Not measured yet: `{MEASURED_BY[0]}`."
+    runs = _runs(results)
+    seeds = sorted({seed for _, _, seed in runs})
+    rates = sorted({rate for _, rate, _ in runs})
+    first_seed = seeds[0]
+    best = _best_rates(runs, first_seed)
+    minutes = next(iter(runs.values()))["config"]["minutes"]
+    setup = SETUP.format(minutes=minutes, rates=", ".join(f"{r:g}" for r in rates),
+                         first_seed=first_seed,
+                         other_seeds=", ".join(str(s) for s in seeds[1:]) or "none")
+
+    sweep = [[system, f"{rate:g}" + (" (best)" if best.get(system) == rate else ""),
+              f"{r['steps']} x {r['batch_size']}", f"{r['train_img_per_cpu_s']:.2f}",
+              _ap(r["box"]), _ap(r["mask"])]
+             for (system, rate, seed), r in sorted(runs.items()) if seed == first_seed]
+    text = [setup, f"**Learning-rate sweep** (seed {first_seed}, {minutes:g} CPU-minutes "
+            "each):", table(["system", "learning rate", "steps x batch", "train img per CPU-s",
+                             "box AP / AP50 / AP75", "mask AP / AP50 / AP75"], sweep)]
+
+    summary, losses, speed = [], [], []
+    for system in SYSTEMS:
+        if system not in best:
             continue
-        record = results[name]
-        rows.append(_row(name, record))
-        if "recalibrated" in record:
-            recalibrated = record["recalibrated"]
-            rows.append([f"{name}, BatchNorm recalibrated", "", "", "", "", "",
-                         _ap(recalibrated["box"]), _ap(recalibrated["mask"]), "", ""])
-        lines.append(f"- {name}: measured {record['date']} by `{record['command']}` "
-                     f"({record['machine']}).")
-    if "segkeras" in results:
-        r = results["segkeras"]
-        reached = r["box"]["AP"] >= 0.75 and r["mask"]["AP"] >= 0.70
-        lines.append(f"- segkeras targets (box AP >= 0.75, mask AP >= 0.70): "
-                     f"{'reached' if reached else '**not reached**'} after "
-                     f"{r['train_cpu_s'] / 60:.1f} of the 20 CPU-minutes allowed.")
-    config = results.get("segkeras", {}).get("config", {})
-    threads = {name: results.get(name, {}).get("config", {}).get("threads") or "default"
-               for name in ("segkeras", "torchvision")}
-    setup = SETUP.format(learning_rate=config.get("learning_rate", 2e-3),
-                         rois_per_image=config.get("rois_per_image", 32),
-                         segkeras_threads=threads["segkeras"],
-                         torchvision_threads=threads["torchvision"])
-    return (setup + "\n\n" + table(header, rows) + "\n\n" + "\n".join(lines)
-            + "\n\nTargets of issue 12 (after <= 20 CPU-minutes): box AP >= 0.75 and mask AP >= "
-            "0.70 from predicted boxes. \"BatchNorm recalibrated\": the same weights after "
-            "`MaskRCNN.recalibrate_batchnorm` on 25 training batches (precise BN).")
+        chosen = [r for (s, rate, _), r in sorted(runs.items())
+                  if s == system and rate == best[system]]
+        row = [system, f"{chosen[0]['params'] / 1e6:.2f}M", f"{best[system]:g}", str(len(chosen))]
+        for kind in ("box", "mask"):
+            row += [_mean_sd([r[kind][metric] for r in chosen]) for metric in ("AP", "AP50",
+                                                                             "AP75")]
+        gt = [r["gt_box_mask"]["AP"] for r in chosen if "gt_box_mask" in r]
+        row += [_mean_sd(gt) if gt else "n/a",
+                _mean_sd([r["train_img_per_cpu_s"] for r in chosen], 2)]
+        summary.append(row)
+        index = SYSTEMS.index(system)
+        losses.append([system, "100", *_loss_at(chosen[0], index, 100)])
+        losses.append([system, f"last ({chosen[0]['losses'][-1]['step']})"
+                       if chosen[0].get("losses") else "last", *_loss_at(chosen[0], index, None)])
+        for setting in INFERENCE:
+            measured = [r["inference"][setting] for r in chosen if setting in r.get("inference",
+                                                                                      {})]
+            if measured:
+                speed.append([setting, system,
+                              _mean_sd([m["img_per_cpu_s"] for m in measured], 2),
+                              _mean_sd([m["img_per_s_wall"] for m in measured], 2),
+                              _mean_sd([m["detections_per_image"] for m in measured], 1)])
+    text += [f"**At each system's best learning rate** (mean ± sd over seeds "
+             f"{', '.join(map(str, seeds))}):",
+             table(["system", "params", "learning rate", "runs", "box AP", "box AP50", "box AP75",
+                    "mask AP", "mask AP50", "mask AP75", "GT-box mask AP",
+                    "train img per CPU-s"], summary),
+             f"**Training losses** at the best rate, seed {first_seed} (at step 100 and at the "
+             "last logged step; both sides' losses are the papers' definitions, mean over "
+             "sampled anchors / RoIs / mask pixels):",
+             table(["system", "step", *LOSSES], losses),
+             "**Inference** (one thread, batch 8, <= 100 detections, masks pasted at each "
+             "image's full resolution; the best-rate models, mean ± sd over seeds; each side "
+             "first predicts 20 images, so that Keras has traced every shape it needs): "
+             + "; ".join(f"\"{name}\": {what}" for name, what in INFERENCE.items()) + ".",
+             table(["setting", "system", "img per CPU-s", "img/s wall", "detections per image"],
+                   sorted(speed, key=lambda row: list(INFERENCE).index(row[0])))]
+    notes = [f"- `{key}`: {record['note']}." for key, record in sorted(results.items())
+             if "note" in record]
+    return "\n\n".join(text + (["\n".join(notes)] if notes else []))
 
 
 def headline(results: dict) -> tuple[str, str]:
-    ours, theirs = results["segkeras"], results["torchvision"]
-    return (f"segkeras Mask R-CNN after {ours['train_cpu_s'] / 60:.0f} CPU-min: box AP "
-            f"{ours['box']['AP']:.3f}, mask AP {ours['mask']['AP']:.3f}",
-            f"torchvision, same recipe and budget: {theirs['box']['AP']:.3f} / "
-            f"{theirs['mask']['AP']:.3f}; targets 0.75 / 0.70")
+    runs = _runs(results)
+    first_seed = min(seed for _, _, seed in runs)
+    best = _best_rates(runs, first_seed)
+    parts = {}
+    for system in SYSTEMS:
+        chosen = [r for (s, rate, _), r in runs.items() if s == system and rate == best[system]]
+        parts[system] = (f"box AP {_mean_sd([r['box']['AP'] for r in chosen])}, mask AP "
+                         f"{_mean_sd([r['mask']['AP'] for r in chosen])} ({len(chosen)} seeds)")
+    minutes = next(iter(runs.values()))["config"]["minutes"]
+    return (f"segkeras Mask R-CNN after {minutes:g} CPU-min: {parts['segkeras']}",
+            f"torchvision, same recipe, budget and tuning: {parts['torchvision']}")
 
 
 def measured(results: dict) -> str:
-    """The date of the older of the two records."""
+    """The date of the oldest record."""
     return min(record["date"] for record in results.values()).replace("T", " ")

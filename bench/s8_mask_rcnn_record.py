@@ -13,6 +13,40 @@ import sys
 import tempfile
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "mask_rcnn.json")
+HELD_OUT_SEED = 1000
+"""Seed of the 300 held-out images, the same for every training seed."""
+INFERENCE_SETTINGS = {
+    "128": "the 300 held-out 128x128 images, score > 0.05 (end to end)",
+    "128, 100 per image": "the first 80 of them, score threshold 0 and no final NMS: the 100 "
+                          "best of the 300 class-box candidates on both sides (equal detection "
+                          "counts)",
+    "640x480": "16 shapes images of 640x480 run at that size (no resizing), score > 0.05",
+}
+"""Inference measurements of every run: name -> what is measured (batch 8, <= 100 detections,
+masks pasted at each image's full resolution)."""
+
+
+def inference_inputs(held_out) -> dict:
+    """:data:`INFERENCE_SETTINGS`' images and thresholds: name -> (images, score threshold, final
+    NMS's IoU threshold; 1.0 suppresses nothing, the IoU must be above it)."""
+    from segkeras.data import shapes  # here: the torchvision venv imports it with torch Keras
+
+    wide = shapes.generate(16, 640, seed=HELD_OUT_SEED + 1).images[:, 80:560]
+    return {"128": (held_out.images, 0.05, 0.5),
+            "128, 100 per image": (held_out.images[:80], 0.0, 1.0),
+            "640x480": (wide, 0.05, 0.5)}
+
+
+def speed_record(images: int, cpu_seconds: float, wall_seconds: float, detections) -> dict:
+    """Images per CPU second and per wall second, detections per image; printed too."""
+    per_image = sum(len(d["scores"]) for d in detections) / images
+    record = {"img_per_cpu_s": round(images / cpu_seconds, 3),
+              "img_per_s_wall": round(images / wall_seconds, 3),
+              "detections_per_image": round(per_image, 2)}
+    print(f"  {images} images: {record['img_per_cpu_s']:.2f} img per CPU-s "
+          f"({record['img_per_s_wall']:.2f} img/s wall), {per_image:.1f} detections per image",
+          flush=True)
+    return record
 
 
 def report(steps: int, batch_size: int, train_images: int, cpu_seconds: float,
@@ -29,7 +63,7 @@ def report(steps: int, batch_size: int, train_images: int, cpu_seconds: float,
         print(f"held-out {kind} AP={s['AP']:.3f} AP50={s['AP50']:.3f} AP75={s['AP75']:.3f} "
               f"({val_images} images, predicted boxes)")
     print(f"inference: {val_images / inference_cpu:.2f} img per CPU-s "
-          f"({val_images / inference_wall:.2f} img/s wall), 128x128, <= 100 detections")
+          f"({val_images / inference_wall:.2f} img/s wall), <= 100 detections")
     return {
         "steps": steps, "batch_size": batch_size, "train_images": train_images,
         "train_cpu_s": round(cpu_seconds, 1), "train_wall_s": round(wall_seconds, 1),
@@ -41,19 +75,31 @@ def report(steps: int, batch_size: int, train_images: int, cpu_seconds: float,
         "inference_img_per_s_wall": round(val_images / inference_wall, 3), **extra}
 
 
-def save(key: str, record: dict) -> None:
-    """Store ``record`` (with the command line and date) under ``key`` of the results file."""
+def recorded(key: str, results: str = RESULTS) -> dict:
+    """The record stored under ``key`` (SystemExit when there is none)."""
+    stored = {}
+    if os.path.exists(results):
+        with open(results) as file:
+            stored = json.load(file)
+    if key not in stored:
+        raise SystemExit(f"no record {key!r} in {results}: train that run first")
+    return stored[key]
+
+
+def save(key: str, record: dict, results: str = RESULTS) -> None:
+    """Store ``record`` (with the command line and date) under ``key`` of ``results``."""
     record = {"command": " ".join(["python", *sys.argv]),
               "date": datetime.datetime.now().isoformat(timespec="minutes"),
               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", **record}
-    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
+    os.makedirs(os.path.dirname(results), exist_ok=True)
     with open(os.path.join(tempfile.gettempdir(), "segkeras_mask_rcnn.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        results = {}
-        if os.path.exists(RESULTS):
-            with open(RESULTS) as file:
-                results = json.load(file)
-        results[key] = record
-        with open(RESULTS, "w") as file:
-            json.dump(results, file, indent=1, sort_keys=True)
+        stored = {}
+        if os.path.exists(results):
+            with open(results) as file:
+                stored = json.load(file)
+        stored[key] = record
+        with open(results + ".tmp", "w") as file:
+            json.dump(stored, file, indent=1, sort_keys=True)
             file.write("\n")
+        os.replace(results + ".tmp", results)

@@ -19,8 +19,10 @@ def run(*args, env=None):
 
 def section_scripts() -> list[str]:
     """The section scripts bench/run.py drives: bench/sN_KEY.py, one per section number."""
-    return sorted(name for name in os.listdir(BENCH) if re.fullmatch(r"s\d+_[a-z_]+\.py", name)
-                  and not re.search(r"_(runs|train|torchvision|record)\.py$", name))
+    # Scripts that a section's own commands run (long measurements), not bench/run.py:
+    helpers = r"_(runs|train|torchvision|record|sweep|multiscale)\.py$"
+    return sorted(name for name in os.listdir(BENCH)
+                  if re.fullmatch(r"s\d+_[a-z_]+\.py", name) and not re.search(helpers, name))
 
 
 def test_help_lists_every_section_and_its_script():

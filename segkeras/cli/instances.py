@@ -65,7 +65,7 @@ def training_dataset(model: MaskRCNN, data: SegmentationData | CocoIndex, batch_
 
 RECALIBRATION_BATCHES = 25
 """Training batches over which a from-scratch encoder's BatchNorm statistics are recomputed after
-training (``MaskRCNN.recalibrate_batchnorm``, as bench/s8_mask_rcnn_train.py does)."""
+training (``MaskRCNN.recalibrate_batchnorm``, "precise BN")."""
 
 
 def fit(model: MaskRCNN, dataset, epochs: int, learning_rate: float, callbacks=(),
