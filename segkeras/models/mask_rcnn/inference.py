@@ -2,13 +2,13 @@
 
 Each image is resized keeping its aspect ratio (shorter side ``min_side``, longer at most
 ``max_side``, the whole inside the model's fixed input; Faster R-CNN's rule) and padded below and
-right to the model's input. The detector finds boxes, classes and scores; the mask branch then
-runs only on the detections kept (score above the model's threshold and ``min_score``), not on
-the padding slots; both are compiled (``predict_on_batch``). Boxes are mapped back to the original image, and each 28x28 mask is pasted
-over its box there, only on the pixels the box reaches
+right to the model's input. The detector finds boxes, classes and scores; the mask branch then runs
+only on the detections kept (score above the model's threshold and ``min_score``), not on the
+padding slots; both are compiled (``predict_on_batch``). Boxes are mapped back to the original
+image, and each 28x28 mask is pasted over its box there, only on the pixels the box reaches
 (:func:`segkeras.models.mask_head.pasted_windows`), and thresholded at 0.5. Masks come back as
-boolean arrays or as COCO RLE. Memory grows with the kept detections, not with 100 slots times
-the photo's pixels. For masks of given boxes use
+boolean arrays or as COCO RLE. Memory grows with the kept detections, not with 100 slots times the
+photo's pixels. For masks of given boxes use
 :func:`segkeras.models.mask_head.predict_masks_in_boxes`.
 """
 
