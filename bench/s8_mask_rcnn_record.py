@@ -4,6 +4,7 @@ Keras). Each run stores its numbers under its own key of ``bench/results/mask_rc
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import fcntl
 import json
@@ -47,6 +48,27 @@ def speed_record(images: int, cpu_seconds: float, wall_seconds: float, detection
           f"({record['img_per_s_wall']:.2f} img/s wall), {per_image:.1f} detections per image",
           flush=True)
     return record
+
+
+def common_arguments(description: str, key: str) -> argparse.ArgumentParser:
+    """The options of both systems' scripts, with the side by side's recipe as defaults."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--minutes", type=float, default=10.0, help="training CPU-time budget")
+    parser.add_argument("--train-images", type=int, default=3000)
+    parser.add_argument("--val-images", type=int, default=300)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--rois-per-image", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="threads of the process (0 with TensorFlow: one per core)")
+    parser.add_argument("--stop-at", help="also stop training at this wall-clock time, HH:MM")
+    parser.add_argument("--key", default=key, help="key in bench/results/mask_rcnn.json")
+    parser.add_argument("--save", help="write the trained model to this file")
+    parser.add_argument("--inference-only", metavar="MODEL",
+                        help="train nothing: measure the inference of this saved model again "
+                             "(the --key record keeps its training numbers)")
+    return parser
 
 
 def report(steps: int, batch_size: int, train_images: int, cpu_seconds: float,

@@ -25,7 +25,6 @@ trained weights (``state_dict``).
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import importlib.util
 import math
@@ -39,6 +38,7 @@ import torch
 import torchvision
 from s8_mask_rcnn_record import (
     HELD_OUT_SEED,
+    common_arguments,
     inference_inputs,
     recorded,
     report,
@@ -229,22 +229,7 @@ def inference_speeds(model, held_out) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, default=10.0, help="training CPU-time budget")
-    parser.add_argument("--train-images", type=int, default=3000)
-    parser.add_argument("--val-images", type=int, default=300)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--learning-rate", type=float, default=2e-3)
-    parser.add_argument("--rois-per-image", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--stop-at", help="also stop training at this wall-clock time, HH:MM")
-    parser.add_argument("--key", default="torchvision", help="key in bench/results/mask_rcnn.json")
-    parser.add_argument("--save", help="write the trained weights (state_dict) to this file")
-    parser.add_argument("--inference-only", metavar="WEIGHTS",
-                        help="train nothing: measure the inference of these saved weights again "
-                             "(the --key record keeps its training numbers)")
-    args = parser.parse_args()
+    args = common_arguments(__doc__.splitlines()[0], "torchvision").parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)

@@ -21,7 +21,6 @@ The record (with the losses every 50 steps) goes to ``bench/results/mask_rcnn.js
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import math
 import os
@@ -33,6 +32,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 from s8_mask_rcnn_record import (  # noqa: E402
     HELD_OUT_SEED,
+    common_arguments,
     inference_inputs,
     recorded,
     report,
@@ -167,28 +167,13 @@ def rounded(scores: dict) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, default=10.0, help="training CPU-time budget")
-    parser.add_argument("--train-images", type=int, default=3000)
-    parser.add_argument("--val-images", type=int, default=300)
+    parser = common_arguments(__doc__.splitlines()[0], "segkeras")
     parser.add_argument("--image-size", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--fpn-channels", type=int, default=128)
     parser.add_argument("--box-head-units", type=int, default=256)
     parser.add_argument("--mask-head-channels", type=int, default=64)
-    parser.add_argument("--rois-per-image", type=int, default=32)
     parser.add_argument("--backbone", default="mobilenetv2")
     parser.add_argument("--anchor-sizes", type=float, nargs="+", default=[16, 32, 64])
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="TensorFlow intra- and inter-op threads (0: one per core)")
-    parser.add_argument("--stop-at", help="also stop training at this wall-clock time, HH:MM")
-    parser.add_argument("--key", default="segkeras", help="key in bench/results/mask_rcnn.json")
-    parser.add_argument("--save", help="write the trained model to this .keras file")
-    parser.add_argument("--inference-only", metavar="MODEL",
-                        help="train nothing: measure the inference of this saved model again "
-                             "(the --key record keeps its training numbers)")
     args = parser.parse_args()
     if args.threads and keras.backend.backend() == "tensorflow":  # before TensorFlow runs an op
         import tensorflow as tf
