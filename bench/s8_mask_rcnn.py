@@ -12,6 +12,7 @@ import statistics
 
 from common import load_results, table
 from s8_mask_rcnn_record import INFERENCE_SETTINGS as INFERENCE
+from s8_mask_rcnn_record import best_rate, parse_run_key
 
 TITLE = "8. Mask R-CNN on built-in shapes: segkeras vs torchvision"
 CODE = ("segkeras/models/mask_rcnn", "segkeras/boxes.py", "segkeras/layers.py",
@@ -54,21 +55,12 @@ SETUP = (
 
 def _runs(results: dict) -> dict:
     """(system, rate, seed) -> record."""
-    runs = {}
-    for key, record in results.items():
-        system, rate, seed = key.split(" ")
-        runs[system, float(rate.split("=")[1]), int(seed.split("=")[1])] = record
-    return runs
+    return {parse_run_key(key): record for key, record in results.items()}
 
 
-def _best_rates(runs: dict, first_seed: int) -> dict:
-    best = {}
-    for system in SYSTEMS:
-        scored = [(r["box"]["AP"] + r["mask"]["AP"], rate)
-                  for (s, rate, seed), r in runs.items() if s == system and seed == first_seed]
-        if scored:
-            best[system] = max(scored)[1]
-    return best
+def _best_rates(results: dict, first_seed: int) -> dict:
+    rates = {system: best_rate(results, system, first_seed) for system in SYSTEMS}
+    return {system: rate for system, rate in rates.items() if rate is not None}
 
 
 def _mean_sd(values: list[float], digits: int = 3) -> str:
@@ -99,7 +91,7 @@ def render(results: dict | None = None) -> str:
     seeds = sorted({seed for _, _, seed in runs})
     rates = sorted({rate for _, rate, _ in runs})
     first_seed = seeds[0]
-    best = _best_rates(runs, first_seed)
+    best = _best_rates(results, first_seed)
     minutes = next(iter(runs.values()))["config"]["minutes"]
     setup = SETUP.format(minutes=minutes, rates=", ".join(f"{r:g}" for r in rates),
                          first_seed=first_seed,
@@ -162,7 +154,7 @@ def render(results: dict | None = None) -> str:
 def headline(results: dict) -> tuple[str, str]:
     runs = _runs(results)
     first_seed = min(seed for _, _, seed in runs)
-    best = _best_rates(runs, first_seed)
+    best = _best_rates(results, first_seed)
     parts = {}
     for system in SYSTEMS:
         chosen = [r for (s, rate, _), r in runs.items() if s == system and rate == best[system]]

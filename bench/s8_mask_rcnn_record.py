@@ -97,15 +97,50 @@ def report(steps: int, batch_size: int, train_images: int, cpu_seconds: float,
         "inference_img_per_s_wall": round(val_images / inference_wall, 3), **extra}
 
 
+def run_key(system: str, rate: float, seed: int) -> str:
+    """The results key of one side-by-side run."""
+    return f"{system} lr={rate:g} seed={seed}"
+
+
+def parse_run_key(key: str) -> tuple[str, float, int]:
+    """``(system, rate, seed)`` of a :func:`run_key`."""
+    system, rate, seed = key.split(" ")
+    return system, float(rate.split("=")[1]), int(seed.split("=")[1])
+
+
+def best_rate(results: dict, system: str, seed: int) -> float | None:
+    """The learning rate of ``system``'s run with ``seed`` that scores the highest box AP + mask
+    AP, or None when there is none."""
+    scored = [(record["box"]["AP"] + record["mask"]["AP"], rate)
+              for key, record in results.items()
+              for s, rate, run_seed in [parse_run_key(key)] if (s, run_seed) == (system, seed)]
+    return max(scored)[1] if scored else None
+
+
+def stored(results: str = RESULTS) -> dict:
+    """Every record of ``results`` by key (empty when the file does not exist yet)."""
+    if not os.path.exists(results):
+        return {}
+    with open(results) as file:
+        return json.load(file)
+
+
 def recorded(key: str, results: str = RESULTS) -> dict:
     """The record stored under ``key`` (SystemExit when there is none)."""
-    stored = {}
-    if os.path.exists(results):
-        with open(results) as file:
-            stored = json.load(file)
-    if key not in stored:
+    records = stored(results)
+    if key not in records:
         raise SystemExit(f"no record {key!r} in {results}: train that run first")
-    return stored[key]
+    return records[key]
+
+
+def save_inference(key: str, speeds: dict) -> None:
+    """Replace the inference numbers of the record under ``key`` with ``speeds``, measured again
+    (``--inference-only``), noting the command and date."""
+    record = recorded(key)
+    record["inference"] = speeds
+    record["inference_measured"] = {"command": " ".join(["python", *sys.argv]),
+                                    "date": datetime.datetime.now().isoformat("T", "minutes")}
+    save(key, record)
 
 
 def save(key: str, record: dict, results: str = RESULTS) -> None:
@@ -116,12 +151,9 @@ def save(key: str, record: dict, results: str = RESULTS) -> None:
     os.makedirs(os.path.dirname(results), exist_ok=True)
     with open(os.path.join(tempfile.gettempdir(), "segkeras_mask_rcnn.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        stored = {}
-        if os.path.exists(results):
-            with open(results) as file:
-                stored = json.load(file)
-        stored[key] = record
+        records = stored(results)
+        records[key] = record
         with open(results + ".tmp", "w") as file:
-            json.dump(stored, file, indent=1, sort_keys=True)
+            json.dump(records, file, indent=1, sort_keys=True)
             file.write("\n")
         os.replace(results + ".tmp", results)

@@ -14,32 +14,20 @@ in ``--models``. A run whose record exists is skipped, so an interrupted sweep r
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-from s8_mask_rcnn_record import RESULTS
+from s8_mask_rcnn_record import best_rate, run_key, stored
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SYSTEMS = {"segkeras": "s8_mask_rcnn_train.py", "torchvision": "s8_mask_rcnn_torchvision.py"}
 
 
-def key(system: str, rate: float, seed: int) -> str:
-    return f"{system} lr={rate:g} seed={seed}"
-
-
-def recorded() -> dict:
-    if not os.path.exists(RESULTS):
-        return {}
-    with open(RESULTS) as file:
-        return json.load(file)
-
-
 def run(system: str, rate: float, seed: int, args) -> None:
-    name = key(system, rate, seed)
-    if name in recorded():
+    name = run_key(system, rate, seed)
+    if name in stored():
         print(f"{name}: recorded, skipped", flush=True)
         return
     python = sys.executable if system == "segkeras" else args.torch_python
@@ -58,16 +46,6 @@ def run(system: str, rate: float, seed: int, args) -> None:
           flush=True)
 
 
-def best_rate(system: str, rates: list[float], seed: int) -> float:
-    results = recorded()
-    scored = [(results[key(system, rate, seed)]["box"]["AP"]
-               + results[key(system, rate, seed)]["mask"]["AP"], rate)
-              for rate in rates if key(system, rate, seed) in results]
-    if not scored:
-        raise SystemExit(f"no {system} run of phase 1 finished; see the logs in the models folder")
-    return max(scored)[1]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--torch-python", required=True,
@@ -84,7 +62,10 @@ def main() -> None:
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(lambda job: run(*job, args), [
             (system, rate, first) for rate in args.learning_rates for system in SYSTEMS]))
-        best = {system: best_rate(system, args.learning_rates, first) for system in SYSTEMS}
+        best = {system: best_rate(stored(), system, first) for system in SYSTEMS}
+        if None in best.values():
+            raise SystemExit(f"a system has no finished run of phase 1 ({best}); see the logs in "
+                             f"{args.models}")
         print(f"best learning rates: {best}", flush=True)
         list(pool.map(lambda job: run(*job, args), [
             (system, best[system], seed) for seed in others for system in SYSTEMS]))

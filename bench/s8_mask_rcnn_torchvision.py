@@ -29,7 +29,6 @@ import datetime
 import importlib.util
 import math
 import os
-import sys
 import time
 from collections import OrderedDict
 
@@ -40,9 +39,9 @@ from s8_mask_rcnn_record import (
     HELD_OUT_SEED,
     common_arguments,
     inference_inputs,
-    recorded,
     report,
     save,
+    save_inference,
     speed_record,
 )
 from torch import nn
@@ -237,11 +236,7 @@ def main() -> None:
     model = build(held_out.num_classes, 128, 256, 64, args.rois_per_image)
     if args.inference_only:
         model.load_state_dict(torch.load(args.inference_only))
-        record = recorded(args.key)
-        record["inference"] = inference_speeds(model, held_out)
-        record["inference_measured"] = {"command": " ".join(["python", *sys.argv]),
-                                        "date": datetime.datetime.now().isoformat("T", "minutes")}
-        save(args.key, record)
+        save_inference(args.key, inference_speeds(model, held_out))
         return
     train_data = shapes.generate(args.train_images, 128, seed=args.seed)
     steps, cpu_seconds, wall_seconds, history = train(model, train_data, args, rng)

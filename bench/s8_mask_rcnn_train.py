@@ -24,7 +24,6 @@ from __future__ import annotations
 import datetime
 import math
 import os
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -34,9 +33,9 @@ from s8_mask_rcnn_record import (  # noqa: E402
     HELD_OUT_SEED,
     common_arguments,
     inference_inputs,
-    recorded,
     report,
     save,
+    save_inference,
     speed_record,
 )
 
@@ -185,11 +184,8 @@ def main() -> None:
     size = args.image_size
     if args.inference_only:
         held_out = shapes.generate(args.val_images, size, seed=HELD_OUT_SEED)
-        model, record = keras.saving.load_model(args.inference_only), recorded(args.key)
-        record["inference"] = inference_speeds(model, args, held_out)
-        record["inference_measured"] = {"command": " ".join(["python", *sys.argv]),
-                                        "date": datetime.datetime.now().isoformat("T", "minutes")}
-        save(args.key, record)
+        model = keras.saving.load_model(args.inference_only)
+        save_inference(args.key, inference_speeds(model, args, held_out))
         return
     train = shapes.generate(args.train_images, size, seed=args.seed)
     held_out = shapes.generate(args.val_images, size, seed=HELD_OUT_SEED)
