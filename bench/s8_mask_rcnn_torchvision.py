@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import datetime
 import importlib.util
-import math
 import os
 import time
 from collections import OrderedDict
@@ -38,6 +37,7 @@ import torchvision
 from s8_mask_rcnn_record import (
     HELD_OUT_SEED,
     common_arguments,
+    cosine_factor,
     inference_inputs,
     report,
     save,
@@ -169,7 +169,7 @@ def train(model, data, args, rng) -> tuple[int, float, float, list]:
             progress = spent / budget
             if deadline:  # the cosine runs over whichever of CPU budget and wall time ends first
                 progress = max(progress, (time.perf_counter() - started_wall) / wall_budget)
-            factor = 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+            factor = cosine_factor(progress)
             for group in optimizer.param_groups:
                 group["lr"] = args.learning_rate * factor
             batch = order[start:start + args.batch_size]

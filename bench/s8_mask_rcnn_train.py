@@ -22,7 +22,6 @@ The record (with the losses every 50 steps) goes to ``bench/results/mask_rcnn.js
 from __future__ import annotations
 
 import datetime
-import math
 import os
 import time
 
@@ -32,6 +31,7 @@ import keras  # noqa: E402
 from s8_mask_rcnn_record import (  # noqa: E402
     HELD_OUT_SEED,
     common_arguments,
+    cosine_factor,
     inference_inputs,
     report,
     save,
@@ -69,7 +69,7 @@ class CPUBudget(keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch, logs=None):
         progress = min(self.spent() / self.seconds, 1.0)
-        factor = 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress))
+        factor = cosine_factor(progress)
         self.model.optimizer.learning_rate.assign(self.learning_rate * factor)
 
     def on_train_batch_end(self, batch, logs=None):
@@ -105,7 +105,7 @@ class Budget(CPUBudget):
         progress = self.spent() / self.seconds
         if self.deadline:
             progress = max(progress, (time.perf_counter() - self.started_wall) / self.wall_seconds)
-        factor = 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        factor = cosine_factor(progress)
         self.model.optimizer.learning_rate.assign(self.learning_rate * factor)
 
     def on_train_batch_end(self, batch, logs=None):
