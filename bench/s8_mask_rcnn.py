@@ -17,8 +17,11 @@ from s8_mask_rcnn_record import best_rate, parse_run_key
 TITLE = "8. Mask R-CNN on built-in shapes: segkeras vs torchvision"
 CODE = ("segkeras/models/mask_rcnn", "segkeras/boxes.py", "segkeras/layers.py",
         "segkeras/models/mask_head.py")
-MEASURED_BY = ("python bench/s8_mask_rcnn_sweep.py --torch-python VENV/bin/python",)
-"""Not measured by ``bench/run.py``: this command writes ``results/mask_rcnn.json``."""
+MEASURED_BY = ("python bench/s8_mask_rcnn_sweep.py --torch-python VENV/bin/python",
+               "python bench/s8_mask_rcnn_multiscale.py [--pyramid]",
+               "PYTHONPATH=. VENV/bin/python bench/s8_mask_rcnn_multiscale_torchvision.py")
+"""Not measured by ``bench/run.py``: the first command writes ``results/mask_rcnn.json``, the
+others ``results/mask_rcnn_multiscale.json``."""
 SYSTEMS = ("segkeras", "torchvision")
 LOSSES = {  # (segkeras' name, torchvision's name) of the same loss
     "RPN objectness": ("rpn_objectness_loss", "loss_objectness"),
@@ -51,6 +54,53 @@ SETUP = (
     "**predicted** boxes; \"GT-box mask AP\": the same mask head on the ground-truth boxes. The "
     "losses, the trained models and each run's command are kept (the losses in "
     "`bench/results/mask_rcnn.json`, the models in the sweep's `--models` folder).")
+
+
+MULTISCALE_SETUP = (
+    "**The multi-scale shapes** (issue 23): `shapes.generate_multiscale`, images of 256-512 px a "
+    "side with varied aspect ratio and objects of about 6-250 px (COCO's small, medium and large "
+    "all common), {train} training images (seed 0), the same {val} held-out images (seed 1000); "
+    "each image resized **keeping its aspect ratio** to a longer side of {size} (segkeras pads "
+    "to the square input, torchvision each batch to its largest image), batch {batch}, random "
+    "left-right flips; {minutes:g} CPU-minutes of training per run, one thread each, the three "
+    "runs at a time on the 2 cores (each budget is its own CPU time); Adam with the cosine of "
+    "the runs above, the global gradient norm clipped at 10, each system at its best rate of the "
+    "sweep above. The same randomly initialised MobileNetV2, heads as above but 128 RoIs per "
+    "image and RPN 1000 (per level) -> NMS 0.7 -> 500 (training) / 300 (test) proposals. "
+    "**pyramid**: P2-P6 (the expanded activations entering blocks 3, 6 and 13 and the last map "
+    "-> 1x1 laterals, nearest top-down, a 3x3 convolution on each of P2-P5, P6 by subsampling "
+    "P5), one anchor size per level (16, 32, 64, 128, 256) x ratios 0.5/1/2, the RPN shared by "
+    "the levels, each RoI pooled from the level of eq. 1 (RoIAlign `aligned=True`); "
+    "torchvision's side is its own `FeaturePyramidNetwork` + `LastLevelMaxPool` with "
+    "`MultiScaleRoIAlign`'s level mapper, made `aligned=True`. **single level**: segkeras' small "
+    "CPU option (the stride-8 map only, anchors 16-128). AP by object size from predicted "
+    "boxes; inference on the held-out images at their own sizes, masks pasted at full size.")
+MULTISCALE_SYSTEMS = {"pyramid": "segkeras, pyramid", "pyramid64": "segkeras, pyramid, 64 channels",
+                      "single": "segkeras, single level",
+                      "torchvision pyramid": "torchvision, pyramid"}
+
+
+def render_multiscale(results: dict) -> str:
+    """The multi-scale runs' table (``results/mask_rcnn_multiscale.json``)."""
+    rows, first = [], next(iter(results.values()))
+    for key, record in sorted(results.items(), key=lambda item: list(MULTISCALE_SYSTEMS).index(
+            item[0].rsplit(" ", 1)[0])):
+        system, seed = key.rsplit(" ", 1)
+        sizes = [" / ".join(f"{record[kind][f'AP_{size}']:.3f}" for size in "SML")
+                 for kind in ("box", "mask")]
+        rows.append([MULTISCALE_SYSTEMS[system], seed.split("=")[1],
+                     f"{record['params'] / 1e6:.2f}M", f"{record['config']['learning_rate']:g}",
+                     f"{record['steps']} x {record['batch_size']}",
+                     f"{record['train_img_per_cpu_s']:.2f}", _ap(record["box"]), sizes[0],
+                     _ap(record["mask"]), sizes[1], f"{record['inference_img_per_cpu_s']:.2f}"])
+    config = first["config"]
+    setup = MULTISCALE_SETUP.format(
+        train=first["train_images"], val=first["val_images"], size=config["image_size"],
+        batch=first["batch_size"], minutes=config["minutes"])
+    return "\n\n".join([setup, table(
+        ["model", "seed", "params", "learning rate", "steps x batch", "train img per CPU-s",
+         "box AP / AP50 / AP75", "box AP_S / AP_M / AP_L", "mask AP / AP50 / AP75",
+         "mask AP_S / AP_M / AP_L", "inference img per CPU-s"], rows)])
 
 
 def _runs(results: dict) -> dict:
@@ -148,7 +198,9 @@ def render(results: dict | None = None) -> str:
                    sorted(speed, key=lambda row: list(INFERENCE).index(row[0])))]
     notes = [f"- `{key}`: {record['note']}." for key, record in sorted(results.items())
              if "note" in record]
-    return "\n\n".join(text + (["\n".join(notes)] if notes else []))
+    multiscale = load_results("mask_rcnn_multiscale")
+    return "\n\n".join(text + (["\n".join(notes)] if notes else [])
+                        + ([render_multiscale(multiscale)] if multiscale else []))
 
 
 def headline(results: dict) -> tuple[str, str]:
