@@ -62,8 +62,9 @@ MULTISCALE_SETUP = (
     "all common), {train} training images (seed 0), the same {val} held-out images (seed 1000); "
     "each image resized **keeping its aspect ratio** to a longer side of {size} (segkeras pads "
     "to the square input, torchvision each batch to its largest image), batch {batch}, random "
-    "left-right flips; {minutes:g} CPU-minutes of training per run, one thread each, the three "
-    "runs at a time on the 2 cores (each budget is its own CPU time); Adam with the cosine of "
+    "left-right flips; {minutes:g} CPU-minutes of training per run (or less: see the "
+    "CPU-min column), one thread each, beside other runs on the 2 cores (each budget is its "
+    "own CPU time); Adam with the cosine of "
     "the runs above, the global gradient norm clipped at 10, each system at its best rate of the "
     "sweep above. The same randomly initialised MobileNetV2, heads as above but 128 RoIs per "
     "image and RPN 1000 (per level) -> NMS 0.7 -> 500 (training) / 300 (test) proposals. "
@@ -90,6 +91,7 @@ def render_multiscale(results: dict) -> str:
                  for kind in ("box", "mask")]
         rows.append([MULTISCALE_SYSTEMS[system], seed.split("=")[1],
                      f"{record['params'] / 1e6:.2f}M", f"{record['config']['learning_rate']:g}",
+                     f"{record['train_cpu_s'] / 60:.1f}",
                      f"{record['steps']} x {record['batch_size']}",
                      f"{record['train_img_per_cpu_s']:.2f}", _ap(record["box"]), sizes[0],
                      _ap(record["mask"]), sizes[1], f"{record['inference_img_per_cpu_s']:.2f}"])
@@ -98,7 +100,8 @@ def render_multiscale(results: dict) -> str:
         train=first["train_images"], val=first["val_images"], size=config["image_size"],
         batch=first["batch_size"], minutes=config["minutes"])
     return "\n\n".join([setup, table(
-        ["model", "seed", "params", "learning rate", "steps x batch", "train img per CPU-s",
+        ["model", "seed", "params", "learning rate", "CPU-min", "steps x batch",
+         "train img per CPU-s",
          "box AP / AP50 / AP75", "box AP_S / AP_M / AP_L", "mask AP / AP50 / AP75",
          "mask AP_S / AP_M / AP_L", "inference img per CPU-s"], rows)])
 

@@ -54,7 +54,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pyramid", action="store_true", help="P2-P6 (default: single level)")
     parser.add_argument("--minutes", type=float, default=60.0, help="training CPU-time budget")
-    parser.add_argument("--train-images", type=int, default=2000)
+    parser.add_argument("--train-images", type=int, default=1500)
     parser.add_argument("--val-images", type=int, default=100)
     parser.add_argument("--image-size", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=4)

@@ -119,7 +119,7 @@ def build(num_classes: int, image_size: int, rois_per_image: int) -> MaskRCNN:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=60.0, help="training CPU-time budget")
-    parser.add_argument("--train-images", type=int, default=2000)
+    parser.add_argument("--train-images", type=int, default=1500)
     parser.add_argument("--val-images", type=int, default=100)
     parser.add_argument("--image-size", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=4)
