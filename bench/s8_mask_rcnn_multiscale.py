@@ -18,14 +18,13 @@ Evaluation: box and mask AP, AP50, AP75 and AP_S/M/L from predicted boxes. The r
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
-from s8_mask_rcnn_record import HELD_OUT_SEED, report, save  # noqa: E402
+from s8_mask_rcnn_record import HELD_OUT_SEED, multiscale_arguments, report, save  # noqa: E402
 from s8_mask_rcnn_train import Budget, predict  # noqa: E402
 
 from segkeras.data import shapes  # noqa: E402
@@ -51,14 +50,8 @@ def build(num_classes: int, args) -> keras.Model:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = multiscale_arguments(__doc__.splitlines()[0], learning_rate=2e-3)
     parser.add_argument("--pyramid", action="store_true", help="P2-P6 (default: single level)")
-    parser.add_argument("--minutes", type=float, default=60.0, help="training CPU-time budget")
-    parser.add_argument("--train-images", type=int, default=1500)
-    parser.add_argument("--val-images", type=int, default=100)
-    parser.add_argument("--image-size", type=int, default=512)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--fpn-channels", type=int, default=128)
     parser.add_argument("--box-head-units", type=int, default=256)
     parser.add_argument("--mask-head-channels", type=int, default=64)
@@ -66,13 +59,6 @@ def main() -> None:
                         help="best anchors before NMS (per level with the pyramid)")
     parser.add_argument("--rpn-post-nms-train", type=int, default=500)
     parser.add_argument("--rpn-post-nms-test", type=int, default=300)
-    parser.add_argument("--rois-per-image", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="TensorFlow intra- and inter-op threads (0: one per core)")
-    parser.add_argument("--stop-at", help="also stop training at this wall-clock time, HH:MM")
-    parser.add_argument("--key", help="key in the results file (default: pyramid or single)")
-    parser.add_argument("--save", help="write the trained model to this .keras file")
     args = parser.parse_args()
     if args.threads and keras.backend.backend() == "tensorflow":  # before TensorFlow runs an op
         import tensorflow as tf

@@ -23,14 +23,13 @@ held-out images. The record goes to ``bench/results/mask_rcnn_multiscale.json`` 
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections import OrderedDict
 
 import numpy as np
 import torch
 import torchvision
-from s8_mask_rcnn_record import HELD_OUT_SEED, report, save
+from s8_mask_rcnn_record import HELD_OUT_SEED, multiscale_arguments, report, save
 from s8_mask_rcnn_torchvision import _load_evaluation, predict, train
 from torch import nn
 from torchvision.models.detection import MaskRCNN
@@ -117,19 +116,7 @@ def build(num_classes: int, image_size: int, rois_per_image: int) -> MaskRCNN:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, default=60.0, help="training CPU-time budget")
-    parser.add_argument("--train-images", type=int, default=1500)
-    parser.add_argument("--val-images", type=int, default=100)
-    parser.add_argument("--image-size", type=int, default=512)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--rois-per-image", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
-    parser.add_argument("--stop-at", help="also stop training at this wall-clock time, HH:MM")
-    parser.add_argument("--key", help="key in the results file (default: torchvision pyramid)")
-    parser.add_argument("--save", help="write the trained weights (state_dict) to this file")
+    parser = multiscale_arguments(__doc__.splitlines()[0], learning_rate=1e-3)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

@@ -104,6 +104,24 @@ def report(steps: int, batch_size: int, train_images: int, cpu_seconds: float,
         "inference_img_per_s_wall": round(val_images / inference_wall, 3), **extra}
 
 
+def multiscale_arguments(description: str, learning_rate: float) -> argparse.ArgumentParser:
+    """The options of both systems' multi-scale scripts, with the runs' recipe as defaults."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--minutes", type=float, default=60.0, help="training CPU-time budget")
+    parser.add_argument("--train-images", type=int, default=1500)
+    parser.add_argument("--val-images", type=int, default=100)
+    parser.add_argument("--image-size", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--learning-rate", type=float, default=learning_rate)
+    parser.add_argument("--rois-per-image", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="threads of the process")
+    parser.add_argument("--stop-at", help="also stop training at this wall-clock time, HH:MM")
+    parser.add_argument("--key", help="key in the results file")
+    parser.add_argument("--save", help="write the trained model to this file")
+    return parser
+
+
 def run_key(system: str, rate: float, seed: int) -> str:
     """The results key of one side-by-side run."""
     return f"{system} lr={rate:g} seed={seed}"
