@@ -57,24 +57,42 @@ def cosine_factor(progress: float) -> float:
     return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def common_arguments(description: str, key: str) -> argparse.ArgumentParser:
-    """The options of both systems' scripts, with the side by side's recipe as defaults."""
+def _training_arguments(description: str, minutes: float, train_images: int, val_images: int,
+                        batch_size: int, learning_rate: float,
+                        rois_per_image: int) -> argparse.ArgumentParser:
+    """The options every Mask R-CNN training script of section 8 takes, with its defaults."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--minutes", type=float, default=10.0, help="training CPU-time budget")
-    parser.add_argument("--train-images", type=int, default=3000)
-    parser.add_argument("--val-images", type=int, default=300)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--learning-rate", type=float, default=2e-3)
-    parser.add_argument("--rois-per-image", type=int, default=32)
+    parser.add_argument("--minutes", type=float, default=minutes, help="training CPU-time budget")
+    parser.add_argument("--train-images", type=int, default=train_images)
+    parser.add_argument("--val-images", type=int, default=val_images)
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--learning-rate", type=float, default=learning_rate)
+    parser.add_argument("--rois-per-image", type=int, default=rois_per_image)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1,
                         help="threads of the process (0 with TensorFlow: one per core)")
     parser.add_argument("--stop-at", help="also stop training at this wall-clock time, HH:MM")
-    parser.add_argument("--key", default=key, help="key in bench/results/mask_rcnn.json")
     parser.add_argument("--save", help="write the trained model to this file")
+    return parser
+
+
+def common_arguments(description: str, key: str) -> argparse.ArgumentParser:
+    """The options of both systems' scripts, with the side by side's recipe as defaults."""
+    parser = _training_arguments(description, minutes=10.0, train_images=3000, val_images=300,
+                                 batch_size=8, learning_rate=2e-3, rois_per_image=32)
+    parser.add_argument("--key", default=key, help="key in bench/results/mask_rcnn.json")
     parser.add_argument("--inference-only", metavar="MODEL",
                         help="train nothing: measure the inference of this saved model again "
                              "(the --key record keeps its training numbers)")
+    return parser
+
+
+def multiscale_arguments(description: str, learning_rate: float) -> argparse.ArgumentParser:
+    """The options of both systems' multi-scale scripts, with the runs' recipe as defaults."""
+    parser = _training_arguments(description, minutes=60.0, train_images=1500, val_images=100,
+                                 batch_size=4, learning_rate=learning_rate, rois_per_image=128)
+    parser.add_argument("--image-size", type=int, default=512)
+    parser.add_argument("--key", help="key in bench/results/mask_rcnn_multiscale.json")
     return parser
 
 
@@ -102,24 +120,6 @@ def report(steps: int, batch_size: int, train_images: int, cpu_seconds: float,
         "mask": {k: round(float(v), 4) for k, v in scores["mask"].items()},
         "inference_img_per_cpu_s": round(val_images / inference_cpu, 3),
         "inference_img_per_s_wall": round(val_images / inference_wall, 3), **extra}
-
-
-def multiscale_arguments(description: str, learning_rate: float) -> argparse.ArgumentParser:
-    """The options of both systems' multi-scale scripts, with the runs' recipe as defaults."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--minutes", type=float, default=60.0, help="training CPU-time budget")
-    parser.add_argument("--train-images", type=int, default=1500)
-    parser.add_argument("--val-images", type=int, default=100)
-    parser.add_argument("--image-size", type=int, default=512)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--learning-rate", type=float, default=learning_rate)
-    parser.add_argument("--rois-per-image", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="threads of the process")
-    parser.add_argument("--stop-at", help="also stop training at this wall-clock time, HH:MM")
-    parser.add_argument("--key", help="key in the results file")
-    parser.add_argument("--save", help="write the trained model to this file")
-    return parser
 
 
 def run_key(system: str, rate: float, seed: int) -> str:
