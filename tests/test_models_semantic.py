@@ -164,7 +164,8 @@ def test_skips_and_upsampling_choices_change_the_decoder():
     def transposed(model):
         return [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2DTranspose)]
 
-    assert len(transposed(unet(NUM_CLASSES, encoder))) == 5
+    assert len(transposed(unet(NUM_CLASSES, encoder))) == 4  # none at full resolution
+    assert len(transposed(unet(NUM_CLASSES, encoder, final_convs=1))) == 5
     assert not transposed(unet(NUM_CLASSES, encoder, upsampling="bilinear"))
 
 
@@ -173,8 +174,8 @@ def test_unet_default_decoder_and_the_paper_like_one():
     encoder = _encoder("mobilenetv2")
     skips = {level: encoder.output[level].shape[-1] for level in ("P4", "P3", "P2", "P1")}
 
-    def widths(model):
-        return tuple(model.get_layer(f"up{stride}_upconv").filters for stride in (16, 8, 4, 2, 1))
+    def widths(model, strides=(16, 8, 4, 2, 1)):
+        return tuple(model.get_layer(f"up{stride}_upconv").filters for stride in strides)
 
     def convolutions(model):
         return [sum(layer.name.startswith(f"up{stride}_") and layer.name.endswith("_conv")
@@ -185,12 +186,16 @@ def test_unet_default_decoder_and_the_paper_like_one():
                 for stride in (16, 8, 4, 2)]
 
     default = unet(NUM_CLASSES, encoder)
-    assert widths(default) == DEFAULT_DECODER == (64, 48, 32, 16, 16)
+    assert DEFAULT_DECODER == (64, 48, 32, 16, 16)
+    assert widths(default, (16, 8, 4, 2)) == (64, 48, 32, 16)
     # each skip narrowed to the block's width by a linear 1x1 convolution, then concatenated
     assert [default.get_layer(f"up{s}_project").filters for s in (16, 8, 4, 2)] == [64, 48, 32, 16]
     assert concatenated(default) == [(64, 64), (48, 48), (32, 32), (16, 16)]
-    # two 3x3 convolutions per block, one in the last (full resolution, no skip)
-    assert convolutions(default) == [2, 2, 2, 2, 1]
+    # two 3x3 convolutions per block, none at full resolution: the logits are upsampled
+    assert convolutions(default) == [2, 2, 2, 2, 0]
+    assert default.get_layer("logits_upsample").count_params() == 0
+    previous = unet(NUM_CLASSES, encoder, final_convs=1)  # the default before issue 27
+    assert widths(previous) == DEFAULT_DECODER and convolutions(previous) == [2, 2, 2, 2, 1]
     paper = unet(NUM_CLASSES, encoder, decoder_filters=PAPER_DECODER,
                  skip_projection=False, final_convs=2)
     assert widths(paper) == (256, 128, 64, 32, 16)
@@ -199,6 +204,27 @@ def test_unet_default_decoder_and_the_paper_like_one():
     assert concatenated(paper) == [(256, skips["P4"]), (128, skips["P3"]), (64, skips["P2"]),
                                    (32, skips["P1"])]
     assert default.count_params() < paper.count_params()
+
+
+@pytest.mark.fast
+def test_unet_default_upsamples_the_stride_2_logits_bilinearly():
+    """With no block at full resolution, the logits are the 1x1 classifier of the stride-2
+    features, upsampled x2 bilinearly (pixel centres aligned, edges clamped): checked against
+    scikit-image's order-1 resize of numpy's classifier."""
+    from skimage.transform import resize
+
+    model = unet(NUM_CLASSES, "mobilenetv3small", weights=None, input_shape=(64, 96, 3))
+    images = np.random.default_rng(0).uniform(0, 255, (2, 64, 96, 3)).astype("float32")
+    features = keras.ops.convert_to_numpy(
+        keras.Model(model.input, model.get_layer("up2_b_relu").output)(images))
+    assert features.shape == (2, 32, 48, DEFAULT_DECODER[3])
+    classifier = model.get_layer("classifier")
+    kernel, bias = (keras.ops.convert_to_numpy(w) for w in (classifier.kernel, classifier.bias))
+    coarse = features @ kernel[0, 0] + bias
+    expected = np.stack([resize(c, (64, 96), order=1, mode="edge", anti_aliasing=False)
+                         for c in coarse])
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model(images)), expected,
+                               rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.fast
@@ -213,6 +239,14 @@ def test_encoder_trainable_and_mixed_precision():
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert mixed.get_layer("score_fr").compute_dtype == "float16"
+    assert mixed.output.dtype == "float32"
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        mixed = unet(NUM_CLASSES, "mobilenetv3small", weights=None)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert mixed.get_layer("classifier").compute_dtype == "float16"
+    assert mixed.get_layer("logits_upsample").compute_dtype == "float32"  # interpolated in float32
     assert mixed.output.dtype == "float32"
 
 

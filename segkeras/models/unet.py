@@ -7,8 +7,8 @@ and crop" arrows of the paper's figure; with padded convolutions nothing needs c
 two 3x3 convolutions, here each followed by BatchNorm and ReLU. By default a 1x1 convolution first
 narrows each skip to the block's width (``skip_projection``): MobileNetV2's skips are its wide
 expanded activations, and the first 3x3 convolution of a block over their concatenation is most of
-the decoder's cost; and the last block, at full resolution, has one 3x3 convolution instead of two
-(``final_convs``).
+the decoder's cost; and there is no block at full resolution (``final_convs=0``): the classifier
+reads the stride-2 features and its logits are upsampled bilinearly, as FCN and DeepLab do.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from segkeras.models.common import (
 layers = keras.layers
 UPSAMPLING = ("transpose", "bilinear")
 CONVS = (1, 2)  # 3x3 convolutions per decoder block: the paper's two, or one
+FINAL_CONVS = (0, *CONVS)  # at full resolution also none: logits made at stride 2, upsampled
 DEFAULT_DECODER = (64, 48, 32, 16, 16)
 """The default widths, chosen by measurement (issue 27, BENCHMARKS section 2): see :func:`unet`."""
 PAPER_DECODER = (256, 128, 64, 32, 16)
@@ -73,7 +74,7 @@ def unet(
     input_shape: tuple = ANY_SIZE,
     block: Callable | None = None,
     skip_projection: bool = True,
-    final_convs: int = 1,
+    final_convs: int = 0,
 ) -> keras.Model:
     """A U-Net (Ronneberger et al., MICCAI 2015) named e.g. ``"unet_mobilenetv2"``.
 
@@ -81,16 +82,17 @@ def unet(
     and P1. The fifth block returns to full resolution without a skip: the only stride-1 tensor is
     the raw image, whose information P1 already carries.
 
-    Why the default decoder is (64, 48, 32, 16, 16) with projected skips and one convolution at
-    full resolution (issue 27, ``bench/s2_versus_runs.py``, BENCHMARKS section 2 and note 2):
-    trained from scratch on the built-in shapes (MobileNetV2, BatchNorm trained) it scores
-    held-out mIoU 0.858 +- 0.017 at the demo's recipe against 0.834 +- 0.008 for the TensorFlow
-    tutorial's U-Net, and 0.771 +- 0.077 at 128x128 against 0.782 +- 0.014 (3 seeds each),
-    training about 1.4x as fast (128x128, batch 16: 1.38x the images per second, 1.46x less CPU
-    time per image). Narrower decoders were faster but fell behind at 128x128: (64, 32, 16, 16, 8)
-    scored 0.577 there, 8 channels at full resolution being too few. A second 3x3 convolution at
-    full resolution costs about a sixth of the training time (50 against 42 CPU ms per image)
-    and adds nothing measurable (0.772 +- 0.021 with it). ``decoder_filters=PAPER_DECODER,
+    Why the default decoder is (64, 48, 32, 16, 16) with projected skips and no block at full
+    resolution (issue 27, ``bench/s2_versus_runs.py``, BENCHMARKS section 2 and note 2): trained
+    from scratch on the built-in shapes (MobileNetV2, BatchNorm trained, 3 seeds each) it scores
+    held-out mIoU 0.849 +- 0.022 at the demo's recipe against 0.834 +- 0.008 for the TensorFlow
+    tutorial's U-Net, and 0.792 +- 0.020 at 128x128 against 0.782 +- 0.014, while training 1.67x
+    as fast (128x128, batch 16, median of 3 alternating runs: 45.3 against 27.1 img/s). A 3x3
+    convolution at full resolution was a quarter of the training time and added nothing
+    measurable: a 1x1 classifier commutes with bilinear upsampling, so classifying the stride-2
+    features and upsampling the logits is the same model without it. ``final_convs=1`` restores
+    the previous default (one 3x3 convolution at full resolution). Narrower decoders were faster
+    but fell behind at 128x128 ((64, 32, 16, 16, 8): 0.577). ``decoder_filters=PAPER_DECODER,
     skip_projection=False, final_convs=2`` gives the paper-like U-Net.
 
     Args:
@@ -109,8 +111,11 @@ def unet(
         skip_projection: narrow each skip to the block's width with a 1x1 convolution (linear, no
             bias: the block's first convolution and BatchNorm follow) before the concatenation;
             False concatenates the encoder's features as they are, as in the paper.
-        final_convs: the 3x3 convolutions of the last block (full resolution, no skip) when
-            ``block`` is the default: 1, or 2 as in the paper (and in every other block).
+        final_convs: the 3x3 convolutions at full resolution (the last block, no skip) when
+            ``block`` is the default: 0, no block there (the classifier reads the stride-2
+            features and its logits are upsampled x2 bilinearly; the fifth width is unused), 1,
+            or 2 as in the paper (and in every other block). A ``block`` given is used for all
+            five blocks.
 
     Returns:
         A ``keras.Model`` from raw RGB in [0, 255] to logits ``(batch, H, W, num_classes)``.
@@ -118,13 +123,14 @@ def unet(
     num_classes = check_num_classes(num_classes)
     decoder_filters = check_decoder_filters(decoder_filters)
     check_choice("upsampling", upsampling, UPSAMPLING)
-    check_choice("final_convs", final_convs, CONVS)
+    check_choice("final_convs", final_convs, FINAL_CONVS)
     encoder = resolve_encoder(backbone, input_shape, weights, encoder_trainable)
     image, features = encode(encoder)
 
-    x = features["P5"]
-    stride = 32
+    x, stride = features["P5"], 32
     for filters, level in zip(decoder_filters, DECODER_LEVELS, strict=True):
+        if level is None and block is None and final_convs == 0:
+            break  # no block at full resolution: the logits are upsampled below
         stride //= 2
         skip = features[level] if level else None
         if skip is not None and skip_projection:
@@ -135,4 +141,7 @@ def unet(
         else:
             x = block(x, skip, filters, f"up{stride}")
     x = layers.Conv2D(num_classes, 1, name="classifier")(x)
+    if stride > 1:  # in float32, as the logits are
+        x = layers.UpSampling2D(stride, interpolation="bilinear", dtype="float32",
+                                name="logits_upsample")(x)
     return keras.Model(image, float32_logits(x), name=model_name("unet", encoder))
