@@ -136,8 +136,8 @@ def _decoder(kind: str) -> str:
                for name, parameter in inspect.signature(unet).parameters.items()} | given
     return (str(options["decoder_filters"])
             + (", projected skips" if options["skip_projection"] else ", skips as they are")
-            + (", one 3x3 convolution at full resolution" if options["final_convs"] == 1
-               else "")
+            + {0: ", no block at full resolution (stride-2 logits upsampled bilinearly)",
+               1: ", one 3x3 convolution at full resolution", 2: ""}[options["final_convs"]]
             + (", bilinear upsampling" if options["upsampling"] == "bilinear" else "")
             + ("" if given else " (`unet()`'s default)"))
 
@@ -250,6 +250,8 @@ def render(speed: dict) -> str:
             f"{recipe['loss']} (the demo's recipe, for every model), random initialisation; a "
             "seed sets the initial weights and the shuffle. Models (`bench/s2_versus_runs.py`): "
             "`segkeras`, `unet()` as it is (its default decoder: the candidates table below), "
+            "`segkeras_full1` the default before the logits were upsampled (one 3x3 "
+            "convolution at full resolution), "
             "`segkeras_light`, the demo's and the labs' decoder (the same widths, skips as they "
             "are, two convolutions per block), `segkeras_paper` the paper-like widths (256, 128, "
             "64, 32, 16), skips as they are, `segkeras_slim_proj` the default before issue 27 "

@@ -42,6 +42,7 @@ NUM_CLASSES = 4
 LIGHT_DECODER = (64, 48, 32, 16, 16)  # the demo's and the labs' decoder widths
 CANDIDATES = {
     "segkeras": {},  # unet() as a user gets it: its default decoder
+    "segkeras_full1": {"final_convs": 1},  # the default before the logits were upsampled
     "segkeras_paper": {"decoder_filters": (256, 128, 64, 32, 16), "skip_projection": False,
                        "final_convs": 2},
     "segkeras_light": {"decoder_filters": LIGHT_DECODER, "skip_projection": False,
