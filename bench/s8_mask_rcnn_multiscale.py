@@ -46,7 +46,7 @@ def build(num_classes: int, args) -> keras.Model:
         box_head_units=args.box_head_units, mask_head_channels=args.mask_head_channels,
         rpn_pre_nms=args.rpn_pre_nms, rpn_post_nms_train=args.rpn_post_nms_train,
         rpn_post_nms_test=args.rpn_post_nms_test, rois_per_image=args.rois_per_image,
-        max_detections=100, seed=args.seed)
+        roi_canonical_size=args.roi_canonical_size, max_detections=100, seed=args.seed)
 
 
 def main() -> None:
@@ -59,6 +59,8 @@ def main() -> None:
                         help="best anchors before NMS (per level with the pyramid)")
     parser.add_argument("--rpn-post-nms-train", type=int, default=500)
     parser.add_argument("--rpn-post-nms-test", type=int, default=300)
+    parser.add_argument("--roi-canonical-size", type=float, default=224.0,
+                        help="pyramid: the RoI side eq. 1 puts on P4 (112: one level coarser)")
     args = parser.parse_args()
     if args.threads and keras.backend.backend() == "tensorflow":  # before TensorFlow runs an op
         import tensorflow as tf

@@ -6,6 +6,8 @@ and is registered so that ``.keras`` files reload without ``custom_objects``.
 
 from __future__ import annotations
 
+import numbers
+
 import keras
 import numpy as np
 from keras import ops
@@ -270,16 +272,19 @@ CANONICAL_SCALE, CANONICAL_LEVEL = 224.0, 4
 """Eq. 1 of the FPN paper: an RoI of ImageNet's canonical size 224 maps to level 4 (P4)."""
 
 
-def fpn_levels(boxes, min_level: int = 2, max_level: int = 5):
+def fpn_levels(boxes, min_level: int = 2, max_level: int = 5,
+               canonical_size: float = CANONICAL_SCALE):
     """(..., 4) boxes -> (...) int32 pyramid levels by eq. 1 of Lin et al., "Feature Pyramid
     Networks for Object Detection", CVPR 2017: ``k = floor(4 + log2(sqrt(w h) / 224))`` clamped
     to ``[min_level, max_level]`` (plus 1e-6 inside the floor, as torchvision's ``LevelMapper``,
     so a side of exactly 112, 224, 448 is not lost to rounding; empty boxes go to ``min_level``).
+    ``canonical_size``: the side that maps to level 4 instead of 224 (Detectron2's
+    ``canonical_box_size``; 112 moves every box one level coarser).
     """
     boxes = ops.cast(boxes, "float32")
     sides = ops.maximum(boxes[..., 2:] - boxes[..., :2], 0.0)
     scale = ops.sqrt(sides[..., 0] * sides[..., 1])
-    level = ops.floor(CANONICAL_LEVEL + ops.log2(scale / CANONICAL_SCALE) + 1e-6)
+    level = ops.floor(CANONICAL_LEVEL + ops.log2(scale / float(canonical_size)) + 1e-6)
     return ops.cast(ops.clip(level, min_level, max_level), "int32")
 
 
@@ -294,13 +299,19 @@ class MultiScaleRoIAlign(keras.layers.Layer):
     level. The levels are stacked into one table of rows and each box gathers its samples from
     its own level's rows (one gather per sample, as a single-level RoIAlign: no level is pooled
     for boxes it does not hold, and shapes stay static). Bad boxes as in :class:`RoIAlign`.
+    ``canonical_size``: the box side eq. 1 maps to level 4 (224 in the paper).
     """
 
     def __init__(self, output_size: int | tuple[int, int] = 7, sampling_ratio: int = 2,
-                 strides: tuple[int, ...] = (4, 8, 16, 32), aligned: bool = True, **kwargs):
+                 strides: tuple[int, ...] = (4, 8, 16, 32), aligned: bool = True,
+                 canonical_size: float = CANONICAL_SCALE, **kwargs):
         super().__init__(autocast=False, **kwargs)
         self.output_size, self.sampling_ratio = _sampling_grid(output_size, sampling_ratio)
         self.aligned = bool(aligned)
+        if not isinstance(canonical_size, numbers.Real) or not canonical_size > 0:
+            raise ValueError(f"canonical_size must be a positive box side in pixels, got "
+                             f"{canonical_size!r}.")
+        self.canonical_size = float(canonical_size)
         strides = tuple(int(stride) for stride in strides)
         levels = np.log2(strides)
         if not strides or np.any(levels != np.round(levels)) or np.any(np.diff(levels) != 1):
@@ -324,8 +335,8 @@ class MultiScaleRoIAlign(keras.layers.Layer):
                                 for level in features], axis=0)
         first_rows = np.cumsum([0] + [h * w for h, w in zip(heights, widths, strict=True)])[:-1]
         finite = ops.all(ops.isfinite(ops.cast(boxes, "float32")), axis=-1)[:, None]
-        level = fpn_levels(ops.where(finite, boxes, 0.0), self.min_level,
-                           self.max_level) - self.min_level  # a bad box's crop is zeroed below
+        level = fpn_levels(ops.where(finite, boxes, 0.0), self.min_level, self.max_level,
+                           self.canonical_size) - self.min_level  # a bad box's crop: zeroed below
 
         def per_box(values, dtype):
             return ops.take(ops.convert_to_tensor(np.asarray(values), dtype), level)
@@ -344,7 +355,7 @@ class MultiScaleRoIAlign(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "output_size": self.output_size,
                 "sampling_ratio": self.sampling_ratio, "strides": self.strides,
-                "aligned": self.aligned}
+                "aligned": self.aligned, "canonical_size": self.canonical_size}
 
 
 def _round_half_away(values):

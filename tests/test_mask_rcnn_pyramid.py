@@ -51,16 +51,18 @@ def test_levels_follow_eq_1_at_the_boundaries_and_clamp():
     assert _np(fpn_levels(boxes, 2, 6)).tolist()[-2:] == [6, 6]
 
 
-def test_levels_equal_eq_1_in_numpy():
+@pytest.mark.parametrize("canonical", [224, 112, 143.5])
+def test_levels_equal_eq_1_in_numpy(canonical):
     boxes = _boxes(np.random.default_rng(0), 500)
     area = np.prod(boxes[:, 2:].astype(np.float64) - boxes[:, :2], axis=1)
-    exact = 4 + np.log2(np.sqrt(area) / 224)
+    exact = 4 + np.log2(np.sqrt(area) / canonical)
     away = np.abs(exact - np.round(exact)) > 1e-4  # float32 vs float64 right at a boundary
     expected = np.clip(np.floor(exact), 2, 5)
-    found = _np(fpn_levels(boxes))
+    found = _np(fpn_levels(boxes, canonical_size=canonical))
     assert away.sum() > 450 and set(expected[away].tolist()) == {2, 3, 4, 5}
     np.testing.assert_array_equal(found[away], expected[away])
-    np.testing.assert_array_equal(_np(fpn_levels(boxes.reshape(5, 100, 4))), found.reshape(5, 100))
+    np.testing.assert_array_equal(
+        _np(fpn_levels(boxes.reshape(5, 100, 4), canonical_size=canonical)), found.reshape(5, 100))
 
 
 # ---------------------------------------------------------------- the neck
@@ -86,18 +88,19 @@ def test_fpn_levels_have_the_strides_and_p6_subsamples_p5():
 # ---------------------------------------------------------------- multi-level RoIAlign
 
 
-@pytest.mark.parametrize("aligned", [True, False])
-def test_multiscale_roi_align_is_roi_align_on_the_assigned_level(aligned):
+@pytest.mark.parametrize("aligned, canonical", [(True, 224), (False, 224), (True, 112)])
+def test_multiscale_roi_align_is_roi_align_on_the_assigned_level(aligned, canonical):
     rng = np.random.default_rng(1)
     strides = (4, 8, 16, 32)
     features = [rng.normal(size=(3, 256 // s, 192 // s, 5)).astype("float32") for s in strides]
     boxes = _boxes(rng, 60, image=256)
     boxes[0] = [10, 10, 10, 10]  # empty: level 2
     indices = rng.integers(0, 3, len(boxes)).astype("int32")
-    pooled = _np(MultiScaleRoIAlign(7, 2, strides, aligned)(features, boxes, indices))
+    layer = MultiScaleRoIAlign(7, 2, strides, aligned, canonical_size=canonical)
+    pooled = _np(layer(features, boxes, indices))
     area = np.prod(boxes[:, 2:].astype(np.float64) - boxes[:, :2], axis=1)
     with np.errstate(divide="ignore"):  # the empty box: log2(0) = -inf, clamped to level 2
-        levels = np.clip(np.floor(4 + np.log2(np.sqrt(area) / 224)), 2, 5).astype(int)
+        levels = np.clip(np.floor(4 + np.log2(np.sqrt(area) / canonical)), 2, 5).astype(int)
     assert set(levels.tolist()) == {2, 3, 4, 5}
     for k, level in enumerate(levels):
         single = RoIAlign(7, 2, 1.0 / 2**level, aligned)
@@ -118,13 +121,17 @@ def test_multiscale_roi_align_bad_boxes_inside_a_graph_give_zeros():
 
 
 def test_multiscale_roi_align_config_and_bad_strides():
-    layer = MultiScaleRoIAlign((14, 14), 3, (8, 16, 32), aligned=False)
+    layer = MultiScaleRoIAlign((14, 14), 3, (8, 16, 32), aligned=False, canonical_size=112)
     clone = MultiScaleRoIAlign.from_config(layer.get_config())
     assert (clone.output_size, clone.sampling_ratio, clone.strides, clone.aligned,
-            clone.min_level, clone.max_level) == ((14, 14), 3, (8, 16, 32), False, 3, 5)
+            clone.min_level, clone.max_level, clone.canonical_size) == (
+                (14, 14), 3, (8, 16, 32), False, 3, 5, 112.0)
     for strides in [(4, 16), (4, 6), ()]:
         with pytest.raises(ValueError, match="strides"):
             MultiScaleRoIAlign(7, 2, strides)
+    for canonical in [0, -224, "224"]:
+        with pytest.raises(ValueError, match="canonical_size"):
+            MultiScaleRoIAlign(7, 2, canonical_size=canonical)
 
 
 # ---------------------------------------------------------------- anchors and proposals
@@ -207,8 +214,15 @@ def test_builder_defaults_and_bad_pyramid_arguments():
     # the command line's --model maskrcnn-fpn is this model (maskrcnn: the single level)
     args = argparse.Namespace(model="maskrcnn-fpn", backbone=None, stacks=2, image_size=64)
     assert common.build_model(args, 4, None).config["pyramid"] is True
+    assert config["roi_canonical_size"] == 224.0 and model.box_align.canonical_size == 224.0
+    coarser = mask_rcnn(4, "mobilenetv2", weights=None, input_shape=(64, 64, 3), pyramid=True,
+                        fpn_channels=8, box_head_units=8, mask_head_channels=8,
+                        roi_canonical_size=112)
+    assert coarser.box_align.canonical_size == coarser.mask_align.canonical_size == 112.0
     for bad in [dict(anchor_sizes=(16, 32, 64, 128)), dict(pyramid="yes"),
-                dict(rpn_pre_nms_test=0), dict(rois_per_image=2000)]:
+                dict(rpn_pre_nms_test=0), dict(rois_per_image=2000),
+                dict(roi_canonical_size=0), dict(roi_canonical_size=True),
+                dict(roi_canonical_size=float("nan"))]:
         with pytest.raises(SegkerasError):
             mask_rcnn(4, "mobilenetv2", weights=None, input_shape=(64, 64, 3),
                       **{"pyramid": True, **bad})

@@ -30,7 +30,7 @@ from keras import ops
 from segkeras import backbones
 from segkeras.boxes import box_area, clip_to_image
 from segkeras.errors import SegkerasError
-from segkeras.layers import MultiScaleRoIAlign, RoIAlign
+from segkeras.layers import CANONICAL_SCALE, MultiScaleRoIAlign, RoIAlign
 from segkeras.models.common import check_num_classes
 from segkeras.models.mask_head import (
     FlattenBoxes,
@@ -96,8 +96,8 @@ class MaskRCNN(keras.Model):
                  foreground_fraction: float = 0.25, score_threshold: float = 0.05,
                  nms_threshold: float = 0.5, max_detections: int = 100,
                  batchnorm_momentum: float = 0.9, pyramid: bool = False,
-                 seed: int | None = None, anchor_matcher=None, box_encoder=None, nms=None,
-                 **kwargs):
+                 roi_canonical_size: float = CANONICAL_SCALE, seed: int | None = None,
+                 anchor_matcher=None, box_encoder=None, nms=None, **kwargs):
         super().__init__(**kwargs)
         # RPN targets and the detections' NMS from your own functions (lab 6; see rpn.py and
         # roi_heads.py); not saved in .keras files.
@@ -119,7 +119,8 @@ class MaskRCNN(keras.Model):
             rpn_anchors_per_image=rpn_anchors_per_image, rois_per_image=rois_per_image,
             foreground_fraction=foreground_fraction, score_threshold=score_threshold,
             nms_threshold=nms_threshold, max_detections=max_detections,
-            batchnorm_momentum=batchnorm_momentum, pyramid=pyramid, seed=seed)
+            batchnorm_momentum=batchnorm_momentum, pyramid=pyramid,
+            roi_canonical_size=float(roi_canonical_size), seed=seed)
         self.pyramid = pyramid
         self.image_size = (int(input_shape[0]), int(input_shape[1]))
         self.mask_slots = int(rois_per_image * foreground_fraction)
@@ -137,8 +138,10 @@ class MaskRCNN(keras.Model):
             self.level_sizes = tuple(h * w * len(anchor_ratios) for h, w in grids)
             self.rpn = rpn_head((None, None, fpn_channels), fpn_channels, len(anchor_ratios))
             self.box_align = MultiScaleRoIAlign(BOX_ROI_SIZE, 2, ROI_STRIDES,
+                                                canonical_size=roi_canonical_size,
                                                 name="box_roi_align")
             self.mask_align = MultiScaleRoIAlign(MASK_ROI_SIZE, 2, ROI_STRIDES,
+                                                 canonical_size=roi_canonical_size,
                                                  name="mask_roi_align")
         else:
             grid = (self.image_size[0] // FEATURE_STRIDE, self.image_size[1] // FEATURE_STRIDE)
@@ -333,8 +336,8 @@ def _check_positive_int(name: str, value) -> int:
 OPTIONS = ("anchor_ratios", "fpn_channels", "box_head_units", "mask_head_channels", "rpn_pre_nms",
            "rpn_pre_nms_test", "rpn_post_nms_train", "rpn_post_nms_test", "rpn_anchors_per_image",
            "rois_per_image", "foreground_fraction", "score_threshold", "nms_threshold",
-           "max_detections", "batchnorm_momentum", "pyramid", "seed", "anchor_matcher",
-           "box_encoder", "nms")
+           "max_detections", "batchnorm_momentum", "pyramid", "roi_canonical_size", "seed",
+           "anchor_matcher", "box_encoder", "nms")
 """The ``**options`` :func:`mask_rcnn` passes on to :class:`MaskRCNN` (a test keeps this list
 equal to ``MaskRCNN``'s keyword arguments after ``anchor_sizes``)."""
 
@@ -384,7 +387,9 @@ def mask_rcnn(num_classes: int, backbone: str = "resnet50", weights: str | None 
             ``nms_threshold`` (0.5), ``max_detections`` (100), ``batchnorm_momentum`` (0.9: the
             momentum of a from-scratch encoder's BatchNorm, low enough that its moving
             statistics, used at inference, keep up with weights that change fast; see also
-            :meth:`MaskRCNN.recalibrate_batchnorm`), ``seed``; ``anchor_matcher`` and
+            :meth:`MaskRCNN.recalibrate_batchnorm`), ``roi_canonical_size`` (224: with the
+            pyramid, the RoI side that eq. 1 puts on P4; each halving moves RoIs one level
+            finer, so 112 reads every RoI one level coarser), ``seed``; ``anchor_matcher`` and
             ``box_encoder``: your own one-image functions for the RPN's training targets (the
             signatures are in :mod:`~segkeras.models.mask_rcnn.rpn`), used by ``fit``, and
             ``nms``: your own one-image per-class NMS for the final detections (signature in
@@ -426,6 +431,11 @@ def mask_rcnn(num_classes: int, backbone: str = "resnet50", weights: str | None 
                  "rpn_anchors_per_image", "rois_per_image", "max_detections"):
         if name in options:
             _check_positive_int(name, options[name])
+    canonical = options.get("roi_canonical_size", CANONICAL_SCALE)
+    if isinstance(canonical, bool) or not isinstance(canonical, numbers.Real) or not (
+            0 < canonical < float("inf")):
+        raise SegkerasError(f"roi_canonical_size must be a positive RoI side in pixels (224 in "
+                            f"the FPN paper), got {canonical!r}.")
     momentum = options.get("batchnorm_momentum", 0.9)
     if not isinstance(momentum, numbers.Real) or not 0 <= momentum < 1:
         raise SegkerasError(f"batchnorm_momentum must be in [0, 1), got {momentum!r}.")
