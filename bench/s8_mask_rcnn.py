@@ -77,10 +77,6 @@ MULTISCALE_SETUP = (
     "CPU option (the stride-8 map only, anchors 16-128). AP by object size from predicted "
     "boxes; inference on the held-out images at their own sizes, masks pasted at full size.")
 MULTISCALE_SYSTEMS = {"pyramid": "segkeras, pyramid", "pyramid64": "segkeras, pyramid, 64 channels",
-                      "pyramid64 k224": "segkeras, pyramid, 64 channels, eq. 1 as published "
-                                        "(RoIs of 224 px on P4)",
-                      "pyramid64 k112": "segkeras, pyramid, 64 channels, RoIs one level coarser "
-                                        "(112 px on P4)",
                       "single": "segkeras, single level",
                       "torchvision pyramid": "torchvision, pyramid"}
 
