@@ -79,8 +79,9 @@ def unet(
     """A U-Net (Ronneberger et al., MICCAI 2015) named e.g. ``"unet_mobilenetv2"``.
 
     The bottleneck is P5 (stride 32); the blocks at strides 16, 8, 4 and 2 concatenate P4, P3, P2
-    and P1. The fifth block returns to full resolution without a skip: the only stride-1 tensor is
-    the raw image, whose information P1 already carries.
+    and P1. Full resolution has no skip (the only stride-1 tensor is the raw image, whose
+    information P1 already carries): by default the stride-2 logits are upsampled to it; with
+    ``final_convs`` 1 or 2, or a ``block`` given, a fifth block climbs there.
 
     Why the default decoder is (64, 48, 32, 16, 16) with projected skips and no block at full
     resolution (issue 27, ``bench/s2_versus_runs.py``, BENCHMARKS section 2 and note 2): trained
