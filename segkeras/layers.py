@@ -272,6 +272,16 @@ CANONICAL_SCALE, CANONICAL_LEVEL = 224.0, 4
 """Eq. 1 of the FPN paper: an RoI of ImageNet's canonical size 224 maps to level 4 (P4)."""
 
 
+def check_canonical_size(value) -> float:
+    """``value`` as eq. 1's canonical RoI side (a positive, finite number of pixels), or a
+    :class:`SegkerasError` saying so."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
+            0 < value < float("inf")):
+        raise SegkerasError(f"roi_canonical_size must be a positive RoI side in pixels (224 in "
+                            f"the FPN paper), got {value!r}.")
+    return float(value)
+
+
 def fpn_levels(boxes, min_level: int = 2, max_level: int = 5,
                canonical_size: float = CANONICAL_SCALE):
     """(..., 4) boxes -> (...) int32 pyramid levels by eq. 1 of Lin et al., "Feature Pyramid
@@ -308,10 +318,7 @@ class MultiScaleRoIAlign(keras.layers.Layer):
         super().__init__(autocast=False, **kwargs)
         self.output_size, self.sampling_ratio = _sampling_grid(output_size, sampling_ratio)
         self.aligned = bool(aligned)
-        if not isinstance(canonical_size, numbers.Real) or not canonical_size > 0:
-            raise ValueError(f"canonical_size must be a positive box side in pixels, got "
-                             f"{canonical_size!r}.")
-        self.canonical_size = float(canonical_size)
+        self.canonical_size = check_canonical_size(canonical_size)
         strides = tuple(int(stride) for stride in strides)
         levels = np.log2(strides)
         if not strides or np.any(levels != np.round(levels)) or np.any(np.diff(levels) != 1):

@@ -130,7 +130,7 @@ def test_multiscale_roi_align_config_and_bad_strides():
         with pytest.raises(ValueError, match="strides"):
             MultiScaleRoIAlign(7, 2, strides)
     for canonical in [0, -224, "224"]:
-        with pytest.raises(ValueError, match="canonical_size"):
+        with pytest.raises(SegkerasError, match="canonical_size"):
             MultiScaleRoIAlign(7, 2, canonical_size=canonical)
 
 

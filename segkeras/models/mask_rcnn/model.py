@@ -30,7 +30,12 @@ from keras import ops
 from segkeras import backbones
 from segkeras.boxes import box_area, clip_to_image
 from segkeras.errors import SegkerasError
-from segkeras.layers import CANONICAL_SCALE, MultiScaleRoIAlign, RoIAlign
+from segkeras.layers import (
+    CANONICAL_SCALE,
+    MultiScaleRoIAlign,
+    RoIAlign,
+    check_canonical_size,
+)
 from segkeras.models.common import check_num_classes
 from segkeras.models.mask_head import (
     FlattenBoxes,
@@ -431,11 +436,7 @@ def mask_rcnn(num_classes: int, backbone: str = "resnet50", weights: str | None 
                  "rpn_anchors_per_image", "rois_per_image", "max_detections"):
         if name in options:
             _check_positive_int(name, options[name])
-    canonical = options.get("roi_canonical_size", CANONICAL_SCALE)
-    if isinstance(canonical, bool) or not isinstance(canonical, numbers.Real) or not (
-            0 < canonical < float("inf")):
-        raise SegkerasError(f"roi_canonical_size must be a positive RoI side in pixels (224 in "
-                            f"the FPN paper), got {canonical!r}.")
+    check_canonical_size(options.get("roi_canonical_size", CANONICAL_SCALE))
     momentum = options.get("batchnorm_momentum", 0.9)
     if not isinstance(momentum, numbers.Real) or not 0 <= momentum < 1:
         raise SegkerasError(f"batchnorm_momentum must be in [0, 1), got {momentum!r}.")
