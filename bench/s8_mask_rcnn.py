@@ -59,7 +59,8 @@ SETUP = (
 MULTISCALE_SETUP = (
     "**The multi-scale shapes** (issue 23): `shapes.generate_multiscale`, images of 256-512 px a "
     "side with varied aspect ratio and objects of about 6-250 px (COCO's small, medium and large "
-    "all common), {train} training images (seed 0), the same {val} held-out images (seed 1000); "
+    "all common), {train} training images (the run's seed), the same {val} held-out images (seed "
+    "1000: 907 objects, 480 small, 293 medium and 134 large by COCO's area ranges); "
     "each image resized **keeping its aspect ratio** to a longer side of {size} (segkeras pads "
     "to the square input, torchvision each batch to its largest image), batch {batch}, random "
     "left-right flips; {minutes:g} CPU-minutes of training per run (or less: see the "
@@ -71,12 +72,15 @@ MULTISCALE_SETUP = (
     "**pyramid**: P2-P6 (the expanded activations entering blocks 3, 6 and 13 and the last map "
     "-> 1x1 laterals, nearest top-down, a 3x3 convolution on each of P2-P5, P6 by subsampling "
     "P5), one anchor size per level (16, 32, 64, 128, 256) x ratios 0.5/1/2, the RPN shared by "
-    "the levels, each RoI pooled from the level of eq. 1 (RoIAlign `aligned=True`); "
+    "the levels, each RoI pooled from the level of eq. 1 (RoIAlign `aligned=True`) with the FPN "
+    "paper's canonical size 224 (a 224-px RoI on P4) unless the model says otherwise "
+    "(`roi_canonical_size=448`: a 448-px RoI on P4, every RoI one level finer); "
     "torchvision's side is its own `FeaturePyramidNetwork` + `LastLevelMaxPool` with "
     "`MultiScaleRoIAlign`'s level mapper, made `aligned=True`. **single level**: segkeras' small "
     "CPU option (the stride-8 map only, anchors 16-128). AP by object size from predicted "
     "boxes; inference on the held-out images at their own sizes, masks pasted at full size.")
 MULTISCALE_SYSTEMS = {"pyramid": "segkeras, pyramid", "pyramid64": "segkeras, pyramid, 64 channels",
+                      "pyramid64 k448": "segkeras, pyramid, 64 channels, canonical 448",
                       "single": "segkeras, single level",
                       "torchvision pyramid": "torchvision, pyramid"}
 
@@ -99,11 +103,26 @@ def render_multiscale(results: dict) -> str:
     setup = MULTISCALE_SETUP.format(
         train=first["train_images"], val=first["val_images"], size=config["image_size"],
         batch=first["batch_size"], minutes=config["minutes"])
-    return "\n\n".join([setup, table(
+    return "\n\n".join([setup, _multiscale_summary(results), table(
         ["model", "seed", "params", "learning rate", "CPU-min", "steps x batch",
          "train img per CPU-s",
          "box AP / AP50 / AP75", "box AP_S / AP_M / AP_L", "mask AP / AP50 / AP75",
          "mask AP_S / AP_M / AP_L", "inference img per CPU-s"], rows)])
+
+
+def _multiscale_summary(results: dict) -> str:
+    """Per system, mean ± sd over its seeds of AP and AP_L (box and mask)."""
+    by_system: dict[str, list[dict]] = {}
+    for key, record in results.items():
+        by_system.setdefault(key.rsplit(" ", 1)[0], []).append(record)
+    rows = []
+    for system in (name for name in MULTISCALE_SYSTEMS if name in by_system):
+        records = by_system[system]
+        rows.append([MULTISCALE_SYSTEMS[system], str(len(records)),
+                     *(_mean_sd([record[kind][metric] for record in records])
+                       for kind in ("box", "mask") for metric in ("AP", "AP_S", "AP_M", "AP_L"))])
+    return table(["model", "seeds", "box AP", "box AP_S", "box AP_M", "box AP_L", "mask AP",
+                  "mask AP_S", "mask AP_M", "mask AP_L"], rows)
 
 
 def _runs(results: dict) -> dict:
