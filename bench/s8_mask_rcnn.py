@@ -111,7 +111,7 @@ def render_multiscale(results: dict) -> str:
 
 
 def _multiscale_summary(results: dict) -> str:
-    """Per system, mean ± sd over its seeds of AP and AP_L (box and mask)."""
+    """Per system, mean ± sd over its seeds of box and mask AP, AP_S, AP_M and AP_L."""
     by_system: dict[str, list[dict]] = {}
     for key, record in results.items():
         by_system.setdefault(key.rsplit(" ", 1)[0], []).append(record)

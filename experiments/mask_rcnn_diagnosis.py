@@ -57,7 +57,7 @@ def _by_size(found: list, areas: list) -> str:
     return ", ".join(parts)
 
 
-def rpn_recall(model, held_out, thresholds=(0.5, 0.7), batch: int = 20) -> dict:
+def rpn_recall(model, held_out, thresholds=(0.5, 0.7, 0.85), batch: int = 20) -> dict:
     """Per threshold, for every ground-truth object whether a test-time proposal covers it at
     IoU >= threshold. The images go in as ``predict_instances`` puts them (aspect ratio kept,
     padded), the proposals come from the model's own RPN path (``MaskRCNN._proposals``:
@@ -96,7 +96,7 @@ def main() -> None:
         held_out = shapes.generate(args.val_images, model.image_size[0], seed=args.seed)
     areas = [area for objects in held_out.instances
              for area in np.asarray(objects.masks).sum(axis=(1, 2))]
-    recall = rpn_recall(model, held_out, thresholds=(0.5, 0.7, 0.85))
+    recall = rpn_recall(model, held_out)
     print(f"RPN recall of {model.config['rpn_post_nms_test']} proposals: "
           + ", ".join(f"IoU >= {t}: {np.mean(r):.3f}" for t, r in recall.items()))
     if args.pyramid:
