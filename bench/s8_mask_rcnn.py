@@ -81,6 +81,9 @@ MULTISCALE_SETUP = (
     "boxes; inference on the held-out images at their own sizes, masks pasted at full size.")
 MULTISCALE_SYSTEMS = {"pyramid": "segkeras, pyramid", "pyramid64": "segkeras, pyramid, 64 channels",
                       "pyramid64 k448": "segkeras, pyramid, 64 channels, canonical 448",
+                      "pyramid64 k896": "segkeras, pyramid, 64 channels, canonical 896",
+                      "pyramid96 k448": "segkeras, pyramid, 96 channels, canonical 448",
+                      "pyramid128 k448": "segkeras, pyramid, 128 channels, canonical 448",
                       "single": "segkeras, single level",
                       "torchvision pyramid": "torchvision, pyramid"}
 
