@@ -75,7 +75,8 @@ MULTISCALE_SETUP = (
     "the levels, each RoI pooled from the level of eq. 1 (RoIAlign `aligned=True`) with the FPN "
     "paper's canonical size 224 (a 224-px RoI on P4) unless the model says otherwise "
     "(`roi_canonical_size=448`: a 448-px RoI on P4, every RoI one level finer; 896: two "
-    "levels finer); "
+    "levels finer), 2 x 2 samples per bin unless the model says 3 x 3 "
+    "(`roi_sampling_ratio=3`); "
     "torchvision's side is its own `FeaturePyramidNetwork` + `LastLevelMaxPool` with "
     "`MultiScaleRoIAlign`'s level mapper, made `aligned=True`. **single level**: segkeras' small "
     "CPU option (the stride-8 map only, anchors 16-128). AP by object size from predicted "
@@ -83,6 +84,8 @@ MULTISCALE_SETUP = (
 MULTISCALE_SYSTEMS = {"pyramid": "segkeras, pyramid", "pyramid64": "segkeras, pyramid, 64 channels",
                       "pyramid64 k448": "segkeras, pyramid, 64 channels, canonical 448",
                       "pyramid64 k896": "segkeras, pyramid, 64 channels, canonical 896",
+                      "pyramid64 k896 r3": "segkeras, pyramid, 64 channels, canonical 896, "
+                                           "3 x 3 samples per bin",
                       "pyramid96 k448": "segkeras, pyramid, 96 channels, canonical 448",
                       "pyramid128 k448": "segkeras, pyramid, 128 channels, canonical 448",
                       "single": "segkeras, single level",

@@ -46,7 +46,8 @@ def build(num_classes: int, args) -> keras.Model:
         box_head_units=args.box_head_units, mask_head_channels=args.mask_head_channels,
         rpn_pre_nms=args.rpn_pre_nms, rpn_post_nms_train=args.rpn_post_nms_train,
         rpn_post_nms_test=args.rpn_post_nms_test, rois_per_image=args.rois_per_image,
-        roi_canonical_size=args.roi_canonical_size, max_detections=100, seed=args.seed)
+        roi_canonical_size=args.roi_canonical_size, roi_sampling_ratio=args.roi_sampling_ratio,
+        max_detections=100, seed=args.seed)
 
 
 def main() -> None:
@@ -61,6 +62,8 @@ def main() -> None:
     parser.add_argument("--rpn-post-nms-test", type=int, default=300)
     parser.add_argument("--roi-canonical-size", type=float, default=224.0,
                         help="pyramid: the RoI side eq. 1 puts on P4 (112: one level coarser)")
+    parser.add_argument("--roi-sampling-ratio", type=int, default=2,
+                        help="RoIAlign samples per bin and axis in the box and mask heads")
     args = parser.parse_args()
     if args.threads and keras.backend.backend() == "tensorflow":  # before TensorFlow runs an op
         import tensorflow as tf

@@ -219,10 +219,20 @@ def test_builder_defaults_and_bad_pyramid_arguments():
                         fpn_channels=8, box_head_units=8, mask_head_channels=8,
                         roi_canonical_size=112)
     assert coarser.box_align.canonical_size == coarser.mask_align.canonical_size == 112.0
+    # RoIAlign's samples per bin: the paper's 2 x 2 unless asked, for both heads on both sizes
+    assert config["roi_sampling_ratio"] == 2
+    assert model.box_align.sampling_ratio == model.mask_align.sampling_ratio == 2
+    for pyramid in (True, False):
+        denser = mask_rcnn(4, "mobilenetv2", weights=None, input_shape=(64, 64, 3),
+                           pyramid=pyramid, fpn_channels=8, box_head_units=8,
+                           mask_head_channels=8, roi_sampling_ratio=3)
+        assert denser.box_align.sampling_ratio == denser.mask_align.sampling_ratio == 3
+        assert denser.target_align.sampling_ratio == 2  # mask targets are not features
     for bad in [dict(anchor_sizes=(16, 32, 64, 128)), dict(pyramid="yes"),
                 dict(rpn_pre_nms_test=0), dict(rois_per_image=2000),
                 dict(roi_canonical_size=0), dict(roi_canonical_size=True),
-                dict(roi_canonical_size=float("nan"))]:
+                dict(roi_canonical_size=float("nan")), dict(roi_sampling_ratio=0),
+                dict(roi_sampling_ratio=2.5), dict(roi_sampling_ratio=True)]:
         with pytest.raises(SegkerasError):
             mask_rcnn(4, "mobilenetv2", weights=None, input_shape=(64, 64, 3),
                       **{"pyramid": True, **bad})
@@ -252,7 +262,7 @@ def test_pyramid_model_reads_every_level(pyramid_model):
 def test_pyramid_model_forward_train_step_predict_and_keras_file(tmp_path):
     """The one compiled train step of the pyramid (mostly tracing): static level shapes and
     per-level NMS must hold in a graph on every backend."""
-    model = tiny_model(seed=1)
+    model = tiny_model(seed=1, roi_sampling_ratio=3)
     inputs, targets = tiny_batch()
     outputs = model(inputs, training=True)
     total = model.compute_loss(inputs, targets, outputs)
@@ -278,6 +288,7 @@ def test_pyramid_model_forward_train_step_predict_and_keras_file(tmp_path):
     model.save(path)
     loaded = keras.saving.load_model(path)
     assert isinstance(loaded.mask_align, MultiScaleRoIAlign) and loaded.config["pyramid"] is True
+    assert loaded.box_align.sampling_ratio == loaded.mask_align.sampling_ratio == 3
     expected, again = model(inputs["image"]), loaded(inputs["image"])
     assert tuple(expected["mask_logits"].shape) == (2, 10, 28, 28)
     for key in ("boxes", "scores", "class_ids", "valid", "mask_logits"):

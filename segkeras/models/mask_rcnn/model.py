@@ -101,8 +101,9 @@ class MaskRCNN(keras.Model):
                  foreground_fraction: float = 0.25, score_threshold: float = 0.05,
                  nms_threshold: float = 0.5, max_detections: int = 100,
                  batchnorm_momentum: float = 0.9, pyramid: bool = False,
-                 roi_canonical_size: float = CANONICAL_SCALE, seed: int | None = None,
-                 anchor_matcher=None, box_encoder=None, nms=None, **kwargs):
+                 roi_canonical_size: float = CANONICAL_SCALE, roi_sampling_ratio: int = 2,
+                 seed: int | None = None, anchor_matcher=None, box_encoder=None, nms=None,
+                 **kwargs):
         super().__init__(**kwargs)
         # RPN targets and the detections' NMS from your own functions (lab 6; see rpn.py and
         # roi_heads.py); not saved in .keras files.
@@ -125,7 +126,8 @@ class MaskRCNN(keras.Model):
             foreground_fraction=foreground_fraction, score_threshold=score_threshold,
             nms_threshold=nms_threshold, max_detections=max_detections,
             batchnorm_momentum=batchnorm_momentum, pyramid=pyramid,
-            roi_canonical_size=float(roi_canonical_size), seed=seed)
+            roi_canonical_size=float(roi_canonical_size),
+            roi_sampling_ratio=int(roi_sampling_ratio), seed=seed)
         self.pyramid = pyramid
         self.image_size = (int(input_shape[0]), int(input_shape[1]))
         self.mask_slots = int(rois_per_image * foreground_fraction)
@@ -142,10 +144,10 @@ class MaskRCNN(keras.Model):
             self.anchors = pyramid_anchors(grids, FPN_STRIDES, anchor_sizes, anchor_ratios)
             self.level_sizes = tuple(h * w * len(anchor_ratios) for h, w in grids)
             self.rpn = rpn_head((None, None, fpn_channels), fpn_channels, len(anchor_ratios))
-            self.box_align = MultiScaleRoIAlign(BOX_ROI_SIZE, 2, ROI_STRIDES,
+            self.box_align = MultiScaleRoIAlign(BOX_ROI_SIZE, roi_sampling_ratio, ROI_STRIDES,
                                                 canonical_size=roi_canonical_size,
                                                 name="box_roi_align")
-            self.mask_align = MultiScaleRoIAlign(MASK_ROI_SIZE, 2, ROI_STRIDES,
+            self.mask_align = MultiScaleRoIAlign(MASK_ROI_SIZE, roi_sampling_ratio, ROI_STRIDES,
                                                  canonical_size=roi_canonical_size,
                                                  name="mask_roi_align")
         else:
@@ -154,9 +156,9 @@ class MaskRCNN(keras.Model):
             self.level_sizes = None
             per_location = len(anchor_sizes) * len(anchor_ratios)
             self.rpn = rpn_head((*grid, fpn_channels), fpn_channels, per_location)
-            self.box_align = RoIAlign(BOX_ROI_SIZE, 2, 1.0 / FEATURE_STRIDE,
+            self.box_align = RoIAlign(BOX_ROI_SIZE, roi_sampling_ratio, 1.0 / FEATURE_STRIDE,
                                       name="box_roi_align")
-            self.mask_align = RoIAlign(MASK_ROI_SIZE, 2, 1.0 / FEATURE_STRIDE,
+            self.mask_align = RoIAlign(MASK_ROI_SIZE, roi_sampling_ratio, 1.0 / FEATURE_STRIDE,
                                        name="mask_roi_align")
         self.target_align = RoIAlign(MASK_SIZE, 2, 1.0, name="mask_target_align")
         self.box_head = box_head((BOX_ROI_SIZE, BOX_ROI_SIZE, fpn_channels), box_head_units,
@@ -341,8 +343,8 @@ def _check_positive_int(name: str, value) -> int:
 OPTIONS = ("anchor_ratios", "fpn_channels", "box_head_units", "mask_head_channels", "rpn_pre_nms",
            "rpn_pre_nms_test", "rpn_post_nms_train", "rpn_post_nms_test", "rpn_anchors_per_image",
            "rois_per_image", "foreground_fraction", "score_threshold", "nms_threshold",
-           "max_detections", "batchnorm_momentum", "pyramid", "roi_canonical_size", "seed",
-           "anchor_matcher", "box_encoder", "nms")
+           "max_detections", "batchnorm_momentum", "pyramid", "roi_canonical_size",
+           "roi_sampling_ratio", "seed", "anchor_matcher", "box_encoder", "nms")
 """The ``**options`` :func:`mask_rcnn` passes on to :class:`MaskRCNN` (a test keeps this list
 equal to ``MaskRCNN``'s keyword arguments after ``anchor_sizes``)."""
 
@@ -394,13 +396,19 @@ def mask_rcnn(num_classes: int, backbone: str = "resnet50", weights: str | None 
             statistics, used at inference, keep up with weights that change fast; see also
             :meth:`MaskRCNN.recalibrate_batchnorm`), ``roi_canonical_size`` (224: with the
             pyramid, the RoI side that eq. 1 puts on P4; each halving moves RoIs one level
-            finer, so 112 reads every RoI one level coarser), ``seed``; ``anchor_matcher`` and
+            finer, so 112 reads every RoI one level coarser), ``roi_sampling_ratio`` (2: the
+            box and mask heads' RoIAlign takes ratio x ratio samples per bin; see below),
+            ``seed``; ``anchor_matcher`` and
             ``box_encoder``: your own one-image functions for the RPN's training targets (the
             signatures are in :mod:`~segkeras.models.mask_rcnn.rpn`), used by ``fit``, and
             ``nms``: your own one-image per-class NMS for the final detections (signature in
             :mod:`~segkeras.models.mask_rcnn.roi_heads`); none is saved in ``.keras`` files
-            (a reloaded model uses the library's). RoIAlign takes 2 x 2 samples per bin
-            (torchvision's Mask R-CNN; Detectron's adaptive ratio is not supported).
+            (a reloaded model uses the library's). RoIAlign takes 2 x 2 samples per bin by
+            default, the paper's four regular locations and torchvision's ratio; Detectron's
+            adaptive ratio (about one sample per feature cell) is not supported. Raise
+            ``roi_sampling_ratio`` when large RoIs are read from a fine level (a large
+            ``roi_canonical_size``): a 200-px RoI on P2 spans 50 cells, which 2 x 2 samples
+            in each of 7 x 7 bins read only every 3.5 cells.
 
     Returns:
         A :class:`MaskRCNN`; train it with ``model.compile(optimizer)`` and ``model.fit`` on
@@ -433,7 +441,8 @@ def mask_rcnn(num_classes: int, backbone: str = "resnet50", weights: str | None 
     options = {**options, **sized}
     for name in ("fpn_channels", "box_head_units", "mask_head_channels", "rpn_pre_nms",
                  "rpn_pre_nms_test", "rpn_post_nms_train", "rpn_post_nms_test",
-                 "rpn_anchors_per_image", "rois_per_image", "max_detections"):
+                 "rpn_anchors_per_image", "rois_per_image", "max_detections",
+                 "roi_sampling_ratio"):
         if name in options:
             _check_positive_int(name, options[name])
     check_canonical_size(options.get("roi_canonical_size", CANONICAL_SCALE))
