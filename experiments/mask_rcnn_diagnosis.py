@@ -2,6 +2,7 @@
 
     python experiments/mask_rcnn_diagnosis.py MODEL.keras [--val-images 300] [--seed 1000]
     python experiments/mask_rcnn_diagnosis.py MODEL.keras --pyramid [--val-images 300]
+    python experiments/mask_rcnn_diagnosis.py MODEL.keras --pyramid --sampling-ratio 3
 
 Prints the RPN's recall (share of ground-truth objects that one of the test-time proposals
 covers at IoU >= 0.5, 0.7 and 0.85), COCO box and mask AP with and without the classes (every
@@ -16,6 +17,10 @@ detections per image, and score quantiles. The held-out images are
 number also by COCO object size (small < 32x32 px, medium, large), AP_S/M/L included. The model
 may be either kind (single level or pyramid; the proposals always come from the model's own
 test-time RPN path, per level on a pyramid), so that the two can be compared on the same set.
+
+``--sampling-ratio N``: the same trained model with its box and mask heads' RoIAlign taking
+N x N samples per bin at test time instead of the ratio it was trained with (RoIAlign has no
+weights): whether a model is limited by how sparsely its large RoIs are read.
 """
 
 from __future__ import annotations
@@ -86,23 +91,33 @@ def main() -> None:
     parser.add_argument("--pyramid", action="store_true",
                         help="the pyramid's setting: the multi-scale held-out set at each "
                              "image's own size, everything also by object size (AP_S/M/L)")
+    parser.add_argument("--batch-size", type=int, default=20,
+                        help="images per prediction batch (fewer: less memory)")
+    parser.add_argument("--sampling-ratio", type=int, default=None,
+                        help="RoIAlign samples per bin and axis in the box and mask heads at "
+                             "test time (default: the model's own)")
     args = parser.parse_args()
     model = keras.models.load_model(args.model)
+    if args.sampling_ratio is not None:
+        if args.sampling_ratio < 1:
+            parser.error(f"--sampling-ratio must be a positive int, got {args.sampling_ratio}")
+        model.box_align.sampling_ratio = model.mask_align.sampling_ratio = args.sampling_ratio
     print(f"{model.name}: {'pyramid P2-P6' if model.pyramid else 'single level'}, input "
-          f"{model.image_size[0]}x{model.image_size[1]}")
+          f"{model.image_size[0]}x{model.image_size[1]}, RoIAlign "
+          f"{model.box_align.sampling_ratio} x {model.box_align.sampling_ratio} samples per bin")
     if args.pyramid:
         held_out = shapes.generate_multiscale(args.val_images, seed=args.seed)
     else:
         held_out = shapes.generate(args.val_images, model.image_size[0], seed=args.seed)
     areas = [area for objects in held_out.instances
              for area in np.asarray(objects.masks).sum(axis=(1, 2))]
-    recall = rpn_recall(model, held_out)
+    recall = rpn_recall(model, held_out, batch=args.batch_size)
     print(f"RPN recall of {model.config['rpn_post_nms_test']} proposals: "
           + ", ".join(f"IoU >= {t}: {np.mean(r):.3f}" for t, r in recall.items()))
     if args.pyramid:
         for threshold, found in recall.items():
             print(f"  at IoU >= {threshold} by object size: {_by_size(found, areas)}")
-    detections = predict_instances(model, held_out.images, batch_size=20)
+    detections = predict_instances(model, held_out.images, batch_size=args.batch_size)
     with_classes = detection_ap(held_out, detections, by_size=args.pyramid)
     one_class = detection_ap(
         [Instances(o.masks, o.boxes, np.ones_like(o.class_ids)) for o in held_out.instances],
