@@ -405,10 +405,11 @@ def mask_rcnn(num_classes: int, backbone: str = "resnet50", weights: str | None 
             :mod:`~segkeras.models.mask_rcnn.roi_heads`); none is saved in ``.keras`` files
             (a reloaded model uses the library's). RoIAlign takes 2 x 2 samples per bin by
             default, the paper's four regular locations and torchvision's ratio; Detectron's
-            adaptive ratio (about one sample per feature cell) is not supported. Raise
-            ``roi_sampling_ratio`` when large RoIs are read from a fine level (a large
-            ``roi_canonical_size``): a 200-px RoI on P2 spans 50 cells, which 2 x 2 samples
-            in each of 7 x 7 bins read only every 3.5 cells.
+            adaptive ratio (about one sample per feature cell) is not supported. A larger
+            ``roi_sampling_ratio`` reads large RoIs on a fine level more densely (a 200-px RoI
+            on P2 spans 50 cells, which 2 x 2 samples in each of 7 x 7 bins read every 3.5
+            cells) at the cost of training speed; BENCHMARKS note 7 measured 3 as no gain
+            within a fixed CPU budget.
 
     Returns:
         A :class:`MaskRCNN`; train it with ``model.compile(optimizer)`` and ``model.fit`` on
